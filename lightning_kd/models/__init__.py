@@ -1,0 +1,140 @@
+"""Model zoo: the CIFAR networks of the distillation literature and a small digits CNN.
+
+Every constructor has the signature ``name(num_classes=100, in_channels=3, **kwargs)``
+(``small_cnn`` defaults to ``num_classes=10, in_channels=1``) and returns a module whose
+``forward(x)`` gives ``(N, num_classes)`` logits. Models expose the submodules ``stem``,
+``layer1``.. (listed in ``model.stage_names``), ``pool`` (the ``(N, model.embedding_dim)``
+penultimate embedding) and ``fc``, so intermediate features can be hooked by name.
+Architectures and parameter counts follow "Contrastive Representation Distillation"
+(Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699), Table 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from .resnet import BasicBlock, CifarResNet, resnet8x4, resnet20, resnet32x4, resnet56, resnet110
+from .small_cnn import SmallCNN, small_cnn
+from .vgg import CifarVGG, vgg8, vgg13
+from .wrn import WideBlock, WideResNet, wrn_16_2, wrn_40_2
+
+__all__ = [
+    "MODELS",
+    "build_network",
+    "BasicBlock",
+    "CifarResNet",
+    "CifarVGG",
+    "SmallCNN",
+    "WideBlock",
+    "WideResNet",
+    "resnet20",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_2",
+    "wrn_40_2",
+    "vgg8",
+    "vgg13",
+    "small_cnn",
+]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": resnet20,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "resnet8x4": resnet8x4,
+    "resnet32x4": resnet32x4,
+    "wrn_16_2": wrn_16_2,
+    "wrn_40_2": wrn_40_2,
+    "vgg8": vgg8,
+    "vgg13": vgg13,
+    "small_cnn": small_cnn,
+}
+
+
+def _import_callable(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"Cannot import network {path!r}: {type(err).__name__}: {err}") from err
+    if not callable(obj):
+        raise ValueError(f"Network {path!r} resolved to a non-callable {type(obj).__name__}")
+    return obj
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    if name in MODELS:
+        return MODELS[name]
+    if "." in name:
+        return _import_callable(name)
+    close = difflib.get_close_matches(name.lower(), list(MODELS), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown network {name!r}.{hint} Valid names: {', '.join(MODELS)}; "
+        "or give a dotted import path such as 'torchvision.models.resnet18'."
+    )
+
+
+def _accepts_in_channels(fn: Callable[..., Any]) -> bool:
+    try:
+        param = inspect.signature(fn).parameters.get("in_channels")
+    except (TypeError, ValueError):  # signature not introspectable
+        return False
+    return param is not None and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+
+
+def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Build a network from a name, a dotted import path or a ``{"name": ..., **kwargs}`` dict.
+
+    Args:
+        spec: A key of :data:`MODELS` (e.g. ``"resnet8x4"``), a dotted path to any callable
+            returning an ``nn.Module`` (e.g. ``"torchvision.models.resnet18"``), or a dict with
+            a ``"name"`` key holding either of those plus extra constructor keyword arguments.
+        num_classes: Number of output logits, always passed as ``num_classes=``.
+        in_channels: Number of input channels, passed as ``in_channels=`` only if the
+            constructor's signature has that parameter.
+
+    Returns:
+        The constructed module.
+
+    Raises:
+        ValueError: For an unknown name, an unimportable path, a dict without ``"name"``,
+            conflicting ``num_classes``/``in_channels`` in the dict, or ``in_channels != 3``
+            for a constructor that cannot take it.
+        TypeError: If ``spec`` has the wrong type or the constructor does not return a module.
+    """
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        name = kwargs.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(
+                "A network spec dict must contain a 'name' key (a name from MODELS or a dotted "
+                f"import path), plus optional constructor keyword arguments; got {spec!r}"
+            )
+        for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+            if key in kwargs and kwargs.pop(key) != value:
+                raise ValueError(f"Network spec {spec!r} sets {key}, which conflicts with {key}={value}")
+    elif isinstance(spec, str):
+        name, kwargs = spec, {}
+    else:
+        raise TypeError(f"Network spec must be a str or a dict, got {type(spec).__name__}")
+
+    constructor = _resolve(name)
+    if _accepts_in_channels(constructor):
+        kwargs["in_channels"] = in_channels
+    elif in_channels != 3:
+        raise ValueError(
+            f"Network {name!r} has no `in_channels` parameter: it only takes 3-channel input, "
+            f"but in_channels={in_channels} was requested."
+        )
+    model = constructor(num_classes=num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Network {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -1,0 +1,116 @@
+"""CIFAR-style ResNets used throughout the knowledge-distillation literature.
+
+The networks follow "Deep Residual Learning for Image Recognition"
+(He et al., CVPR 2016, https://arxiv.org/abs/1512.03385): a 3x3 stem followed
+by three stages of ``BasicBlock`` s, ``depth = 6n + 2``. The plain variants
+(``resnet20/56/110``) use stage widths 16, 32, 64. The "x4" variants
+(``resnet8x4``, ``resnet32x4``) use a 32-channel stem and stage widths
+64, 128, 256, as defined in the CRD code base ("Contrastive Representation
+Distillation", Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699).
+Shortcuts that change shape are 1x1 convolution + BatchNorm (option B), which
+is what reproduces the parameter counts of CRD's Table 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+    ]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN) shortcut; post-ReLU output.
+
+    Args:
+        c_in: Input channels.
+        c_out: Output channels.
+        stride: Stride of the first convolution (and of the shortcut).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            *_conv_bn(c_in, c_out, 3, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out, 3)
+        )
+        if stride != 1 or c_in != c_out:
+            self.shortcut: nn.Module = nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
+        else:
+            self.shortcut = nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual(x) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: stem, three stages of ``BasicBlock`` s, global pool, linear head.
+
+    Submodules are named for feature hooks: ``stem``, ``layer1``..``layer3`` (post-ReLU stage
+    outputs at 32x32, 16x16 and 8x8 for a 32x32 input), ``pool`` (global average pool +
+    flatten, giving the ``(N, embedding_dim)`` embedding) and ``fc``.
+
+    Args:
+        depth: Network depth, must be ``6n + 2``.
+        widths: Stem width followed by the three stage widths.
+        num_classes: Number of output logits.
+        in_channels: Number of input image channels.
+    """
+
+    def __init__(
+        self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"CifarResNet depth must be 6n+2 (e.g. 8, 20, 32, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(*_conv_bn(in_channels, widths[0], 3), nn.ReLU(inplace=True))
+        c_in = widths[0]
+        for i, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2)), start=1):
+            blocks = [BasicBlock(c_in if j == 0 else width, width, stride if j == 0 else 1) for j in range(n)]
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+            c_in = width
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(c_in, num_classes)
+        self.stage_names = ["layer1", "layer2", "layer3"]
+        self.embedding_dim = c_in
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x))
+
+
+def resnet20(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-20 (widths 16/32/64, ~0.28 M parameters)."""
+    return CifarResNet(20, (16, 16, 32, 64), num_classes, in_channels, **kwargs)
+
+
+def resnet56(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-56 (widths 16/32/64, ~0.86 M parameters)."""
+    return CifarResNet(56, (16, 16, 32, 64), num_classes, in_channels, **kwargs)
+
+
+def resnet110(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-110 (widths 16/32/64, ~1.74 M parameters)."""
+    return CifarResNet(110, (16, 16, 32, 64), num_classes, in_channels, **kwargs)
+
+
+def resnet8x4(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-8x4 of CRD (stem 32, widths 64/128/256, ~1.23 M parameters)."""
+    return CifarResNet(8, (32, 64, 128, 256), num_classes, in_channels, **kwargs)
+
+
+def resnet32x4(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarResNet:
+    """ResNet-32x4 of CRD (stem 32, widths 64/128/256, ~7.43 M parameters)."""
+    return CifarResNet(32, (32, 64, 128, 256), num_classes, in_channels, **kwargs)

@@ -1,0 +1,154 @@
+"""Tests for the model zoo in ``lightning_kd.models`` (CPU, small inputs)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_kd.models import MODELS, CifarResNet, SmallCNN, WideResNet, build_network
+
+# Parameter counts in millions at num_classes=100 (CRD, Tian et al. ICLR 2020, Table 1).
+PUBLISHED_PARAMS_M = {
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "resnet20": 0.28,
+    "resnet56": 0.86,
+    "resnet110": 1.74,
+    "wrn_16_2": 0.70,
+    "wrn_40_2": 2.26,
+    "vgg8": 3.96,
+    "vgg13": 9.46,
+}
+CIFAR_NETS = list(PUBLISHED_PARAMS_M)
+RESNETS = ["resnet20", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Batch-2 inputs are too small to profit from threads; one thread avoids contention stalls."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+def _run_with_hooks(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward ``x`` in eval mode, returning logits and the outputs of stages and ``pool``."""
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+        for name in [*model.stage_names, "pool"]
+    ]
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    for handle in handles:
+        handle.remove()
+    return logits, outputs
+
+
+def test_models_registry_and_signatures():
+    assert set(MODELS) == {*CIFAR_NETS, "small_cnn"}
+    for name, constructor in MODELS.items():
+        params = inspect.signature(constructor).parameters
+        expected = (10, 1) if name == "small_cnn" else (100, 3)
+        assert (params["num_classes"].default, params["in_channels"].default) == expected, name
+
+
+@pytest.mark.parametrize("name", CIFAR_NETS)
+def test_parameter_counts_match_literature(name):
+    model = MODELS[name](num_classes=100)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert round(n_params / 1e6, 2) == pytest.approx(PUBLISHED_PARAMS_M[name]), n_params
+
+
+@pytest.mark.parametrize("name", CIFAR_NETS)
+def test_cifar_net_output_and_features(name):
+    torch.manual_seed(0)
+    model = MODELS[name](num_classes=10)
+    named = dict(model.named_modules())
+    assert {"stem", "pool", "fc", *model.stage_names} <= set(named)
+    assert model.stage_names[:3] == ["layer1", "layer2", "layer3"]
+    assert isinstance(model.fc, nn.Linear) and model.fc.in_features == model.embedding_dim
+
+    logits, feats = _run_with_hooks(model, torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    assert feats["pool"].shape == (2, model.embedding_dim)
+    torch.testing.assert_close(model.fc(feats["pool"]), logits)  # pool is the penultimate embedding
+    assert feats[model.stage_names[-1]].min() >= 0  # last stage is post-ReLU (WRN included)
+    if not isinstance(model, WideResNet):  # pre-activation WRN: only layer3 ends in a ReLU
+        assert all(feats[s].min() >= 0 for s in model.stage_names)
+    if name in RESNETS:
+        assert isinstance(model, CifarResNet)
+        assert [feats[s].shape[-1] for s in model.stage_names] == [32, 16, 8]
+
+
+def test_small_cnn_on_digits_shape():
+    model = SmallCNN(width=8)
+    logits, feats = _run_with_hooks(model, torch.randn(2, 1, 8, 8))
+    assert logits.shape == (2, 10)
+    assert feats["pool"].shape == (2, model.embedding_dim)
+    assert [feats[s].shape[-1] for s in model.stage_names] == [8, 4, 2]
+    model.train()
+    model(torch.randn(2, 1, 8, 8)).sum().backward()  # trains with batch size 2
+    assert model.fc.weight.grad is not None
+
+
+def test_build_network_by_name_passes_in_channels():
+    model = build_network("resnet8x4", num_classes=7, in_channels=1)
+    assert isinstance(model, CifarResNet)
+    assert model.stem[0].in_channels == 1
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_build_network_by_dotted_path():
+    model = build_network("torchvision.models.resnet18", num_classes=10)
+    assert model.fc.out_features == 10
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    wrn = build_network("lightning_kd.models.wrn.wrn_16_2", num_classes=5, in_channels=1)
+    assert isinstance(wrn, WideResNet) and wrn.stem.in_channels == 1
+
+
+def test_build_network_by_dict_with_kwargs():
+    spec = {"name": "small_cnn", "width": 4}
+    model = build_network(spec, num_classes=10, in_channels=1)
+    assert isinstance(model, SmallCNN) and model.embedding_dim == 16
+    assert spec == {"name": "small_cnn", "width": 4}  # the caller's dict is not modified
+    assert build_network({"name": "vgg8"}, num_classes=3).fc.out_features == 3
+
+
+def test_unknown_name_suggests_close_match():
+    with pytest.raises(ValueError, match="Did you mean 'resnet8x4'") as info:
+        build_network("resnet8x5", num_classes=10)
+    assert "Unknown network 'resnet8x5'" in str(info.value)
+    assert all(name in str(info.value) for name in MODELS)  # lists all valid names
+
+
+def test_unimportable_dotted_path():
+    with pytest.raises(ValueError, match="no_such_package_xyz.net") as info:
+        build_network("no_such_package_xyz.net", num_classes=10)
+    assert "ModuleNotFoundError" in str(info.value)
+    with pytest.raises(ValueError, match="torchvision.models.not_a_net"):
+        build_network("torchvision.models.not_a_net", num_classes=10)
+
+
+def test_non_rgb_input_to_torchvision_net_is_rejected():
+    with pytest.raises(ValueError, match="3-channel") as info:
+        build_network("torchvision.models.resnet18", num_classes=10, in_channels=1)
+    assert "torchvision.models.resnet18" in str(info.value)
+
+
+def test_dict_without_name_is_rejected():
+    with pytest.raises(ValueError, match="must contain a 'name'"):
+        build_network({"width": 4}, num_classes=10)
+
+
+def test_dict_with_conflicting_num_classes_is_rejected():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_network({"name": "resnet20", "num_classes": 5}, num_classes=10)
