@@ -49,7 +49,8 @@ class CifarVGG(nn.Module):
         for i, channels in enumerate(config, start=1):
             layers: list[nn.Module] = [nn.MaxPool2d(2)] if i in (2, 3, 4) else []
             for c_out in channels:
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+                layers += [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
                 c_in = c_out
             setattr(self, f"layer{i}", nn.Sequential(*layers))
         self.stage_names = [f"layer{i}" for i in range(1, len(config) + 1)]
