@@ -1,0 +1,170 @@
+"""DistillationModule: the one base class. A frozen teacher, a trainable student, and the wiring.
+
+A method subclasses it and writes ``distill_losses(batch) -> (student_logits, {name: loss})``;
+the base class weighs and sums the terms, logs each as ``train/<name>``, evaluates the student
+(and the teacher) with torchmetrics, and builds the optimizer over trainable parameters only.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_kd.checkpoints import load_network_weights
+from lightning_kd.models import build_network
+
+NetSpec = Union[str, dict[str, Any]]
+
+
+class DistillationModule(pl.LightningModule):
+    """Base class of every method: frozen teacher + trainable student.
+
+    Args:
+        student: the network to train: a name from ``lightning_kd.models.MODELS``, a dotted path
+            to any constructor (``torchvision.models.resnet18``), or ``{"name": ..., **kwargs}``.
+        teacher: the teacher network, same forms as ``student``.
+        teacher_ckpt: the teacher's weights: a Lightning ``.ckpt`` of a ``Supervised`` run or a
+            plain state_dict file. Loaded with ``weights_only=True``.
+        num_classes: number of classes; linked from the datamodule by the CLI.
+        input_shape: ``(C, H, W)`` of one input; linked from the datamodule by the CLI.
+        optimizer: optimizer factory over the trainable parameters (default SGD lr 0.05,
+            momentum 0.9, weight decay 5e-4, the CIFAR KD recipe).
+        lr_scheduler: optional LR scheduler factory, stepped once per epoch.
+    """
+
+    #: Whether the method needs ``teacher`` and ``teacher_ckpt`` (False for Supervised and DML).
+    uses_teacher: bool = True
+
+    def __init__(
+        self,
+        student: NetSpec,
+        teacher: Optional[NetSpec] = None,
+        teacher_ckpt: Optional[str] = None,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+        optimizer: Optional[OptimizerCallable] = None,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.loss_weights: dict[str, float] = {}
+        self.student = build_network(student, self.num_classes, self.input_shape[0])
+        self.teacher: Optional[nn.Module] = None
+        name = type(self).__name__
+        if self.uses_teacher:
+            if teacher is None or not teacher_ckpt:
+                raise ValueError(f"{name} distills from a teacher: set both `teacher` (the network spec) "
+                                 f"and `teacher_ckpt` (its trained weights, e.g. best.ckpt of a "
+                                 f"Supervised run).")
+            self.teacher = build_network(teacher, self.num_classes, self.input_shape[0])
+            load_network_weights(self.teacher, teacher_ckpt, what="teacher_ckpt")
+            self.teacher.requires_grad_(False).eval()
+        elif teacher is not None or teacher_ckpt:
+            raise ValueError(f"{name} trains without a teacher: remove `teacher` and `teacher_ckpt`.")
+        top5 = min(5, self.num_classes)
+        self.val_acc = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average="micro")
+        self.test_acc = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average="micro")
+        if self.teacher is not None:
+            self.teacher_acc = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+            self.agreement = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+
+    # ----------------------------------------------------------------- what a method writes
+    def distill_losses(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(student_logits, {loss_name: unweighted scalar loss})`` for one batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement distill_losses(batch)")
+
+    # ----------------------------------------------------------------- helpers for methods
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        """A zero batch of the data's input shape, to size adapters in ``__init__``."""
+        return torch.zeros(batch_size, *self.input_shape)
+
+    @torch.no_grad()
+    def teacher_forward(self, x: Tensor) -> Tensor:
+        """Teacher logits without autograd (its hooks, if any, record features too)."""
+        return self.teacher(x)
+
+    # ----------------------------------------------------------------- Lightning wiring
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)
+
+    def train(self, mode: bool = True):
+        # Lightning flips the whole module to train() after validation; the teacher stays in eval.
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def training_step(self, batch, batch_idx):
+        _, losses = self.distill_losses(batch)
+        total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        logged = {f"train/{name}": value.detach() for name, value in losses.items()}
+        logged["train/loss"] = total.detach()
+        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        return total
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        self.val_acc5.update(logits, y)
+        self.log("val/loss", F.cross_entropy(logits.float(), y), batch_size=x.shape[0], sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log("val/acc5", self.val_acc5)
+        if self.teacher is not None:
+            t_logits = self.teacher_forward(x)
+            self.teacher_acc.update(t_logits, y)
+            self.agreement.update(logits, t_logits.argmax(1))
+            self.log("teacher/acc", self.teacher_acc)
+            self.log("val/agreement", self.agreement)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.test_acc.update(logits, y)
+        self.test_acc5.update(logits, y)
+        self.log("test/acc", self.test_acc)
+        self.log("test/acc5", self.test_acc5)
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        else:
+            optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"}}
+
+    # The teacher's weights come from teacher_ckpt, so checkpoints do not carry a copy of them.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.teacher is not None:
+            state = checkpoint["state_dict"]
+            for k, v in self.teacher.state_dict().items():
+                state.setdefault(f"teacher.{k}", v)
+
+    def export_student(self, path: str) -> None:
+        """Save the student as a plain state_dict that loads into its architecture."""
+        torch.save(self.student.state_dict(), path)

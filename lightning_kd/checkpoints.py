@@ -1,0 +1,97 @@
+"""Safe weight loading: Lightning ``.ckpt``, ``.pt`` files and plain state_dicts.
+
+Every file goes through ``torch.load(weights_only=True)``: a checkpoint that would run code
+when unpickled is refused, never executed.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# Prefixes under which a network's weights sit in the checkpoints we know:
+# our own modules ("student.", "teacher.", "peers.0."), DDP ("module."), common wrappers ("model.").
+KNOWN_PREFIXES = ("student.", "teacher.", "model.", "module.", "net.", "peers.0.")
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file holds objects other than tensors and plain containers, so it was not loaded."""
+
+
+def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict:
+    """Load a checkpoint dictionary with ``weights_only=True`` and turn failures into clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist. Point it at a Lightning .ckpt "
+                                f"(e.g. <checkpoint.dirpath>/best.ckpt from a Supervised run) or a "
+                                f"state_dict saved with torch.save(model.state_dict(), path).")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {str(path)!r} is empty (0 bytes): the save was interrupted; "
+                         f"use another checkpoint, e.g. last.ckpt, or retrain.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {what} {str(path)!r}: it contains Python objects other than tensors, "
+            f"and unpickling them could run arbitrary code. Only load files you trust; if you do "
+            f"trust it, re-save its state_dict with torch.save(model.state_dict(), path). "
+            f"(torch said: {str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"{what} {str(path)!r} is corrupt or truncated and cannot be read "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                         f"use another checkpoint or retrain.") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {str(path)!r} holds a {type(obj).__name__}, not a state_dict or "
+                         f"a Lightning checkpoint dictionary.")
+    return obj
+
+
+def extract_state_dict(obj: dict, target: nn.Module) -> dict[str, Tensor]:
+    """Find the target network's weights in a checkpoint dict (Lightning or plain)."""
+    state = obj.get("state_dict", obj)
+    wanted = set(target.state_dict())
+    if wanted <= set(state):
+        return {k: state[k] for k in wanted}
+    for prefix in KNOWN_PREFIXES:
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if stripped and wanted <= set(stripped):
+            return stripped
+    # Nothing matches completely: return the best-matching candidate so the caller can report it.
+    candidates = [state] + [{k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in KNOWN_PREFIXES]
+    return max(candidates, key=lambda c: len(wanted & set(c)))
+
+
+def load_network_weights(net: nn.Module, path: str | Path, what: str = "checkpoint") -> None:
+    """Load weights into ``net`` from ``path``; any mismatch raises an error that names it."""
+    state = extract_state_dict(load_checkpoint_file(path, what), net)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(
+            f"{what} {str(path)!r} does not fit {type(net).__name__}: {len(missing)} of its "
+            f"{len(expected)} tensors are missing (e.g. {missing[:3]}). Is it a checkpoint of "
+            f"another architecture? Check the network spec against the checkpoint.")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        head = _classifier_name(net)
+        if head and any(k.startswith(head + ".") for k, _, _ in wrong):
+            got = state[head + ".weight"].shape[0]
+            want = expected[head + ".weight"].shape[0]
+            raise ValueError(
+                f"{what} {str(path)!r} has a classifier with {got} outputs, but the data has "
+                f"num_classes={want}. Use a teacher trained on this dataset.")
+        raise ValueError(
+            f"{what} {str(path)!r} does not fit {type(net).__name__}: shape mismatch in "
+            f"{len(wrong)} tensors, e.g. " + "; ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:3])
+            + ". Is it a checkpoint of another architecture or width?")
+    net.load_state_dict(state)
+
+
+def _classifier_name(net: nn.Module) -> str | None:
+    """Name of the last Linear layer (the classification head), if any."""
+    linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None

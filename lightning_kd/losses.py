@@ -1,0 +1,4 @@
+"""The pure loss functions of every method (tensors in, scalar out), like torch.nn.functional."""
+from lightning_kd.methods.kd import kd_loss
+
+__all__ = ["kd_loss"]
