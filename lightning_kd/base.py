@@ -6,8 +6,10 @@ the base class weighs and sums the terms, logs each as ``train/<name>``, evaluat
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Optional, Union
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,25 @@ from lightning_kd.checkpoints import load_network_weights
 from lightning_kd.models import build_network
 
 NetSpec = Union[str, dict[str, Any]]
+
+
+def collect_rng_states() -> dict:
+    """torch (CPU and CUDA), numpy and Python generator states, as tensors and plain types."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class DistillationModule(pl.LightningModule):
@@ -155,15 +176,20 @@ class DistillationModule(pl.LightningModule):
                 "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"}}
 
     # The teacher's weights come from teacher_ckpt, so checkpoints do not carry a copy of them.
+    # The random generators travel with the checkpoint, so a resumed run draws the same
+    # shuffles and augmentations as an uninterrupted one.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith("teacher.")}
+        checkpoint["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.teacher is not None:
             state = checkpoint["state_dict"]
             for k, v in self.teacher.state_dict().items():
                 state.setdefault(f"teacher.{k}", v)
+        if self._trainer is not None and "rng_states" in checkpoint:  # resuming a fit
+            restore_rng_states(checkpoint["rng_states"])
 
     def export_student(self, path: str) -> None:
         """Save the student as a plain state_dict that loads into its architecture."""
