@@ -7,6 +7,7 @@ the base class weighs and sums the terms, logs each as ``train/<name>``, evaluat
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -21,6 +22,9 @@ from lightning_kd.checkpoints import load_network_weights
 from lightning_kd.models import build_network
 
 NetSpec = Union[str, dict[str, Any]]
+
+# The frozen teacher is in eval mode on purpose; Lightning warns about any such module.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def collect_rng_states() -> dict:

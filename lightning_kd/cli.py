@@ -33,7 +33,7 @@ class SaveConfigToRun(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
-                Path(logger.experiment.dir, "config.yaml").write_text(text)
+                Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
 
 
 class KDCLI(LightningCLI):

@@ -1,0 +1,98 @@
+"""DistillationModule wiring: Supervised checkpoints as teachers, logged metrics, optimizer, export."""
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from datamodules import DigitsDataModule
+from lightning_kd.checkpoints import load_checkpoint_file
+from lightning_kd.methods import KD, Supervised
+
+TEACHER = {"name": "small_cnn", "width": 8}
+STUDENT = {"name": "small_cnn", "width": 4}
+
+
+def quick_trainer(tmp_path, **kwargs):
+    options = dict(max_epochs=1, limit_train_batches=3, limit_val_batches=2, accelerator="cpu",
+                   logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   default_root_dir=tmp_path)
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.fixture(scope="module")
+def supervised_ckpt(tmp_path_factory):
+    """A real Lightning checkpoint of a Supervised run (the teacher route of the quickstart)."""
+    tmp = tmp_path_factory.mktemp("teacher")
+    pl.seed_everything(0)
+    teacher = Supervised(student=TEACHER, num_classes=10, input_shape=(1, 8, 8))
+    trainer = quick_trainer(tmp, enable_checkpointing=True)
+    trainer.fit(teacher, datamodule=DigitsDataModule(batch_size=32))
+    path = tmp / "teacher.ckpt"
+    trainer.save_checkpoint(path)
+    return path, teacher
+
+
+def test_lightning_checkpoint_loads_with_weights_only(supervised_ckpt):
+    path, teacher = supervised_ckpt
+    ckpt = load_checkpoint_file(path)  # weights_only=True inside
+    assert "state_dict" in ckpt and "rng_states" in ckpt
+    assert all(k.startswith("student.") for k in ckpt["state_dict"] if not k.startswith(("val_", "test_")))
+
+
+def test_supervised_checkpoint_becomes_the_teacher(supervised_ckpt):
+    path, teacher = supervised_ckpt
+    kd = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8))
+    for (name, a), b in zip(teacher.student.state_dict().items(), kd.teacher.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not any(p.requires_grad for p in kd.teacher.parameters())
+    assert not kd.teacher.training
+    kd.train()  # Lightning calls this after every validation loop
+    assert kd.student.training and not kd.teacher.training
+    assert all(not m.training for m in kd.teacher.modules())
+
+
+def test_optimizer_sees_only_trainable_parameters_and_scheduler_is_wired(supervised_ckpt):
+    path, _ = supervised_ckpt
+    kd = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8),
+            optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+            lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1))
+    config = kd.configure_optimizers()
+    optimizer = config["optimizer"]
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in kd.student.parameters()}
+    assert not in_optimizer & {id(p) for p in kd.teacher.parameters()}
+    assert isinstance(optimizer, torch.optim.Adam) and config["lr_scheduler"]["interval"] == "epoch"
+    default = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10,
+                 input_shape=(1, 8, 8)).configure_optimizers()
+    assert isinstance(default, torch.optim.SGD) and default.defaults["lr"] == 0.05
+
+
+def test_validation_logs_student_teacher_and_agreement(supervised_ckpt, tmp_path):
+    path, _ = supervised_ckpt
+    pl.seed_everything(0)
+    kd = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8))
+    dm = DigitsDataModule(batch_size=32)
+    trainer = quick_trainer(tmp_path)
+    trainer.fit(kd, datamodule=dm)
+    metrics = trainer.callback_metrics
+    for key in ("train/ce", "train/kd", "train/loss", "val/acc", "val/acc5", "teacher/acc", "val/agreement"):
+        assert key in metrics, key
+    # independent check of the logged numbers on the same validation batches
+    dm.trainer = None
+    xs, ys = zip(*[dm.on_after_batch_transfer(b, 0) for b in list(dm.val_dataloader())[:2]])
+    x, y = torch.cat(xs), torch.cat(ys)
+    with torch.no_grad():
+        s_pred, t_pred = kd.student.eval()(x).argmax(1), kd.teacher(x).argmax(1)
+    assert float(metrics["val/acc"]) == pytest.approx((s_pred == y).float().mean().item(), abs=1e-6)
+    assert float(metrics["teacher/acc"]) == pytest.approx((t_pred == y).float().mean().item(), abs=1e-6)
+    assert float(metrics["val/agreement"]) == pytest.approx((s_pred == t_pred).float().mean().item(), abs=1e-6)
+    # the weighted sum is what was optimized
+    assert float(metrics["train/loss"]) == pytest.approx(
+        0.1 * float(metrics["train/ce"]) + 0.9 * float(metrics["train/kd"]), rel=1e-5)
+
+
+def test_export_student_is_a_plain_state_dict(supervised_ckpt, tmp_path):
+    _, teacher = supervised_ckpt
+    teacher.export_student(tmp_path / "net.pt")
+    state = torch.load(tmp_path / "net.pt", weights_only=True)
+    assert state.keys() == teacher.student.state_dict().keys()

@@ -1,0 +1,129 @@
+"""Datamodules: fixed digits split, batched device-side augmentation, file errors, ImageFolder."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import (CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule,
+                         ImageFolderDataModule, SyntheticDataModule)
+from datamodules.base import normalize, random_crop, random_flip
+
+
+def test_digits_split_is_fixed_disjoint_and_complete():
+    from sklearn.datasets import load_digits
+
+    dm = DigitsDataModule()
+    assert dm.num_classes == 10 and dm.input_shape == (1, 8, 8)  # known before setup (CLI links them)
+    dm.setup()
+    sizes = {k: len(v[1]) for k, v in dm.splits.items()}
+    assert sizes == {"train": 1257, "val": 180, "test": 360}
+    # every original image appears exactly once across the three splits
+    full = torch.from_numpy(load_digits().images * (255.0 / 16.0)).round().to(torch.uint8)
+    ours = torch.cat([dm.splits[k][0][:, 0] for k in ("train", "val", "test")])
+    key = lambda t: sorted(bytes(row.flatten().tolist()) for row in t)  # noqa: E731
+    assert key(ours) == key(full)
+    again = DigitsDataModule()
+    again.setup()
+    assert torch.equal(again.splits["test"][0], dm.splits["test"][0])
+
+
+def test_random_crop_cuts_a_window_of_the_padded_image():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 6, 6), dtype=torch.uint8)
+    out = random_crop(x, pad=2)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(len(x)):
+        hits = [(r, c) for r in range(5) for c in range(5) if torch.equal(out[i], padded[i, :, r:r + 6, c:c + 6])]
+        assert hits, f"image {i} is not a window of its padded original"
+        offsets.add(hits[0])
+    assert len(offsets) > 1  # the offsets are random per image
+
+
+def test_random_flip_mirrors_about_half():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (400, 1, 4, 4), dtype=torch.uint8)
+    out = random_flip(x)
+    same = torch.tensor([torch.equal(a, b) for a, b in zip(out, x)])
+    mirrored = torch.tensor([torch.equal(a, b.flip(2)) for a, b in zip(out, x)])
+    assert bool((same | mirrored).all())
+    assert 150 < int(mirrored.sum()) < 250
+
+
+def test_normalize_formula():
+    x = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.2]), torch.tensor([0.5, 0.1])
+    expected = torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]])
+    assert torch.allclose(normalize(x, mean, std), expected)
+
+
+def test_batch_transfer_augments_only_while_training():
+    dm = SyntheticDataModule(num_classes=3, input_shape=(3, 8, 8), train_size=32, pad=2, flip=True)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (32, 3, 8, 8) and y.dtype == torch.long
+    dm.trainer = SimpleNamespace(training=False)
+    ev, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.allclose(ev, normalize(x, dm.mean, dm.std))
+    dm.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(1)
+    tr, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert tr.dtype == torch.float32 and not torch.allclose(tr, ev)
+
+
+def test_train_loader_drops_last_partial_batch_and_shuffles():
+    dm = SyntheticDataModule(num_classes=2, input_shape=(1, 2, 2), train_size=10, val_size=20, batch_size=4)
+    dm.setup()
+    assert [len(b[1]) for b in dm.train_dataloader()] == [4, 4]
+    assert [len(b[1]) for b in dm.val_dataloader()] == [8, 8, 4]  # eval keeps every image
+    torch.manual_seed(0)
+    first = torch.cat([b[1] for b in dm.train_dataloader()])
+    second = torch.cat([b[1] for b in dm.train_dataloader()])
+    assert not torch.equal(first, second) or not torch.equal(dm.splits["train"][1][:8], first)
+
+
+@pytest.mark.parametrize("cls,folder", [(CIFAR10DataModule, "cifar-10-batches-py"), (CIFAR100DataModule, "cifar-100-python")])
+def test_cifar_missing_files_name_what_is_expected(tmp_path, cls, folder):
+    with pytest.raises(FileNotFoundError) as err:
+        cls(root=str(tmp_path), download=False)
+    message = str(err.value)
+    assert folder in message and "download" in message
+    assert ("data_batch_1" in message) if folder.startswith("cifar-10-") else ("'train'" in message)
+
+
+def make_tree(root, classes=("cat", "dog"), per_class=3, size=5):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_loads_uint8_tensors_with_sorted_classes(tmp_path):
+    make_tree(tmp_path, size=4)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=4, batch_size=2)
+    assert dm.classes == ["cat", "dog"] and dm.num_classes == 2 and dm.input_shape == (3, 4, 4)
+    dm.setup()
+    x, y = dm.splits["train"]
+    assert x.dtype == torch.uint8 and x.shape == (6, 3, 4, 4)
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    first = np.asarray(Image.open(tmp_path / "train" / "cat" / "0.png"))
+    assert torch.equal(x[0], torch.from_numpy(first).permute(2, 0, 1))
+
+
+def test_image_folder_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataModule(root=str(tmp_path / "nope"))
+
+
+def test_image_folder_rejects_stray_files(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=5)
+    with pytest.raises(ValueError, match="non-image file"):
+        dm.setup()
