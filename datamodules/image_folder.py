@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from datamodules.base import InMemoryDataModule
 
@@ -84,6 +85,8 @@ class ImageFolderDataModule(InMemoryDataModule):
                 continue
             items = list_images(self.root / name, self.classes)
             with ThreadPoolExecutor(self.decode_threads) as pool:
-                images = list(pool.map(self._decode, (f for f, _ in items)))
+                decoding = pool.map(self._decode, (f for f, _ in items))
+                images = list(tqdm(decoding, total=len(items), desc=f"decoding {self.root / name}",
+                                   unit="img", disable=len(items) < 5000))
             decoded[name] = (torch.stack(images), torch.tensor([c for _, c in items], dtype=torch.long))
         return {split: decoded[name] for split, name in self.split_dirs.items()}
