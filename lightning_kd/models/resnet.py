@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .staged import StagedNet
+
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
 
 
@@ -50,7 +52,7 @@ class BasicBlock(nn.Module):
         return self.relu(self.residual(x) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNet):
     """ResNet for 32x32 inputs: stem, three stages of ``BasicBlock`` s, global pool, linear head.
 
     Submodules are named for feature hooks: ``stem``, ``layer1``..``layer3`` (post-ReLU stage
@@ -77,18 +79,7 @@ class CifarResNet(nn.Module):
             blocks = [BasicBlock(c_in if j == 0 else width, width, stride if j == 0 else 1) for j in range(n)]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
             c_in = width
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c_in, num_classes)
-        self.stage_names = ["layer1", "layer2", "layer3"]
-        self.embedding_dim = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.pool(x))
+        self.add_head(["layer1", "layer2", "layer3"], c_in, num_classes)
 
 
 def resnet20(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarResNet:

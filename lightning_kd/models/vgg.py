@@ -15,8 +15,9 @@ without it the counts are 3.96 M and 9.46 M, the figures of CRD's Table 1.)
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from .staged import StagedNet
 
 __all__ = ["CifarVGG", "vgg8", "vgg13"]
 
@@ -27,7 +28,7 @@ _CONFIGS: dict[str, list[list[int]]] = {
 }
 
 
-class CifarVGG(nn.Module):
+class CifarVGG(StagedNet):
     """VGG-BN with named submodules ``stem``, ``layer1``..``layer5``, ``pool``, ``fc``.
 
     VGG has no separate stem, so ``stem`` is an ``nn.Identity`` kept for a uniform interface.
@@ -53,19 +54,7 @@ class CifarVGG(nn.Module):
                 layers += [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
                 c_in = c_out
             setattr(self, f"layer{i}", nn.Sequential(*layers))
-        self.stage_names = [f"layer{i}" for i in range(1, len(config) + 1)]
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c_in, num_classes)
-        self.embedding_dim = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-        return self.fc(self.pool(x))
+        self.add_head([f"layer{i}" for i in range(1, len(config) + 1)], c_in, num_classes)
 
 
 def vgg8(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarVGG:

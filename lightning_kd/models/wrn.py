@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .staged import StagedNet
+
 __all__ = ["WideBlock", "WideResNet", "wrn_16_2", "wrn_40_2"]
 
 
@@ -47,7 +49,7 @@ class WideBlock(nn.Module):
         return self.residual(act) + self.shortcut(act if self.project else x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedNet):
     """WRN-depth-k with named submodules ``stem``, ``layer1``..``layer3``, ``pool``, ``fc``.
 
     Stage outputs: because the blocks are pre-activation, ``layer1`` and ``layer2`` output
@@ -81,18 +83,7 @@ class WideResNet(nn.Module):
                 blocks += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
             c_in = width
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c_in, num_classes)
-        self.stage_names = ["layer1", "layer2", "layer3"]
-        self.embedding_dim = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.pool(x))
+        self.add_head(["layer1", "layer2", "layer3"], c_in, num_classes)
 
 
 def wrn_16_2(num_classes: int = 100, in_channels: int = 3, **kwargs) -> WideResNet:
