@@ -1,0 +1,1 @@
+from callbacks.mutual import MutualAlternation  # noqa: F401
