@@ -115,6 +115,21 @@ class DistillationModule(pl.LightningModule):
         return torch.zeros(batch_size, *self.input_shape)
 
     @torch.no_grad()
+    def example_features(self, net: nn.Module, hooks) -> list[Tensor]:
+        """Features ``hooks`` record on one ``example_input()`` pass of ``net``, to size adapters.
+
+        Runs in eval mode (restored afterwards), so BatchNorm running statistics are untouched.
+        """
+        was_training = net.training
+        net.eval()
+        try:
+            net(self.example_input())
+            return hooks.features
+        finally:
+            net.train(was_training)
+            hooks.clear()
+
+    @torch.no_grad()
     def teacher_forward(self, x: Tensor) -> Tensor:
         """Teacher logits without autograd (its hooks, if any, record features too)."""
         return self.teacher(x)

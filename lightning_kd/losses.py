@@ -1,5 +1,8 @@
 """The pure loss functions of every method (tensors in, scalar out), like torch.nn.functional."""
+from lightning_kd.methods.at import at_loss
+from lightning_kd.methods.fitnet import fitnet_loss
+from lightning_kd.methods.fsp import fsp_loss, fsp_matrix
 from lightning_kd.methods.dml import dml_loss
 from lightning_kd.methods.kd import kd_loss
 
-__all__ = ["dml_loss", "kd_loss"]
+__all__ = ["at_loss", "fitnet_loss", "fsp_loss", "fsp_matrix", "dml_loss", "kd_loss"]
