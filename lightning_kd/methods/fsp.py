@@ -52,7 +52,8 @@ class FSP(DistillationModule):
     parameters without a gradient). From epoch ``stage1_epochs`` on, the loss is the
     cross-entropy alone and the teacher is no longer run. ``train/fsp_stage`` logs 1 or 2, and
     the switch is printed. As in RepDistiller (30 initialisation epochs), one optimizer and one
-    LR schedule span both stages, so configs add the stage-1 epochs to the schedule.
+    LR schedule span both stages, so configs add the stage-1 epochs to the schedule. Under DDP,
+    stage 1 leaves the classifier without gradients: use ``strategy: ddp_find_unused_parameters_true``.
 
     Student and teacher must give matrices of the same ``(C1, C2)``: pairs of equal channel
     counts, e.g. a shallower student of the same widths (resnet8x4 for resnet32x4).
