@@ -3,7 +3,8 @@ from lightning_kd.methods.at import AT
 from lightning_kd.methods.fitnet import FitNet
 from lightning_kd.methods.fsp import FSP
 from lightning_kd.methods.dml import DML
+from lightning_kd.methods.iekd import IEKD
 from lightning_kd.methods.kd import KD
 from lightning_kd.methods.supervised import Supervised
 
-__all__ = ["AT", "FitNet", "FSP", "DML", "KD", "Supervised"]
+__all__ = ["AT", "FitNet", "FSP", "DML", "IEKD", "KD", "Supervised"]

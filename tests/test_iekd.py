@@ -1,0 +1,206 @@
+"""IE-KD: losses against the formula, sign of the exploration term, both stages, bad input."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from datamodules import DigitsDataModule
+from lightning_kd.losses import exploration_loss, inheritance_loss
+from lightning_kd.methods import IEKD
+from lightning_kd.models import build_network
+
+TEACHER = {"name": "small_cnn", "width": 8}
+STUDENT = {"name": "small_cnn", "width": 4}
+
+
+def make_iekd(teacher_ckpt, **kwargs) -> IEKD:
+    torch.manual_seed(0)
+    args = dict(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, num_classes=10,
+                input_shape=(1, 8, 8), stage1_epochs=1)
+    return IEKD(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    """A random teacher whose BatchNorm statistics are measured on digits, so its eval-mode
+    features have the scale of a trained network's (raw random ones are ~1e-2)."""
+    torch.manual_seed(0)
+    teacher = build_network(TEACHER, 10, 1)
+    for m in teacher.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batches
+    data = DigitsDataModule(batch_size=256)
+    data.setup("fit")
+    with torch.no_grad():
+        for batch in data.train_dataloader():
+            teacher(data.on_after_batch_transfer(batch, 0)[0])
+    path = tmp_path_factory.mktemp("iekd") / "teacher.pt"
+    torch.save(teacher.state_dict(), path)
+    return str(path)
+
+
+def by_hand(f: torch.Tensor, t: torch.Tensor) -> float:
+    """The loss written out sample by sample, element by element, in float64."""
+    total, count = 0.0, 0
+    for fi, ti in zip(f.double(), t.double()):
+        fi, ti = fi.flatten(), ti.flatten()
+        fi, ti = fi / math.sqrt(float((fi ** 2).sum())), ti / math.sqrt(float((ti ** 2).sum()))
+        total += float((fi - ti).abs().sum())
+        count += fi.numel()
+    return total / count
+
+
+def test_losses_match_the_formula():
+    torch.manual_seed(0)
+    f, t = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2) * 5
+    assert inheritance_loss(f, t).item() == pytest.approx(by_hand(f, t), rel=1e-5)
+    assert exploration_loss(f, t).item() == pytest.approx(-by_hand(f, t), rel=1e-5)
+    # Scale-free per sample: rescaling one sample of either factor changes nothing.
+    scaled = f.clone()
+    scaled[1] *= 7
+    assert inheritance_loss(scaled, t).item() == pytest.approx(inheritance_loss(f, t).item(), rel=1e-5)
+    assert inheritance_loss(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="equal shape"):
+        inheritance_loss(f, t[:, :2])
+
+
+@pytest.mark.parametrize("loss_fn, sign", [(exploration_loss, +1), (inheritance_loss, -1)])
+def test_one_step_moves_the_factor_the_right_way(loss_fn, sign):
+    torch.manual_seed(1)
+    target = torch.randn(4, 8, 2, 2)
+    factor = torch.randn(4, 8, 2, 2, requires_grad=True)
+    before = by_hand(factor.detach(), target)
+    loss_fn(factor, target).backward()
+    with torch.no_grad():
+        # a plain gradient step, its length 5% of the factor's norm (the raw gradient is O(1/size))
+        factor -= 0.05 * factor.norm() / factor.grad.norm() * factor.grad
+    after = by_hand(factor.detach(), target)
+    assert sign * (after - before) > 1e-3, (before, after)
+
+
+def test_stage2_losses_match_an_independent_computation(teacher_ckpt):
+    model = make_iekd(teacher_ckpt, student_layer="layer2")
+    model.train()
+    model.autoencoder.eval()  # as in stage 2
+    torch.manual_seed(2)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    logits, losses = model.stage2_losses((x, y))
+    assert set(losses) == {"ce", "inh", "exp"}
+
+    # The same quantities without hooks: run the layers by hand.
+    s, t = model.student, model.teacher
+    with torch.no_grad():
+        s_feat = s.layer2(s.layer1(s.stem(x)))          # (6, 8, 4, 4)
+        t_feat = t.layer3(t.layer2(t.layer1(t.stem(x))))  # the teacher's last stage, (6, 32, 2, 2)
+        t_factor = model.autoencoder.encoder(t_feat)
+        inh = model.inheritance_encoder(s_feat[:, :4])
+        exp = model.exploration_encoder(s_feat[:, 4:])
+    assert t_factor.shape == (6, 16, 2, 2) and inh.shape == exp.shape == t_factor.shape
+    assert losses["ce"].item() == pytest.approx(F.cross_entropy(s(x), y).item(), rel=1e-5)
+    assert losses["inh"].item() == pytest.approx(by_hand(inh, t_factor), rel=1e-4)
+    assert losses["exp"].item() == pytest.approx(-by_hand(exp, t_factor), rel=1e-4)
+    assert logits.shape == (6, 10)
+    # Gradients reach the student and its encoders, never the autoencoder or the teacher.
+    sum(losses.values()).backward()
+    assert model.student.stem[0].weight.grad is not None
+    assert model.inheritance_encoder[-3].weight.grad is not None
+    assert model.exploration_encoder[-3].weight.grad is not None
+    assert all(p.grad is None for p in model.autoencoder.parameters())
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def digits_trainer(epochs: int, callbacks=()) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, limit_train_batches=4,
+                      limit_val_batches=1, num_sanity_val_steps=0, enable_progress_bar=False,
+                      logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      callbacks=list(callbacks))
+
+
+def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
+    model = make_iekd(teacher_ckpt, stage1_epochs=3)
+    data = DigitsDataModule(batch_size=64)
+    data.setup("fit")
+    x = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)[0]
+
+    def recon_error() -> float:
+        model.eval()
+        with torch.no_grad():
+            model.teacher(x)
+            (t_feat,) = model.teacher_hooks.features
+            model.teacher_hooks.clear()
+            return model.reconstruction_loss(t_feat).item()
+
+    before = recon_error()
+    model.train()
+    student = copy.deepcopy(model.student.state_dict())
+    # max_epochs = stage1_epochs is refused outside fast_dev_run; train stage 1 + one stage-2 epoch.
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", devices=1, limit_train_batches=8,
+                         limit_val_batches=0, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    recorded = []
+
+    class AfterStage1(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                recorded.append(recon_error())
+                recorded.append({k: v.clone() for k, v in pl_module.student.state_dict().items()})
+                pl_module.train()
+
+    trainer.callbacks.append(AfterStage1())
+    trainer.fit(model, datamodule=data)
+    after, student_after_stage1 = recorded
+    assert after < 0.8 * before, (before, after)
+    assert all(torch.equal(student[k], student_after_stage1[k]) for k in student)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_stage_switch_at_the_configured_epoch_and_teacher_frozen(teacher_ckpt):
+    model = make_iekd(teacher_ckpt, stage1_epochs=2)
+    parts = ["student", "autoencoder", "inheritance_encoder", "exploration_encoder", "teacher"]
+    history = []
+
+    class WhatChanged(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.before = {p: snapshot(getattr(pl_module, p)) for p in parts}
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            history.append({p: changed(self.before[p], getattr(pl_module, p)) for p in parts}
+                           | {"stage": trainer.callback_metrics["train/stage"].item()})
+
+    teacher = snapshot(model.teacher)
+    digits_trainer(4, [WhatChanged()]).fit(model, datamodule=DigitsDataModule(batch_size=32))
+    stage1 = {"student": False, "autoencoder": True, "inheritance_encoder": False,
+              "exploration_encoder": False, "teacher": False, "stage": 1.0}
+    stage2 = {"student": True, "autoencoder": False, "inheritance_encoder": True,
+              "exploration_encoder": True, "teacher": False, "stage": 2.0}
+    assert history == [stage1, stage1, stage2, stage2]
+    assert not changed(teacher, model.teacher)
+
+
+@pytest.mark.parametrize("width, layer, channels", [(3, "layer1", 3), (3, "layer3", 12)])
+def test_unsplittable_layer_is_refused(teacher_ckpt, width, layer, channels):
+    if channels % 2 == 0:  # width 3 -> layer3 has 12 channels: splittable, must build
+        make_iekd(teacher_ckpt, student={"name": "small_cnn", "width": width}, student_layer=layer)
+        return
+    with pytest.raises(ValueError, match=rf"{layer!r}.*{channels} channels"):
+        make_iekd(teacher_ckpt, student={"name": "small_cnn", "width": width}, student_layer=layer)
+
+
+def test_bad_stage_settings_are_refused(teacher_ckpt):
+    with pytest.raises(ValueError, match="stage1_epochs"):
+        make_iekd(teacher_ckpt, stage1_epochs=0)
+    model = make_iekd(teacher_ckpt, stage1_epochs=2)
+    with pytest.raises(ValueError, match="max_epochs=2 ends before stage 2"):
+        digits_trainer(2).fit(model, datamodule=DigitsDataModule(batch_size=32))
