@@ -15,19 +15,25 @@ from torch.utils.data import DataLoader, Dataset
 
 
 class TensorBatches(Dataset):
-    """A dataset of (image, label) tensors whose batches are fetched by one indexing operation."""
+    """A dataset of (image, label) tensors whose batches are fetched by one indexing operation.
 
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images, self.labels = images, labels
+    With ``with_index`` a batch is ``(images, labels, sample indices)``.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, with_index: bool = False):
+        self.images, self.labels, self.with_index = images, labels, with_index
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index):
-        return self.images[index], self.labels[index]
+        item = self.images[index], self.labels[index]
+        return (*item, index) if self.with_index else item
 
     def __getitems__(self, indices):
         index = torch.as_tensor(indices)
+        if self.with_index:
+            return self.images[index], self.labels[index], index
         return self.images[index], self.labels[index]
 
 
@@ -72,6 +78,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         flip: random horizontal flips.
         mean, std: per-channel normalization on the [0, 1] scale (default: from the train split).
         num_workers: DataLoader workers (0 is right for in-memory tensors).
+        return_index: training batches are ``(x, y, sample index)``; what a teacher-output cache
+            (``cache_teacher_outputs`` of the methods) keys on.
     """
 
     num_classes: int
@@ -79,7 +87,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 128, eval_batch_size: Optional[int] = None, pad: int = 4,
                  flip: bool = True, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, num_workers: int = 0):
+                 std: Optional[Sequence[float]] = None, num_workers: int = 0, return_index: bool = False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -91,6 +99,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         self.num_workers = num_workers
+        self.return_index = return_index
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -116,7 +125,7 @@ class InMemoryDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         x, y = self.splits[split]
         batch = self.batch_size if train else self.eval_batch_size
-        return DataLoader(TensorBatches(x, y), batch_size=batch, shuffle=train,
+        return DataLoader(TensorBatches(x, y, with_index=train and self.return_index), batch_size=batch, shuffle=train,
                           drop_last=train and len(y) > batch, collate_fn=keep_batch,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
@@ -133,10 +142,10 @@ class InMemoryDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
+        x, y, *index = batch
         if self.trainer is not None and self.trainer.training:
             if self.pad:
                 x = random_crop(x, self.pad)
             if self.flip:
                 x = random_flip(x)
-        return normalize(x, self.mean, self.std), y
+        return (normalize(x, self.mean, self.std), y, *index)

@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.checkpoints import load_network_weights
 from lightning_kd.models import build_network
+from lightning_kd.teacher_cache import TeacherLogitCache, check_cacheable
 
 NetSpec = Union[str, dict[str, Any]]
 
@@ -60,6 +61,19 @@ class DistillationModule(pl.LightningModule):
         optimizer: optimizer factory over the trainable parameters (default SGD lr 0.05,
             momentum 0.9, weight decay 5e-4, the CIFAR KD recipe).
         lr_scheduler: optional LR scheduler factory, stepped once per epoch.
+        channels_last: keep the networks and the input batches in channels_last memory format
+            (faster convolutions on GPUs with tensor cores).
+        compile: ``torch.compile`` the student and the teacher (in place, so checkpoint keys and
+            the forward hooks of feature methods stay as they are). Opt-in: compiling takes tens of
+            seconds, which short runs do not win back.
+        cache_teacher_outputs: compute the teacher's logits once per training sample and reuse
+            them in later epochs. Valid only without random augmentation (data ``pad: 0``,
+            ``flip: false``, ``return_index: true``) and for methods that read only the teacher's
+            logits; anything else is refused before training.
+
+    Speed: under ``precision: bf16-mixed`` the frozen teacher's weights are cast to bfloat16 for
+    the fit (it runs without autograd in eval mode, so nothing is lost in training) and restored to
+    their original values afterwards. Checkpoints never carry the teacher, in either dtype.
     """
 
     #: Whether the method needs ``teacher`` and ``teacher_ckpt`` (False for Supervised and DML).
@@ -74,6 +88,9 @@ class DistillationModule(pl.LightningModule):
         input_shape: tuple[int, int, int] = (3, 32, 32),
         optimizer: Optional[OptimizerCallable] = None,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        cache_teacher_outputs: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -81,6 +98,11 @@ class DistillationModule(pl.LightningModule):
         self.input_shape = tuple(int(v) for v in input_shape)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.channels_last, self.compile_networks = channels_last, compile
+        self.cache_teacher_outputs = cache_teacher_outputs
+        self.teacher_cache: Optional[TeacherLogitCache] = None
+        self._batch_index: Optional[Tensor] = None  # sample indices of the training batch (cache key)
+        self._teacher_weights: Optional[dict[str, Tensor]] = None  # originals while cast to bf16
         self.loss_weights: dict[str, float] = {}
         self.student = build_network(student, self.num_classes, self.input_shape[0])
         self.teacher: Optional[nn.Module] = None
@@ -95,6 +117,9 @@ class DistillationModule(pl.LightningModule):
             self.teacher.requires_grad_(False).eval()
         elif teacher is not None or teacher_ckpt:
             raise ValueError(f"{name} trains without a teacher: remove `teacher` and `teacher_ckpt`.")
+        if cache_teacher_outputs and not self.uses_teacher:
+            raise ValueError(f"{name} has no teacher, so there is nothing to cache: remove "
+                             f"`cache_teacher_outputs`.")
         top5 = min(5, self.num_classes)
         self.val_acc = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average="micro")
@@ -131,8 +156,47 @@ class DistillationModule(pl.LightningModule):
 
     @torch.no_grad()
     def teacher_forward(self, x: Tensor) -> Tensor:
-        """Teacher logits without autograd (its hooks, if any, record features too)."""
+        """Teacher logits without autograd (its hooks, if any, record features too).
+
+        With ``cache_teacher_outputs``, training batches read the logits cached per sample.
+        """
+        if self.teacher_cache is not None and self.training and self._batch_index is not None:
+            return self.teacher_cache(self._batch_index, x, self.teacher)
         return self.teacher(x)
+
+    def prepare_batch(self, batch) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of a batch: drops a sample-index column (kept for the teacher cache) and
+        converts ``x`` to channels_last when asked."""
+        x, y, *index = batch
+        self._batch_index = index[0] if index else None
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    # ----------------------------------------------------------------- speed options
+    def setup(self, stage: str) -> None:
+        # Before the strategy moves the module to the device, so formats and dtypes travel along.
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if stage != "fit":
+            return
+        if self.teacher is not None and str(self.trainer.precision) == "bf16-mixed":
+            self._teacher_weights = {k: v.detach().clone() for k, v in self.teacher.state_dict().items()}
+            self.teacher.to(torch.bfloat16)
+        if self.cache_teacher_outputs:
+            datamodule = self.trainer.datamodule
+            check_cacheable(datamodule, self.teacher)
+            self.teacher_cache = TeacherLogitCache(len(datamodule.train_dataloader().dataset))
+        if self.compile_networks:
+            self.student.compile()
+            if self.teacher is not None:
+                self.teacher.compile()
+
+    def teardown(self, stage: str) -> None:
+        if self._teacher_weights is not None:  # back to the exact original weights and dtype
+            self.teacher.to(torch.float32).load_state_dict(self._teacher_weights)
+            self._teacher_weights = None
+        self.teacher_cache = None
 
     # ----------------------------------------------------------------- Lightning wiring
     def forward(self, x: Tensor) -> Tensor:
@@ -146,6 +210,7 @@ class DistillationModule(pl.LightningModule):
         return self
 
     def training_step(self, batch, batch_idx):
+        batch = self.prepare_batch(batch)
         _, losses = self.distill_losses(batch)
         total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
         logged = {f"train/{name}": value.detach() for name, value in losses.items()}
@@ -154,7 +219,7 @@ class DistillationModule(pl.LightningModule):
         return total
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = self.prepare_batch(batch)
         logits = self(x)
         self.val_acc.update(logits, y)
         self.val_acc5.update(logits, y)
@@ -169,7 +234,7 @@ class DistillationModule(pl.LightningModule):
             self.log("val/agreement", self.agreement)
 
     def test_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = self.prepare_batch(batch)
         logits = self(x)
         self.test_acc.update(logits, y)
         self.test_acc5.update(logits, y)

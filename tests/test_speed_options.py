@@ -1,0 +1,118 @@
+"""Speed options of DistillationModule: teacher-output cache, bf16 teacher, channels_last."""
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import save_teacher
+from datamodules import SyntheticDataModule
+from lightning_kd.methods import KD, FitNet, Supervised
+
+STUDENT, TEACHER = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 8}
+SHAPE = (1, 8, 8)
+
+
+def data(**kwargs) -> SyntheticDataModule:
+    # 64 training images in batches of 16: no remainder is dropped, so epoch 1 fills the cache.
+    args = dict(num_classes=10, input_shape=SHAPE, train_size=64, val_size=16, test_size=16,
+                batch_size=16, pad=0, flip=False, return_index=True)
+    return SyntheticDataModule(**{**args, **kwargs})
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+class RecordingKD(KD):
+    """KD that keeps every training (input, teacher logits) pair and counts live teacher forwards."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen, self.live_calls = [], {}
+        forward = self.teacher.forward
+
+        def counted(x):
+            self.live_calls[self.current_epoch] = self.live_calls.get(self.current_epoch, 0) + 1
+            return forward(x)
+
+        self.teacher.forward = counted  # not a hook: the cache refuses hooked teachers
+
+    def distill_losses(self, batch):
+        self.seen.append((self.current_epoch, batch[0].clone(), self.teacher_forward(batch[0]).clone()))
+        return super().distill_losses(batch)
+
+
+@pytest.fixture
+def teacher_ckpt(tmp_path) -> str:
+    return save_teacher(tmp_path / "teacher.pt", TEACHER, 10, 1)
+
+
+def test_datamodule_yields_sample_indices():
+    dm = data()
+    dm.setup("fit")
+    x, y, index = next(iter(dm.train_dataloader()))
+    images, labels = dm.splits["train"]
+    assert torch.equal(x, images[index]) and torch.equal(y, labels[index])
+    assert len(next(iter(dm.val_dataloader()))) == 2  # evaluation batches carry no index
+
+
+def test_cached_teacher_logits_equal_live_ones(teacher_ckpt):
+    torch.manual_seed(0)
+    model = RecordingKD(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE,
+                        cache_teacher_outputs=True)
+    trainer(max_epochs=3, limit_val_batches=0).fit(model, data())
+    # Epoch 0 computes all 64 samples live (4 batches); epochs 1 and 2 never run the teacher.
+    assert model.live_calls.get(0) == 4 and model.live_calls.get(1, 0) == 0 and model.live_calls.get(2, 0) == 0
+    cached = [(x, t) for epoch, x, t in model.seen if epoch > 0]
+    assert len(cached) == 8
+    with torch.no_grad():
+        for x, t in cached:  # the teacher is frozen and in eval mode: live logits are the cached ones
+            torch.testing.assert_close(t, model.teacher(x))
+
+
+def test_cache_refuses_augmented_or_unindexed_data_and_hooked_teachers(teacher_ckpt):
+    kd = dict(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE,
+              cache_teacher_outputs=True)
+    with pytest.raises(ValueError, match="pad=2"):
+        trainer(max_steps=1).fit(KD(**kd), data(pad=2))
+    with pytest.raises(ValueError, match="flip=True"):
+        trainer(max_steps=1).fit(KD(**kd), data(flip=True))
+    with pytest.raises(ValueError, match="return_index: true"):
+        trainer(max_steps=1).fit(KD(**kd), data(return_index=False))
+    with pytest.raises(ValueError, match="hooks"):
+        trainer(max_steps=1).fit(FitNet(student_layer="layer1", teacher_layer="layer1", **kd), data())
+    with pytest.raises(ValueError, match="no teacher"):
+        Supervised(student=STUDENT, input_shape=SHAPE, cache_teacher_outputs=True)
+
+
+class DtypeProbe(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.probe = (next(pl_module.teacher.parameters()).dtype,
+                           next(pl_module.student.parameters()).dtype)
+
+
+def test_bf16_teacher_weights_during_fit_and_exact_originals_after(teacher_ckpt):
+    model = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE)
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    trainer(max_steps=2, limit_val_batches=1, precision="bf16-mixed", callbacks=[DtypeProbe()]).fit(
+        model, data(return_index=False))
+    assert model.probe == (torch.bfloat16, torch.float32)  # teacher cast, student trained in fp32
+    after = model.teacher.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_channels_last_networks_and_inputs(tmp_path):
+    torch.manual_seed(0)
+    shape = (3, 8, 8)  # with one channel both memory formats coincide
+    ckpt = save_teacher(tmp_path / "teacher3.pt", TEACHER, 10, 3)
+    model = RecordingKD(student=STUDENT, teacher=TEACHER, teacher_ckpt=ckpt, input_shape=shape,
+                        channels_last=True)
+    trainer(max_steps=1, limit_val_batches=0).fit(model, data(input_shape=shape))
+    x = model.seen[0][1]
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    convs = [m.weight for m in [*model.student.modules(), *model.teacher.modules()]
+             if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                         for w in convs)
