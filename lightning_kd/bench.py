@@ -48,12 +48,14 @@ class ThroughputTimer(Callback):
     Args:
         warmup: batches run before the clock starts (>= 1).
         steps: batches timed.
+        start_epoch: batches of earlier epochs are not counted at all (a stage that does not
+            train the student, such as IE-KD's autoencoder stage).
     """
 
-    def __init__(self, warmup: int, steps: int):
+    def __init__(self, warmup: int, steps: int, start_epoch: int = 0):
         if warmup < 1 or steps < 1:
             raise ValueError(f"need warmup >= 1 and steps >= 1, got warmup={warmup}, steps={steps}")
-        self.warmup, self.steps = warmup, steps
+        self.warmup, self.steps, self.start_epoch = warmup, steps, start_epoch
         self.batches, self.images = 0, 0
         self.start: Optional[float] = None
         self.seconds: Optional[float] = None
@@ -65,6 +67,8 @@ class ThroughputTimer(Callback):
         return time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch < self.start_epoch:
+            return
         self.batches += 1
         if self.batches == self.warmup:
             self.start = self.now()
@@ -99,6 +103,15 @@ class Row:
         ratio = "n/a" if self.ratio is None else f"{self.ratio:.2f}"
         return [self.config, self.method, str(self.batch), f"{self.images_per_s:.1f}", f"{self.peak_mib:.0f}",
                 self.ceiling_step, ratio]
+
+
+# Methods whose first stage trains no student (IE-KD's autoencoder): run that stage for one epoch,
+# then time the student's distillation stage. FSP's stage 1 *is* its distillation: timed as is.
+STUDENT_STAGE_STARTS = {"IEKD": 1}
+
+
+def student_stage_start(cfg: dict) -> int:
+    return STUDENT_STAGE_STARTS.get(cfg["model"]["class_path"].rsplit(".", 1)[-1], 0)
 
 
 def method_configs(configs_dir: Path, names: Optional[list[str]] = None) -> list[Path]:
@@ -164,8 +177,9 @@ def save_random_teacher(spec, num_classes: int, in_channels: int, folder: Path) 
 def overrides(cfg: dict, args, folder: Path) -> list[str]:
     """Command-line overrides that turn a method config into a timed, quiet, offline run."""
     batches = args.warmup + args.steps
+    start = student_stage_start(cfg)
     out = ["--trainer.accelerator=" + args.accelerator, "--trainer.devices=1",
-           f"--trainer.max_epochs={batches}", "--trainer.limit_val_batches=0",
+           f"--trainer.max_epochs={start + batches}", "--trainer.limit_val_batches=0",
            "--trainer.num_sanity_val_steps=0", "--trainer.logger=false",
            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
            f"--trainer.precision={args.precision}", f"--checkpoint.dirpath={folder / 'ckpt'}",
@@ -176,6 +190,8 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
         out += ["--data=datamodules.SyntheticDataModule", "--data.num_classes=10",
                 "--data.input_shape=[3, 32, 32]", f"--data.train_size={args.batch_size * batches}",
                 f"--data.val_size={args.batch_size}", f"--data.test_size={args.batch_size}"]
+    if start:
+        out.append(f"--model.init_args.stage1_epochs={start}")
     if args.channels_last:
         out.append("--model.init_args.channels_last=true")
     if args.compile:
@@ -196,7 +212,7 @@ def bench_config(config: Path, args, folder: Path, datamodules: dict, ceiling: d
         row.method = type(cli.model).__name__
         # The decoded images are shared between configs (the same data, decoded once).
         datamodule = datamodules.setdefault(type(cli.datamodule).__name__, cli.datamodule)
-        timer = ThroughputTimer(args.warmup, args.steps)
+        timer = ThroughputTimer(args.warmup, args.steps, student_stage_start(cfg))
         cli.trainer.callbacks.append(timer)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

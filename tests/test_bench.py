@@ -4,7 +4,7 @@ from __future__ import annotations
 from conftest import ROOT
 from lightning_kd import bench
 
-CONFIGS = ["baseline_resnet8x4", "kd_resnet32x4_resnet8x4"]
+CONFIGS = ["baseline_resnet8x4", "kd_resnet32x4_resnet8x4", "iekd_resnet32x4_resnet8x4"]
 
 
 def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
@@ -21,7 +21,7 @@ def test_bench_writes_a_table_per_config(tmp_path, monkeypatch):
     argv = ["--configs", *CONFIGS, "--batch-size", "4", "--steps", "3", "--warmup", "1",
             "--accelerator", "cpu", "--ceiling", "kd_ceiling.py", "--out", str(out), "--section", "cpu"]
     rows = bench.main(argv)
-    assert [r.error for r in rows] == ["", ""]
+    assert [r.error for r in rows] == [""] * len(CONFIGS)
 
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nhand-written text that must survive\n")
@@ -33,6 +33,7 @@ def test_bench_writes_a_table_per_config(tmp_path, monkeypatch):
     by_config = {r[0]: r for r in body}
     assert by_config["baseline_resnet8x4.yaml"][1] == "Supervised"
     assert by_config["kd_resnet32x4_resnet8x4.yaml"][1] == "KD"
+    assert by_config["iekd_resnet32x4_resnet8x4.yaml"][1] == "IEKD"  # timed in its student stage
     for r in body:
         assert len(r) == len(header)
         assert int(r[2]) == 4
@@ -49,11 +50,29 @@ def test_timer_counts_only_batches_after_warmup():
 
     class FakeTrainer:
         should_stop = False
+        current_epoch = 0
 
     trainer, batch = FakeTrainer(), (__import__("torch").zeros(5, 1), None)
     for i in range(5):
         timer.on_train_batch_end(trainer, None, None, batch, i)
     assert timer.images == 3 * 5 and trainer.should_stop and timer.seconds >= 0
+
+
+def test_timer_ignores_epochs_before_the_student_stage():
+    timer = bench.ThroughputTimer(warmup=1, steps=2, start_epoch=1)
+
+    class FakeTrainer:
+        should_stop = False
+        current_epoch = 0
+
+    trainer, batch = FakeTrainer(), (__import__("torch").zeros(4, 1), None)
+    for _ in range(3):  # stage 1: not counted, not even as warm-up
+        timer.on_train_batch_end(trainer, None, None, batch, 0)
+    assert timer.batches == 0 and not trainer.should_stop
+    trainer.current_epoch = 1
+    for _ in range(3):
+        timer.on_train_batch_end(trainer, None, None, batch, 0)
+    assert timer.images == 2 * 4 and trainer.should_stop
 
 
 def test_method_configs_skip_teachers():
