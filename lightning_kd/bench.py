@@ -32,10 +32,12 @@ from typing import Optional
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 import yaml
 from pytorch_lightning import Callback
 
 from lightning_kd.cli import make_cli
+from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,6 +161,48 @@ def run_ceiling(script: str, batch_size: int, iters: int) -> dict:
     return json.loads(lines[-1])
 
 
+def raw_pytorch_reference(batch_size: int, iters: int, warmup: int = 2) -> dict:
+    """The ceiling's fp32 student and KD steps in plain PyTorch on whatever device is here.
+
+    ``kd_ceiling.py`` needs CUDA; this is the same yardstick (resnet32x4 -> resnet8x4, random
+    data already on the device, SGD, CE 0.1 + KD 0.9 at T=4, no Lightning, no data loading) with
+    this library's networks, so the Lightning loop's overhead can also be measured on a CPU.
+    The result has the ceiling script's JSON shape.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    student = build_network("resnet8x4", 10, 3).to(device)
+    teacher = build_network("resnet32x4", 10, 3).to(device).eval().requires_grad_(False)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def student_step():
+        loss = F.cross_entropy(student(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def kd_step():
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = student(x)
+        loss = 0.1 * F.cross_entropy(s_logits, y) + 0.9 * kd_loss(s_logits, t_logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    rates = {}
+    for name, step in [("student_step", student_step), ("kd_step", kd_step)]:
+        for _ in range(warmup):
+            step()
+        start = ThroughputTimer.now()
+        for _ in range(iters):
+            step()
+        rates[name] = round(batch_size * iters / (ThroughputTimer.now() - start), 1)
+    return {"batch": batch_size, "imgs_per_s": {"fp32": rates}, "source": f"raw PyTorch on {device_name()}"}
+
+
 def ceiling_mode(precision: str, channels_last: bool, compile: bool) -> str:
     """The ceiling row matching our settings: fp32, bf16 + channels_last, or that compiled."""
     if not precision.startswith("bf16"):
@@ -245,8 +289,9 @@ def report(rows: list[Row], args, ceiling: dict, command: str) -> str:
              f"{args.channels_last}, compile {args.compile}; {args.warmup} warm-up + {args.steps} timed "
              f"training batches per config; data: {data}. Memory column: {memory}.",
              "", markdown_table(rows), ""]
-    if args.ceiling:
-        parts.append(f"Ceiling (`{args.ceiling}`, batch {args.batch_size}): `{json.dumps(ceiling)}`")
+    if ceiling:
+        source = args.ceiling or "--raw-reference"
+        parts.append(f"Ceiling (`{source}`, batch {args.batch_size}): `{json.dumps(ceiling)}`")
     return "\n".join(parts)
 
 
@@ -281,6 +326,9 @@ def parse_args(argv=None):
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--ceiling", help="path of kd_ceiling.py, run in the same command (needs CUDA)")
     p.add_argument("--ceiling-iters", type=int, default=50)
+    p.add_argument("--raw-reference", action="store_true",
+                   help="instead of --ceiling: time the same fp32 student/KD steps in plain PyTorch "
+                        "here (works on CPU; compare at --precision 32-true)")
     p.add_argument("--out", help="markdown file to write the table into (e.g. docs/BENCHMARKS.md)")
     p.add_argument("--section", default="latest",
                    help="name of the marked section of --out that this run replaces")
@@ -294,7 +342,13 @@ def main(argv=None) -> list[Row]:
     args = parse_args(argv)
     command = "python -m lightning_kd.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     configs = method_configs(Path(args.configs_dir), args.configs)
-    ceiling = run_ceiling(args.ceiling, args.batch_size, args.ceiling_iters) if args.ceiling else {}
+    if args.ceiling and args.raw_reference:
+        raise SystemExit("--ceiling and --raw-reference are two yardsticks: choose one.")
+    ceiling = {}
+    if args.ceiling:
+        ceiling = run_ceiling(args.ceiling, args.batch_size, args.ceiling_iters)
+    elif args.raw_reference:
+        ceiling = raw_pytorch_reference(args.batch_size, args.ceiling_iters)
     rows, datamodules = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for config in configs:

@@ -80,3 +80,19 @@ def test_method_configs_skip_teachers():
     names = {p.name for p in found}
     assert names and not any(n.startswith("teacher") for n in names)
     assert "kd_resnet32x4_resnet8x4.yaml" in names and "baseline_resnet8x4.yaml" in names
+
+
+def test_raw_reference_fills_the_ratio_column(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "B.md"
+    argv = ["--configs", "baseline_resnet8x4", "kd_resnet32x4_resnet8x4", "--batch-size", "4",
+            "--steps", "2", "--warmup", "1", "--accelerator", "cpu", "--raw-reference",
+            "--ceiling-iters", "2", "--out", str(out)]
+    rows = {r.config: r for r in bench.main(argv)}
+    assert rows["baseline_resnet8x4.yaml"].ceiling_step.startswith("fp32 student_step")
+    assert rows["kd_resnet32x4_resnet8x4.yaml"].ceiling_step.startswith("fp32 kd_step")
+    for row in rows.values():  # the ratio is this row's throughput over the matching raw step
+        reference = float(row.ceiling_step.split("(")[1].split()[0])
+        assert row.ratio == row.images_per_s / reference
+    header, body = table_rows(out.read_text())
+    assert all(float(r[header.index("ratio to ceiling")]) > 0 for r in body)
