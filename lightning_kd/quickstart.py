@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional, Sequence
+
+from pytorch_lightning import Callback
 
 from lightning_kd.cli import make_cli
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
 
 
-def fit_and_test(config: Path, *overrides: str) -> tuple[float, str]:
-    """Fit one config, test its best checkpoint; return (test top-1, best checkpoint path)."""
+def fit_and_test(config: Path, *overrides: str, callbacks: Sequence[Callback] = (),
+                 save_config: Optional[Path] = None) -> tuple[float, str]:
+    """Fit one config, test its best checkpoint; return (test top-1, best checkpoint path).
+
+    ``callbacks`` join the config's own; ``save_config`` receives the fully resolved config.
+    """
     cli = make_cli(["-c", str(config), *overrides], run=False)
+    if save_config is not None:
+        Path(save_config).write_text(cli.parser.dump(cli.config, skip_none=False))
+    cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     best = cli.trainer.checkpoint_callback.best_model_path
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)

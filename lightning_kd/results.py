@@ -1,0 +1,379 @@
+"""The results table: teacher, student baseline and every method of a config folder, over seeds.
+
+    python -m lightning_kd.results --configs configs/cifar10 --data-root ../shared/data/cifar10-jpeg.tar.gz \\
+        --epochs 30 --seeds 0 1 --out docs/RESULTS.md
+    python -m lightning_kd.results --configs configs/quickstart --epochs 10 --out docs/RESULTS_quickstart.md
+
+In order: the teacher config (``teacher*.yaml``), the student baseline (``baseline*.yaml``), then
+every other YAML of the folder (the methods), each an ordinary fit + test of its config through
+:func:`lightning_kd.quickstart.fit_and_test`. The teacher is trained once (first seed); every
+other config runs once per seed and distills from that teacher (``teacher_ckpt`` is overridden).
+``--epochs N`` shortens every schedule by the same factor (max_epochs, LR milestones / T_max /
+step_size, and the stage-1 epochs of two-stage methods), so the configs stay the papers' full
+recipes and the short table is one flag away from them. Writes a markdown report (mean +- std
+top-1 over seeds, delta vs the baseline, wall time per run, the exact command line of every run)
+and a PNG of the validation accuracy per epoch next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import yaml
+from pytorch_lightning import Callback
+
+from lightning_kd.quickstart import fit_and_test
+
+# Row order of the table; configs are discovered from the folder, their file name's first word is the key.
+METHOD_ORDER = ["teacher", "baseline", "kd", "fitnet", "at", "fsp", "rkd", "rco", "dml", "iekd", "iedml"]
+LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fitnet": "FitNet", "at": "AT",
+          "fsp": "FSP", "rkd": "RKD", "rco": "RCO", "dml": "DML", "iekd": "IE-KD", "iedml": "IE-DML"}
+# RepDistiller (Tian et al., CRD, ICLR 2020, Table 1), CIFAR-100 resnet32x4 -> resnet8x4, top-1 %.
+REPDISTILLER_CIFAR100 = {"teacher": 79.42, "baseline": 72.50, "kd": 73.33, "fitnet": 73.50, "at": 73.44,
+                         "fsp": 72.62, "rkd": 71.90}
+# Scheduler arguments counted in epochs (scaled by --epochs): epoch numbers, and periods.
+EPOCH_POINTS = ("milestones", "T_max")
+EPOCH_PERIODS = ("step_size", "T_0")
+
+
+class ValAccHistory(Callback):
+    """Keeps ``val/acc`` after every validation epoch (sanity checks excluded), in memory."""
+
+    def __init__(self):
+        self.history: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
+            self.history.append(float(trainer.callback_metrics["val/acc"]))
+
+
+@dataclass
+class Run:
+    """One fit + test: what ran (config and overrides) and what it measured."""
+
+    key: str
+    config: Path
+    seed: int
+    overrides: list[str]
+    test_acc: float = float("nan")
+    wall_s: float = float("nan")
+    history: list[float] = field(default_factory=list)
+    resolved_config: Optional[Path] = None
+    best_ckpt: str = ""
+
+
+def method_key(config: Path) -> str:
+    """``kd_resnet32x4_resnet8x4.yaml`` -> ``kd``."""
+    return config.stem.split("_")[0].lower()
+
+
+def discover_configs(folder: Path, skip: Sequence[str] = ()) -> tuple[Path, Path, list[Path]]:
+    """(teacher config, baseline config, method configs in table order) of a config folder.
+
+    Args:
+        folder: a folder like ``configs/cifar10``.
+        skip: file-name glob patterns left out (e.g. ``*_tv_*`` for a different student).
+    """
+    configs = [c for c in sorted(Path(folder).glob("*.yaml")) if not any(fnmatch.fnmatch(c.name, p) for p in skip)]
+    found = {k: [c for c in configs if method_key(c) == k] for k in ("teacher", "baseline")}
+    for key, matches in found.items():
+        if len(matches) != 1:
+            raise ValueError(f"{folder} needs exactly one {key}*.yaml, found {[m.name for m in matches]}; "
+                             f"remove the extra ones or leave them out with --skip.")
+    rank = {k: i for i, k in enumerate(METHOD_ORDER)}
+    methods = [c for c in configs if method_key(c) not in ("teacher", "baseline")]
+    methods.sort(key=lambda c: (rank.get(method_key(c), len(rank)), c.name))
+    return found["teacher"][0], found["baseline"][0], methods
+
+
+def scaled_round(value: float, factor: float) -> int:
+    return max(1, int(round(value * factor)))
+
+
+def schedule_overrides(cfg: dict, epochs: int) -> list[str]:
+    """CLI overrides that shrink (or stretch) a config's schedule to ``epochs`` task epochs.
+
+    Durations are multiplied by ``epochs / task_epochs`` where ``task_epochs`` is ``max_epochs``
+    minus a two-stage method's ``stage1_epochs`` (stage 1 keeps at least one epoch), and
+    ``max_epochs`` becomes ``epochs`` plus the scaled stage 1. Epoch numbers of the scheduler
+    (milestones, ``T_max``) after stage 1 keep their place in the task phase: ``m`` becomes
+    ``new_stage1 + (m - stage1) * factor``, so a schedule that spans both stages still does.
+    Every scaled value is at least 1.
+
+    Raises:
+        ValueError: a config without ``trainer.max_epochs`` or with ``stage1_epochs >= max_epochs``.
+    """
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}.")
+    max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if not max_epochs:
+        raise ValueError("the config sets no trainer.max_epochs, so there is no schedule to scale; add it.")
+    init_args = cfg["model"].get("init_args", {})
+    stage1 = int(init_args.get("stage1_epochs") or 0)
+    if stage1 >= max_epochs:
+        raise ValueError(f"stage1_epochs={stage1} >= max_epochs={max_epochs}: no task epochs to scale.")
+    factor = epochs / (max_epochs - stage1)
+    new_stage1 = scaled_round(stage1, factor) if stage1 else 0
+    args = [f"--trainer.max_epochs={epochs + new_stage1}"]
+    if stage1:
+        args.append(f"--model.init_args.stage1_epochs={new_stage1}")
+    sched_args = (init_args.get("lr_scheduler") or {}).get("init_args", {})
+
+    def epoch_point(v: int) -> int:
+        if v > stage1:
+            return new_stage1 + scaled_round(v - stage1, factor)
+        return max(1, min(new_stage1, int(round(v * factor))))
+
+    for name in (*EPOCH_POINTS, *EPOCH_PERIODS):
+        if name not in sched_args:
+            continue
+        value = sched_args[name]
+        scale = epoch_point if name in EPOCH_POINTS else (lambda v: scaled_round(v, factor))
+        scaled = [scale(v) for v in value] if isinstance(value, list) else scale(value)
+        text = f"[{', '.join(map(str, scaled))}]" if isinstance(scaled, list) else str(scaled)
+        args.append(f"--model.init_args.lr_scheduler.init_args.{name}={text}")
+    return args
+
+
+def data_overrides(cfg: dict, data_root: Optional[Path], cifar_root: Optional[str], download: bool) -> list[str]:
+    """Point a config at the data the user has: an ImageFolder tree, or a torchvision CIFAR folder."""
+    args = []
+    if data_root is not None:
+        args += ["--data=datamodules.ImageFolderDataModule", f"--data.root={data_root}"]
+        batch_size = (cfg["data"].get("init_args") or {}).get("batch_size")
+        if batch_size:  # switching the data class drops the old init_args
+            args.append(f"--data.batch_size={batch_size}")
+    if cifar_root is not None:
+        args.append(f"--data.init_args.root={cifar_root}")
+    if download:
+        args.append("--data.init_args.download=true")
+    return args
+
+
+def prepare_data_root(data_root: Path, out_dir: Path) -> Path:
+    """A ``.tar.gz`` of an ImageFolder tree (as in ``shared/data``) is extracted once into ``out_dir``."""
+    if not data_root.name.endswith(".tar.gz"):
+        return data_root
+    target = out_dir / "data"
+    if not target.is_dir():
+        with tarfile.open(data_root) as archive:
+            archive.extractall(target, filter="data")
+    tops = [d for d in target.iterdir() if d.is_dir()]
+    if len(tops) != 1:
+        raise ValueError(f"{data_root} should hold one top folder (<name>/train, <name>/test), found {tops}.")
+    return tops[0]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the deviation of one value is 0."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: Sequence[Run]) -> dict[str, dict]:
+    """Per key, in run order: top-1 mean/std in percent, seeds, mean wall time, delta vs the baseline."""
+    keys = list(dict.fromkeys(r.key for r in runs))
+    rows = {}
+    for key in keys:
+        mine = [r for r in runs if r.key == key]
+        mean, std = mean_std([100 * r.test_acc for r in mine])
+        rows[key] = {"mean": mean, "std": std, "n": len(mine), "wall_s": statistics.fmean(r.wall_s for r in mine),
+                     "config": mine[0].config}
+    base = rows.get("baseline", {}).get("mean")
+    for key, row in rows.items():
+        row["delta"] = None if base is None or key in ("baseline", "teacher") else row["mean"] - base
+    return rows
+
+
+def markdown_table(rows: dict[str, dict], reference: Optional[dict[str, float]] = None) -> str:
+    """The summary table; ``reference`` adds a column of published top-1 numbers."""
+    head = ["method", "config", "top-1 % (mean ± std)", "Δ vs baseline", "seeds", "wall time / run"]
+    if reference:
+        head.append("RepDistiller CIFAR-100 ref.")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for key, row in rows.items():
+        cells = [LABELS.get(key, key), f"`{row['config'].name}`", f"{row['mean']:.2f} ± {row['std']:.2f}",
+                 "—" if row["delta"] is None else f"{row['delta']:+.2f}", str(row["n"]), f"{row['wall_s']:.0f} s"]
+        if reference:
+            cells.append(f"{reference[key]:.2f}" if key in reference else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_histories(runs: Sequence[Run], path: Path, title: str) -> None:
+    """Validation top-1 per epoch, one line per method (mean over seeds), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key in dict.fromkeys(r.key for r in runs):
+        curves = [r.history for r in runs if r.key == key and r.history]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        mean = [100 * statistics.fmean(c[i] for c in curves) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, marker="." if length < 40 else None, label=LABELS.get(key, key),
+                linestyle="--" if key in ("teacher", "baseline") else "-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def device_description() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return f"CPU only ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, configs: Path, note: str = "") -> str:
+    """The markdown report (returned and written to ``out``)."""
+    rows = summarize(runs)
+    import pytorch_lightning
+
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"# Results: `{configs}`", "",
+        f"- Device: {device_description()}; torch {torch.__version__}, pytorch-lightning "
+        f"{pytorch_lightning.__version__}",
+        f"- Date: {date}",
+        f"- Command: `{command}`", "",
+    ]
+    if note:
+        parts += [note, ""]
+    parts += [
+        "Test top-1 of the best-`val/acc` checkpoint. Δ is the method's mean minus the student "
+        "baseline's mean, in points. The teacher is trained once (first seed); every student run "
+        "distills from it. Wall time covers fit + test of one run. Where the datamodule validates on "
+        "the test split (the CIFAR configs, `val_size: 0`, the convention of RepDistiller), this is the "
+        "best-epoch test accuracy that the KD papers report.", "",
+        markdown_table(rows, REPDISTILLER_CIFAR100), "",
+        "The last column quotes RepDistiller's published CIFAR-100 numbers for resnet32x4 -> resnet8x4 "
+        "(240 epochs; Tian et al., *Contrastive Representation Distillation*, ICLR 2020, "
+        "https://arxiv.org/abs/1910.10699) as a reference point: they are not measured here and come "
+        "from a different dataset and schedule than this table unless the configs are the CIFAR-100 ones "
+        "at full length.", "",
+        f"![validation accuracy per epoch]({plot.name})", "",
+        "## Runs", "",
+        "| method | seed | test top-1 % | best val top-1 % | epochs | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        best = f"{100 * max(r.history):.2f}" if r.history else "—"
+        parts.append(f"| {LABELS.get(r.key, r.key)} | {r.seed} | {100 * r.test_acc:.2f} | {best} | "
+                     f"{len(r.history)} | {r.wall_s:.1f} s |")
+    parts += ["", "## Exact configs", "",
+              "Each run is `lightning-kd fit -c <config> <overrides>` followed by a test of its best "
+              "checkpoint; the fully resolved config of each run is saved as `config.yaml` in its run folder.", ""]
+    for r in runs:
+        parts.append(f"- `{r.config}` {' '.join(f'`{o}`' for o in r.overrides)}")
+    text = "\n".join(parts) + "\n"
+    out.write_text(text)
+    return text
+
+
+def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Path) -> Run:
+    """Fit + test one config with ``overrides``; record its top-1, wall time and val/acc history."""
+    ckpt_dir = run_dir / "checkpoints"
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a re-run starts clean, so best.ckpt is this run's
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
+    history = ValAccHistory()
+    start = time.perf_counter()
+    test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml")
+    run = Run(key, config, seed, overrides, test_acc, time.perf_counter() - start, history.history,
+              run_dir / "config.yaml", best)
+    print(f"[results] {LABELS.get(key, key)} seed {seed}: test top-1 {100 * test_acc:.2f}% "
+          f"in {run.wall_s:.0f} s", flush=True)
+    return run
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", type=Path, default=Path("configs/quickstart"),
+                        help="config folder: teacher*.yaml, baseline*.yaml and the method configs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every student config")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="task epochs of every run (schedules scaled to match); default: the configs' own")
+    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="markdown report (PNG beside it)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/results"), help="checkpoints and resolved configs")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="ImageFolder tree (root/{train,test}/<class>/...) or a .tar.gz of one, "
+                             "read with datamodules.ImageFolderDataModule")
+    parser.add_argument("--cifar-root", default=None, help="torchvision CIFAR folder (data.init_args.root)")
+    parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs network)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="KEY",
+                        help="method keys to run besides teacher and baseline (e.g. kd fitnet)")
+    parser.add_argument("--skip", nargs="*", default=["*_tv_*"], help="config file-name patterns to leave out")
+    parser.add_argument("--limit-train-batches", type=int, default=None, help="cap batches per epoch (smoke runs)")
+    parser.add_argument("--override", action="append", default=[], metavar="ARG",
+                        help="extra CLI override for every run, e.g. --override=--trainer.precision=bf16-mixed")
+    parser.add_argument("--note", default="", help="a paragraph placed under the report's header")
+    parser.add_argument("--wandb", action="store_true", help="keep the configs' wandb logger (default: no logger)")
+    args = parser.parse_args(argv)
+    if args.data_root is not None and args.cifar_root is not None:
+        parser.error("--data-root (ImageFolder) and --cifar-root (torchvision CIFAR) exclude each other; pick one.")
+    if not args.configs.is_dir():
+        parser.error(f"--configs {args.configs} is not a folder.")
+    return args
+
+
+def main(argv=None) -> list[Run]:
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = "python -m lightning_kd.results " + shlex.join(argv)
+    teacher_cfg, baseline_cfg, method_cfgs = discover_configs(args.configs, args.skip)
+    if args.only is not None:
+        method_cfgs = [c for c in method_cfgs if method_key(c) in args.only]
+    data_root = None if args.data_root is None else prepare_data_root(args.data_root, args.run_dir)
+    common = ["--trainer.enable_progress_bar=false", *args.override]
+    if not args.wandb:
+        common.append("--trainer.logger=false")
+    if args.limit_train_batches is not None:
+        common.append(f"--trainer.limit_train_batches={args.limit_train_batches}")
+
+    def overrides_for(config: Path) -> list[str]:
+        cfg = yaml.safe_load(config.read_text())
+        extra = data_overrides(cfg, data_root, args.cifar_root, args.download)
+        if args.epochs is not None:
+            extra += schedule_overrides(cfg, args.epochs)
+        return extra + common
+
+    teacher = run_one("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg),
+                      args.run_dir / teacher_cfg.stem / f"seed{args.seeds[0]}")
+    runs = [teacher]
+    for config in [baseline_cfg, *method_cfgs]:
+        cfg = yaml.safe_load(config.read_text())
+        wiring = []
+        if (cfg["model"].get("init_args") or {}).get("teacher_ckpt"):
+            wiring.append(f"--model.init_args.teacher_ckpt={teacher.best_ckpt}")
+        for seed in args.seeds:
+            runs.append(run_one(method_key(config), config, seed, overrides_for(config) + wiring,
+                                args.run_dir / config.stem / f"seed{seed}"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot = args.out.with_suffix(".png")
+    plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")
+    print(write_report(runs, args.out, plot, command, args.configs, args.note))
+    return runs
+
+
+if __name__ == "__main__":
+    main()

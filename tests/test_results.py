@@ -1,0 +1,136 @@
+"""The results command: schedule scaling, statistics, the markdown table and a tiny end-to-end run."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, discover_configs, markdown_table, mean_std,
+                                  schedule_overrides, summarize)
+from lightning_kd.results import main as results_main
+
+
+def two_stage_config(max_epochs=270, stage1=30, scheduler=None) -> dict:
+    scheduler = scheduler or {"class_path": "torch.optim.lr_scheduler.MultiStepLR",
+                              "init_args": {"milestones": [180, 210, 240], "gamma": 0.1}}
+    return {"trainer": {"max_epochs": max_epochs},
+            "model": {"init_args": {"stage1_epochs": stage1, "lr_scheduler": scheduler}}}
+
+
+def as_dict(overrides: list[str]) -> dict[str, str]:
+    return dict(o.lstrip("-").split("=", 1) for o in overrides)
+
+
+def test_schedule_scaling_two_stage_by_hand():
+    # 240 task epochs after a 30-epoch stage 1, shrunk to 24: factor 1/10.
+    # stage 1: 30 -> 3; max: 24 + 3 = 27; milestones 180/210/240 = 30 + 150/180/210 -> 3 + 15/18/21.
+    got = as_dict(schedule_overrides(two_stage_config(), 24))
+    assert got == {"trainer.max_epochs": "27", "model.init_args.stage1_epochs": "3",
+                   "model.init_args.lr_scheduler.init_args.milestones": "[18, 21, 24]"}
+
+
+def test_schedule_scaling_cosine_spans_both_stages():
+    cosine = {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 35}}
+    got = as_dict(schedule_overrides(two_stage_config(35, 5, cosine), 10))
+    # factor 10/30: stage 1 5 -> 2 (1.67 rounded), T_max = stage 1 + 10 = max_epochs.
+    assert got["model.init_args.stage1_epochs"] == "2"
+    assert got["trainer.max_epochs"] == "12"
+    assert got["model.init_args.lr_scheduler.init_args.T_max"] == "12"
+
+
+def test_schedule_scaling_single_stage_and_periods():
+    step = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 30}}
+    cfg = {"trainer": {"max_epochs": 90}, "model": {"init_args": {"lr_scheduler": step}}}
+    assert as_dict(schedule_overrides(cfg, 9)) == {"trainer.max_epochs": "9",
+                                                   "model.init_args.lr_scheduler.init_args.step_size": "3"}
+    # The full length reproduces the config exactly.
+    full = as_dict(schedule_overrides(two_stage_config(), 240))
+    assert full["model.init_args.lr_scheduler.init_args.milestones"] == "[180, 210, 240]"
+    assert full["model.init_args.stage1_epochs"] == "30" and full["trainer.max_epochs"] == "270"
+
+
+def test_schedule_scaling_keeps_a_stage1_epoch_and_stays_inside():
+    got = as_dict(schedule_overrides(two_stage_config(), 1))
+    stage1, max_epochs = int(got["model.init_args.stage1_epochs"]), int(got["trainer.max_epochs"])
+    assert stage1 == 1 and max_epochs == 2
+    milestones = [int(m) for m in re.findall(r"\d+", got["model.init_args.lr_scheduler.init_args.milestones"])]
+    assert all(stage1 < m <= max_epochs for m in milestones)
+
+
+def test_schedule_scaling_bad_input():
+    with pytest.raises(ValueError, match="max_epochs"):
+        schedule_overrides({"trainer": {}, "model": {}}, 10)
+    with pytest.raises(ValueError, match="stage1_epochs"):
+        schedule_overrides(two_stage_config(max_epochs=30, stage1=30), 10)
+    with pytest.raises(ValueError, match="--epochs"):
+        schedule_overrides(two_stage_config(), 0)
+
+
+def test_mean_std_and_delta_by_hand():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # sample std: sqrt(((1)^2 + 0 + (1)^2) / 2)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    runs = [Run("teacher", Path("t.yaml"), 0, [], 0.90, 10.0),
+            Run("baseline", Path("b.yaml"), 0, [], 0.70, 4.0), Run("baseline", Path("b.yaml"), 1, [], 0.72, 6.0),
+            Run("kd", Path("k.yaml"), 0, [], 0.74, 5.0), Run("kd", Path("k.yaml"), 1, [], 0.78, 7.0)]
+    rows = summarize(runs)
+    assert list(rows) == ["teacher", "baseline", "kd"]
+    assert rows["baseline"]["mean"] == pytest.approx(71.0)
+    assert rows["baseline"]["std"] == pytest.approx(math.sqrt(2.0))  # (70, 72): sqrt((1 + 1) / 1)
+    assert rows["kd"]["mean"] == pytest.approx(76.0) and rows["kd"]["std"] == pytest.approx(math.sqrt(8.0))
+    assert rows["kd"]["delta"] == pytest.approx(5.0)
+    assert rows["baseline"]["delta"] is None and rows["teacher"]["delta"] is None
+    assert rows["kd"]["wall_s"] == pytest.approx(6.0) and rows["kd"]["n"] == 2
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_markdown_table_is_well_formed():
+    runs = [Run("baseline", Path("b.yaml"), 0, [], 0.70, 4.0), Run("kd", Path("k.yaml"), 0, [], 0.75, 5.0),
+            Run("mystery", Path("m.yaml"), 0, [], 0.5, 1.0)]
+    rows = table_rows(markdown_table(summarize(runs), REPDISTILLER_CIFAR100))
+    header, separator, *body = rows
+    assert all(len(r) == len(header) for r in rows)
+    assert all(re.fullmatch(r"-{3,}", cell) for cell in separator)
+    assert [r[0] for r in body] == ["student baseline", "KD", "mystery"]
+    assert body[1][2] == "75.00 ± 0.00" and body[1][3] == "+5.00"
+    assert body[0][-1] == "72.50" and body[1][-1] == "73.33" and body[2][-1] == "—"
+
+
+def test_discover_configs_orders_and_skips():
+    teacher, baseline, methods = discover_configs(ROOT / "configs" / "cifar10", skip=["*_tv_*"])
+    assert teacher.name == "teacher_resnet32x4.yaml" and baseline.name == "baseline_resnet8x4.yaml"
+    names = [m.name for m in methods]
+    assert "kd_resnet32x4_tv_resnet18.yaml" not in names
+    assert names[0] == "kd_resnet32x4_resnet8x4.yaml"
+    assert names.index("fitnet_resnet32x4_resnet8x4.yaml") < names.index("dml_resnet8x4.yaml")
+
+
+def test_discover_configs_needs_one_teacher(tmp_path):
+    (tmp_path / "baseline.yaml").write_text("{}")
+    with pytest.raises(ValueError, match="teacher"):
+        discover_configs(tmp_path)
+
+
+def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
+    out = tmp_path / "docs" / "RESULTS.md"
+    runs = results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "--epochs", "1",
+                         "--limit-train-batches", "2", "--only", "kd", "fsp", "--out", str(out),
+                         "--run-dir", str(tmp_path / "runs")])
+    assert [r.key for r in runs] == ["teacher", "baseline", "kd", "fsp"]
+    assert [len(r.history) for r in runs] == [1, 1, 1, 2]  # FSP: one stage-1 epoch + one task epoch
+    text = out.read_text()
+    body = [r[0] for r in table_rows(text.split("## Runs")[0])[2:]]
+    assert body == ["teacher", "student baseline", "KD", "FSP"]
+    # The teacher's best checkpoint of this run is wired into the students that need one.
+    kd = next(r for r in runs if r.key == "kd")
+    assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in kd.overrides
+    assert Path(runs[0].best_ckpt).is_file() and kd.resolved_config.is_file()
+    png = out.with_suffix(".png")
+    assert "](RESULTS.png)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
