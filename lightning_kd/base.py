@@ -198,6 +198,18 @@ class DistillationModule(pl.LightningModule):
             self._teacher_weights = None
         self.teacher_cache = None
 
+    def load_teacher_state(self, state: dict[str, Tensor]) -> None:
+        """Swap the frozen teacher's weights during a fit (RCO's route anchors, callbacks/route.py).
+
+        The values are copied into the teacher's current dtype and device (bfloat16 under the bf16
+        speed option), become the weights that ``teardown`` restores, and void cached logits.
+        """
+        self.teacher.load_state_dict(state)
+        if self._teacher_weights is not None:
+            self._teacher_weights = {k: v.detach().clone() for k, v in state.items()}
+        if self.teacher_cache is not None:
+            self.teacher_cache = TeacherLogitCache(self.teacher_cache.size)
+
     # ----------------------------------------------------------------- Lightning wiring
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)

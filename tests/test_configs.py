@@ -7,11 +7,13 @@ and teacher checkpoints are replaced by freshly built teachers of the configured
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from callbacks.route import anchor_filename, write_manifest
 from conftest import ROOT, save_teacher
 from lightning_kd.cli import make_cli
 
@@ -49,7 +51,21 @@ def offline_overrides(cfg: dict, tmp_path) -> list[str]:
     if model_args.get("teacher_ckpt"):
         path = save_teacher(tmp_path / "teacher.pt", model_args["teacher"], num_classes, shape[0])
         args.append(f"--model.init_args.teacher_ckpt={path}")
+    for callback in (cfg.get("trainer") or {}).get("callbacks") or []:
+        route_dir = (callback.get("init_args") or {}).get("route_dir")
+        if route_dir and not Path(route_dir).is_absolute():  # read relative to the cwd, tmp_path
+            save_route(tmp_path / route_dir, model_args["teacher"], num_classes, shape[0])
     return args
+
+
+def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: int = 2) -> None:
+    """A recorded teacher route (callbacks.RouteRecorder's layout) of freshly built teachers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for epoch in range(anchors):
+        save_teacher(folder / anchor_filename(epoch), spec, num_classes, in_channels, seed=epoch)
+        entries.append({"epoch": epoch, "step": epoch, "val_acc": None, "file": anchor_filename(epoch)})
+    write_manifest(folder, entries)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])

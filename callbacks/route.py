@@ -1,0 +1,349 @@
+"""RCO: record a teacher's training route, then distill from its anchor points, easiest first.
+
+Jin et al. "Knowledge Distillation via Route Constrained Optimization", ICCV 2019,
+https://arxiv.org/abs/1904.09149. :class:`RouteRecorder` saves the anchors while the teacher
+trains; :class:`RouteConstrainedTeacher` loads them into the frozen teacher of a student run.
+
+A route folder holds one plain state_dict per anchor (``epoch0149.pt``, ...) and the manifest
+``route.json``: a list of ``{"epoch", "step", "val_acc", "file"}`` sorted by epoch, where
+``epoch`` is the 0-based epoch at whose end the weights were taken and ``file`` is relative to
+the folder.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
+
+from lightning_kd.checkpoints import load_network_weights
+from lightning_kd.methods.kd import kd_loss
+
+MANIFEST = "route.json"
+SCHEDULES = ("even", "greedy")
+
+
+def anchor_filename(epoch: int) -> str:
+    return f"epoch{epoch:04d}.pt"
+
+
+def write_manifest(dirpath: Union[str, Path], entries: list[dict]) -> Path:
+    """Write ``route.json`` atomically (a killed run never leaves half a manifest)."""
+    path = Path(dirpath) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(sorted(entries, key=lambda e: e["epoch"]), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def save_anchor(dirpath: Union[str, Path], epoch: int, state: dict[str, Tensor]) -> str:
+    """Save one anchor as a plain state_dict (loads with ``weights_only=True``); returns its name."""
+    name = anchor_filename(epoch)
+    tmp = Path(dirpath) / (name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    os.replace(tmp, Path(dirpath) / name)
+    return name
+
+
+def read_manifest(route_dir: Union[str, Path]) -> list[dict]:
+    """The anchors of a route folder, sorted by epoch; clear errors for a missing or broken route."""
+    route_dir = Path(route_dir)
+    path = route_dir / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"route folder {str(route_dir)!r} has no manifest {MANIFEST}: train the teacher with the "
+            f"callbacks.RouteRecorder callback (it writes <checkpoint dirpath>/route/{MANIFEST}) and "
+            f"point route_dir at that folder.")
+    try:
+        entries = json.loads(path.read_text())
+        entries = sorted(entries, key=lambda e: int(e["epoch"]))
+        files = [route_dir / e["file"] for e in entries]
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"route manifest {str(path)!r} is not a list of {{epoch, val_acc, file}} "
+                         f"entries ({type(err).__name__}: {err}); re-record the route.") from None
+    if not entries:
+        raise ValueError(f"route manifest {str(path)!r} lists no anchors; re-record the route.")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"route manifest {str(path)!r} names anchor files that do not exist: "
+                                f"{missing}. Restore them or re-record the route.")
+    return entries
+
+
+def scheduled_milestone_epochs(trainer: pl.Trainer) -> Optional[set[int]]:
+    """Epochs after which an epoch-wise step scheduler lowers the LR; None if it cannot be read."""
+    epochs: set[int] = set()
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if config.interval != "epoch" or config.frequency != 1:
+            return None
+        if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+            drops = set(scheduler.milestones)
+        elif isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
+            drops = set(range(scheduler.step_size, trainer.max_epochs + 1, scheduler.step_size))
+        else:
+            return None
+        # The scheduler steps after epoch e with last_epoch -> e + 1; the LR drops when that is a milestone.
+        epochs |= {m - 1 for m in drops if m >= 1}
+    return epochs
+
+
+class RouteRecorder(Callback):
+    """Saves a teacher's weights along its training route: the anchors of RCO.
+
+    "Knowledge Distillation via Route Constrained Optimization" (Jin et al., ICCV 2019),
+    https://arxiv.org/abs/1904.09149. Use it while training the teacher with
+    :class:`~lightning_kd.methods.Supervised`; the network saved is ``pl_module.student``.
+    An anchor is saved at the end of an epoch when
+
+    - ``every_n_epochs`` divides the epoch count (epochs ``k-1, 2k-1, ...``, 0-based),
+    - ``at_milestones`` and the LR scheduler lowers the LR after this epoch (the weights just
+      before the drop, which the paper's authors recommend as anchors; read from ``MultiStepLR``
+      or ``StepLR``),
+    - it is the last epoch of the fit (the final weights).
+
+    The anchors and the manifest ``route.json`` go to ``dirpath`` (default
+    ``<checkpoint dirpath>/route``), written by rank zero only. The list of anchors is part of
+    Lightning checkpoints, so a resumed run continues the same manifest (an epoch saved twice
+    replaces its entry, never duplicates it).
+
+    Args:
+        every_n_epochs: save every this many epochs (None: only milestones and the final weights).
+        at_milestones: save before every LR drop of the scheduler.
+        dirpath: the route folder.
+    """
+
+    def __init__(self, every_n_epochs: Optional[int] = None, at_milestones: bool = True,
+                 dirpath: Optional[str] = None):
+        if every_n_epochs is not None and (int(every_n_epochs) != every_n_epochs or every_n_epochs < 1):
+            raise ValueError(f"RouteRecorder every_n_epochs must be a positive integer or None, "
+                             f"got {every_n_epochs!r}.")
+        self.every_n_epochs = every_n_epochs
+        self.at_milestones = at_milestones
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.entries: list[dict] = []
+        self.milestone_epochs: set[int] = set()
+        self._val_acc: tuple[int, Optional[float]] = (-1, None)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_milestones:
+            milestones = scheduled_milestone_epochs(trainer)
+            if milestones is None:
+                names = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
+                raise ValueError(
+                    f"RouteRecorder(at_milestones=True) reads LR drops from an epoch-wise MultiStepLR or "
+                    f"StepLR, but the schedulers are {names} (a smooth schedule changes the LR every "
+                    f"epoch, or steps per batch): set at_milestones: false and every_n_epochs.")
+            self.milestone_epochs = milestones
+        if self.dirpath is None:
+            root = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+            self.dirpath = Path(root or trainer.default_root_dir) / "route"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            acc = trainer.callback_metrics.get("val/acc")
+            self._val_acc = (trainer.current_epoch, None if acc is None else float(acc))
+
+    def should_save(self, epoch: int, max_epochs: int) -> bool:
+        every = self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
+        return every or epoch in self.milestone_epochs or epoch + 1 == max_epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.should_save(trainer.current_epoch, trainer.max_epochs):
+            self.record(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Stopped early (early stopping, max_steps): the weights it ends with are the final anchor.
+        if not self.entries or self.entries[-1]["step"] != trainer.global_step:
+            self.record(trainer, pl_module, max(trainer.current_epoch - 1, 0))
+
+    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        epoch_of_acc, acc = self._val_acc
+        entry = {"epoch": epoch, "step": trainer.global_step, "val_acc": acc if epoch_of_acc == epoch else None,
+                 "file": anchor_filename(epoch)}
+        self.entries = [e for e in self.entries if e["epoch"] != epoch] + [entry]
+        if trainer.is_global_zero:
+            save_anchor(self.dirpath, epoch, pl_module.student.state_dict())
+            write_manifest(self.dirpath, self.entries)
+
+    def state_dict(self) -> dict:
+        return {"entries": self.entries}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.entries = list(state_dict["entries"])
+
+
+class RouteConstrainedTeacher(Callback):
+    """Distills from a teacher's route: the frozen teacher moves through the recorded anchors.
+
+    "Knowledge Distillation via Route Constrained Optimization" (Jin et al., ICCV 2019),
+    https://arxiv.org/abs/1904.09149. The student first mimics an early, easy teacher and then
+    ever later ones, ending on the converged teacher. Works with any teacher-based method (KD by
+    default): anchor ``i``'s weights are loaded in place into ``pl_module.teacher``, so the
+    method's feature hooks stay attached. The schedule:
+
+    - ``"even"``: the epochs split evenly over the anchors (epoch ``e`` uses anchor
+      ``e * num_anchors // max_epochs``).
+    - a list of switch epochs ``[s_1, ..., s_{n-1}]``: anchor ``k`` takes over at epoch ``s_k``.
+    - ``"greedy"``: at each stage end of the even split, the student's KL divergence
+      ``KL(p_anchor || p_student)`` to every later anchor is measured on the first
+      ``greedy_batches`` validation batches, and the teacher moves to the furthest anchor whose
+      divergence is at most ``threshold`` (to the next anchor if none is).
+
+    The current anchor is logged as ``train/rco_anchor`` and saved in checkpoints; a resumed run
+    continues on the same anchor with the same weights. The model's ``teacher_ckpt`` should be
+    the converged teacher (its ``last.ckpt`` is the final anchor); the callback replaces its
+    weights at the start of the fit, and the teacher holds the last active anchor afterwards.
+
+    Args:
+        route_dir: the folder :class:`RouteRecorder` wrote (with ``route.json``).
+        schedule: ``"even"``, ``"greedy"`` or a list of switch epochs.
+        threshold: greedy's largest divergence (nats, >= 0) for moving to an anchor.
+        greedy_batches: validation batches greedy measures on.
+    """
+
+    def __init__(self, route_dir: str, schedule: Union[str, list[int]] = "even", threshold: float = 0.5,
+                 greedy_batches: int = 8):
+        if isinstance(schedule, str) and schedule not in SCHEDULES:
+            raise ValueError(f"RouteConstrainedTeacher schedule must be one of {SCHEDULES} or a list of "
+                             f"switch epochs, got {schedule!r}.")
+        if not threshold >= 0:
+            raise ValueError(f"RouteConstrainedTeacher threshold is a KL divergence bound and must be "
+                             f">= 0, got {threshold}.")
+        if int(greedy_batches) != greedy_batches or greedy_batches < 1:
+            raise ValueError(f"RouteConstrainedTeacher greedy_batches must be a positive integer, "
+                             f"got {greedy_batches!r}.")
+        self.route_dir = Path(route_dir)
+        self.entries = read_manifest(self.route_dir)
+        n = len(self.entries)
+        if not isinstance(schedule, str):
+            schedule = [int(s) for s in schedule]
+            if len(schedule) != n - 1:
+                raise ValueError(f"an explicit schedule lists the epoch at which each anchor after the "
+                                 f"first takes over: {n - 1} epochs for the {n} anchors of "
+                                 f"{str(self.route_dir)!r}, got {schedule}.")
+            if any(b <= a for a, b in zip([0] + schedule, schedule)):
+                raise ValueError(f"switch epochs must be positive and strictly increasing, got {schedule}.")
+        self.schedule = schedule
+        self.threshold = float(threshold)
+        self.greedy_batches = int(greedy_batches)
+        self.index = 0  # the active anchor (saved in checkpoints)
+        self.anchors: list[dict[str, Tensor]] = []
+        self.divergences: dict[int, float] = {}  # greedy's last measurement, anchor -> KL
+        self._loaded: Optional[int] = None
+        self._held_out: list[Tensor] = []
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.entries)
+
+    # ----------------------------------------------------------------- checks and loading
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if getattr(pl_module, "teacher", None) is None:
+            raise TypeError(f"RouteConstrainedTeacher moves a frozen teacher along its route, but "
+                            f"{type(pl_module).__name__} has no teacher; use a teacher-based method "
+                            f"such as lightning_kd.methods.KD.")
+        max_epochs = trainer.max_epochs
+        if not trainer.fast_dev_run and (max_epochs is None or max_epochs < 1):
+            raise ValueError("RouteConstrainedTeacher schedules anchors over epochs: set trainer.max_epochs.")
+        if isinstance(self.schedule, list) and not trainer.fast_dev_run and self.schedule[-1] >= max_epochs:
+            raise ValueError(f"switch epoch {self.schedule[-1]} is beyond the run (max_epochs={max_epochs}, "
+                             f"epochs 0..{max_epochs - 1}): lower the schedule or raise max_epochs.")
+        if self.schedule == "greedy" and trainer.limit_val_batches == 0:
+            raise ValueError("RouteConstrainedTeacher(schedule='greedy') measures the student on "
+                             "validation batches, but validation is off: enable it or use 'even'.")
+        # The teacher is still float32 here (the bf16 cast comes in the module's setup, after this);
+        # a copy checks every anchor against the architecture before the first step.
+        probe = copy.deepcopy(pl_module.teacher).float()
+        self.anchors = []
+        for entry in self.entries:
+            load_network_weights(probe, self.route_dir / entry["file"], what="RCO route anchor")
+            self.anchors.append({k: v.detach().clone() for k, v in probe.state_dict().items()})
+
+    def activate(self, pl_module: pl.LightningModule, index: int) -> None:
+        pl_module.load_teacher_state(self.anchors[index])
+        self.index = self._loaded = index
+
+    def scheduled_index(self, epoch: int, max_epochs: int) -> int:
+        """The anchor of ``epoch`` under the "even" split or an explicit list."""
+        if isinstance(self.schedule, list):
+            return sum(epoch >= s for s in self.schedule)
+        return min(epoch * self.num_anchors // max(max_epochs, 1), self.num_anchors - 1)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Callback state is restored before this hook, so a resumed run reloads its anchor here.
+        self.activate(pl_module, self.index)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule != "greedy":
+            self.index = self.scheduled_index(trainer.current_epoch, trainer.max_epochs)
+        if self.index != self._loaded:
+            self.activate(pl_module, self.index)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pl_module.log("train/rco_anchor", float(self.index), on_step=True, on_epoch=False, batch_size=1)
+
+    # ----------------------------------------------------------------- greedy
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._held_out = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.schedule == "greedy" and dataloader_idx == 0 and len(self._held_out) < self.greedy_batches:
+            self._held_out.append(batch[0].detach())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        stage_end = (epoch + 1 < trainer.max_epochs and self.scheduled_index(epoch + 1, trainer.max_epochs)
+                     != self.scheduled_index(epoch, trainer.max_epochs))
+        if self.schedule == "greedy" and stage_end and self.index < self.num_anchors - 1:
+            self.divergences = self.measure(trainer, pl_module)
+            below = [j for j, kl in self.divergences.items() if kl <= self.threshold]
+            self.activate(pl_module, max(below, default=self.index + 1))
+            for j, kl in self.divergences.items():
+                pl_module.log(f"train/rco_kl_anchor{j}", kl, on_step=False, on_epoch=True)
+
+    @torch.no_grad()
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[int, float]:
+        """Mean ``KL(p_anchor || p_student)`` over the held-out batches, for every later anchor."""
+        if not self._held_out:
+            raise RuntimeError("RouteConstrainedTeacher(schedule='greedy') found no validation batches "
+                               "to measure on; make sure validation runs before each stage end.")
+        student = pl_module.student
+        was_training = student.training
+        student.eval()
+        try:
+            with trainer.precision_plugin.forward_context():
+                student_logits = [student(x) for x in self._held_out]
+                sums = []
+                for j in range(self.index + 1, self.num_anchors):
+                    pl_module.load_teacher_state(self.anchors[j])
+                    sums.append(sum(kd_loss(s, pl_module.teacher(x), 1.0) * len(x)
+                                    for s, x in zip(student_logits, self._held_out)))
+        finally:
+            student.train(was_training)
+        count = sum(len(x) for x in self._held_out)
+        totals = torch.stack([s.float() for s in sums] + [sums[0].new_tensor(float(count))])
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")  # all ranks agree
+        kls = (totals[:-1] / totals[-1]).tolist()
+        return {j: kl for j, kl in zip(range(self.index + 1, self.num_anchors), kls)}
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.index = int(state_dict["index"])
+        if not 0 <= self.index < self.num_anchors:
+            raise ValueError(f"the checkpoint's RCO anchor {self.index} is not in the route "
+                             f"{str(self.route_dir)!r} ({self.num_anchors} anchors): resume with the "
+                             f"route the run was started with.")
