@@ -27,3 +27,14 @@ def save_teacher(path: Path, spec, num_classes: int, in_channels: int, seed: int
 def digits_teacher(tmp_path) -> str:
     """A state_dict file of a SmallCNN(width=16) teacher for the digits data."""
     return save_teacher(tmp_path / "teacher.pt", {"name": "small_cnn", "width": 16}, 10, 1)
+
+
+def quick_trainer(tmp_path, **kwargs):
+    """A CPU Trainer for short test fits: 1 epoch, no validation, logger, checkpoints or bars."""
+    import pytorch_lightning as pl
+
+    options = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", devices=1,
+                   logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   enable_checkpointing=False, default_root_dir=tmp_path)
+    options.update(kwargs)
+    return pl.Trainer(**options)

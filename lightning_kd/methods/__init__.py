@@ -4,7 +4,9 @@ from lightning_kd.methods.fitnet import FitNet
 from lightning_kd.methods.fsp import FSP
 from lightning_kd.methods.dml import DML
 from lightning_kd.methods.iekd import IEKD
+from lightning_kd.methods.iedml import IEDML
 from lightning_kd.methods.kd import KD
+from lightning_kd.methods.rkd import RKD
 from lightning_kd.methods.supervised import Supervised
 
-__all__ = ["AT", "FitNet", "FSP", "DML", "IEKD", "KD", "Supervised"]
+__all__ = ["AT", "FitNet", "FSP", "DML", "IEKD", "IEDML", "KD", "Supervised", "RKD"]
