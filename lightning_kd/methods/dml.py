@@ -160,9 +160,14 @@ class DML(DistillationModule):
                     logits[i] = self.peers[i](x)
         self.log("train/loss", torch.stack(totals).mean(), on_step=True, on_epoch=False, batch_size=x.shape[0])
 
+    def peer_modules(self, i: int) -> list[nn.Module]:
+        """The modules that step with peer ``i``: its network, plus any per-peer heads a
+        subclass adds (they share its optimizer, its turn and its gradient sync)."""
+        return [self.peers[i]]
+
     def step_peer(self, i: int, optimizer, loss: Tensor) -> None:
         """Backward, average gradients over processes, step; then align running statistics."""
-        peer = self.peers[i]
+        peer = nn.ModuleList(self.peer_modules(i))
         optimizer.zero_grad()
         strategy = self.trainer.strategy
         # DDP's reducer would wait for gradients of every peer; we reduce this peer's ourselves.
@@ -179,8 +184,8 @@ class DML(DistillationModule):
 
     def configure_optimizers(self):
         optimizers, schedulers = [], []
-        for peer in self.peers:
-            params = [p for p in peer.parameters() if p.requires_grad]
+        for i in range(len(self.peers)):
+            params = [p for m in self.peer_modules(i) for p in m.parameters() if p.requires_grad]
             if self.optimizer_factory is None:
                 optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
             else:

@@ -1,0 +1,143 @@
+"""IE-DML: Deep Mutual Learning with inheritance and exploration between the peers.
+
+Huang, Guo, Wang, Liu, Hua, Zhang, Li. "Revisiting Knowledge Distillation: An Inheritance and
+Exploration Framework", CVPR 2021. https://arxiv.org/abs/2107.00181
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_kd.base import NetSpec
+from lightning_kd.methods.dml import DML, buffers_kept
+from lightning_kd.methods.iekd import (FactorAutoencoder, check_splittable, example_factor, exploration_loss,
+                                       factor_channels_of, factor_encoder, hook_one_layer, inheritance_loss,
+                                       split_channels)
+
+
+class IEDML(DML):
+    """IE-DML: each peer inherits from, and explores away from, the other peers' compact factors.
+
+    "Revisiting Knowledge Distillation: An Inheritance and Exploration Framework"
+    (Huang et al., CVPR 2021), https://arxiv.org/abs/2107.00181, applied to
+    "Deep Mutual Learning" (Zhang et al., CVPR 2018), https://arxiv.org/abs/1706.00384.
+
+    Every peer ``i`` has, on its feature layer ``layers[i]`` (``C_i`` channels, split in halves):
+
+    - its own :class:`~lightning_kd.methods.iekd.FactorAutoencoder`, whose encoder output is
+      peer ``i``'s compact factor, the knowledge the *other* peers inherit from;
+    - for every other peer ``j``, an inheritance and an exploration encoder
+      (:func:`~lightning_kd.methods.iekd.factor_encoder`) that map the first and the second
+      channel half of its feature into peer ``j``'s factor shape.
+
+    Peer ``i``'s unweighted losses (names as logged under ``train/peer{i}/``):
+
+    - ``ce``: cross-entropy with the labels; ``kl``: DML's mean KL to the other peers' detached
+      predictions (set ``kl_weight: 0`` for IE terms only);
+    - ``inh`` / ``exp``: mean over ``j != i`` of :func:`inheritance_loss` /
+      :func:`exploration_loss` between peer ``i``'s inheritance / exploration factor and peer
+      ``j``'s factor, which is detached (computed with batch statistics, running statistics
+      untouched, as DML computes the other peers' logits);
+    - ``recon``: the mean squared error of peer ``i``'s autoencoder on its own feature.
+
+    The autoencoders train *jointly*, not in a first stage: the peers start from scratch, so an
+    autoencoder fitted up front would describe random features that training then leaves
+    behind. Each one learns on its own peer's turn, on the detached feature, so the
+    reconstruction shapes the factor space but never pulls the peer's representation towards
+    what is easy to reconstruct. The peer, its autoencoder and its encoders share one optimizer
+    (see :meth:`peer_modules`), so under :class:`callbacks.MutualAlternation` they all change
+    only on the peer's turn, and under DDP their gradients and BatchNorm statistics are averaged
+    like the peer's. With ``mode: step`` a later peer inherits from the factors of the peers
+    that already stepped on the batch, recomputed from their refreshed features.
+
+    Args:
+        peers: two or more network specs (peer 0 is the student).
+        layers: dotted name of the layer to split in each peer: one name for all peers, or one
+            per peer; ``None``: each peer's last stage (``stage_names[-1]``). Each must have an
+            even number of channels.
+        factor_rate: factor channels of each autoencoder as a fraction of its layer's channels.
+        inheritance_weight: weight of ``inh``.
+        exploration_weight: weight of ``exp``.
+        reconstruction_weight: weight of ``recon`` (it only trains the autoencoders).
+        ce_weight: weight of the cross-entropy.
+        kl_weight: weight of DML's KL term.
+        **kwargs: ``num_classes``, ``input_shape``, ``optimizer``, ``lr_scheduler``; see
+            :class:`~lightning_kd.base.DistillationModule`.
+    """
+
+    def __init__(self, peers: list[NetSpec], layers: Optional[Union[str, list[str]]] = None,
+                 factor_rate: float = 0.5, inheritance_weight: float = 1.0, exploration_weight: float = 1.0,
+                 reconstruction_weight: float = 1.0, ce_weight: float = 1.0, kl_weight: float = 1.0, **kwargs):
+        super().__init__(peers=peers, ce_weight=ce_weight, kl_weight=kl_weight, **kwargs)
+        self.layers = self.resolve_layers(layers)
+        self.feature_hooks, feats = [], []
+        for i, (peer, layer) in enumerate(zip(self.peers, self.layers)):
+            hooks, feat = hook_one_layer(self, peer, layer, f"peer {i}")
+            check_splittable(feat, layer, f"peer {i}")
+            self.feature_hooks.append(hooks)
+            feats.append(feat)
+        self.autoencoders = nn.ModuleList(
+            FactorAutoencoder(f.shape[1], factor_channels_of(f.shape[1], factor_rate)) for f in feats)
+        factors = [example_factor(ae, f) for ae, f in zip(self.autoencoders, feats)]
+        # inheritance_encoders[i][str(j)]: peer i's first channel half -> peer j's factor shape.
+        self.inheritance_encoders = nn.ModuleList(self.encoders_of(i, 0, feats, factors) for i in range(len(feats)))
+        self.exploration_encoders = nn.ModuleList(self.encoders_of(i, 1, feats, factors) for i in range(len(feats)))
+        self.loss_weights.update({"inh": inheritance_weight, "exp": exploration_weight,
+                                  "recon": reconstruction_weight})
+
+    def resolve_layers(self, layers: Optional[Union[str, list[str]]]) -> list[str]:
+        if layers is None:
+            names = [getattr(peer, "stage_names", [None])[-1] for peer in self.peers]
+            missing = [i for i, name in enumerate(names) if name is None]
+            if missing:
+                raise ValueError(f"peers {missing} have no `stage_names`: set `layers` to one dotted "
+                                 f"module name per peer.")
+            return names
+        if isinstance(layers, str):
+            return [layers] * len(self.peers)
+        if len(layers) != len(self.peers):
+            raise ValueError(f"`layers` names one layer per peer: got {len(layers)} names for "
+                             f"{len(self.peers)} peers; give {len(self.peers)} names, or one name for all.")
+        return list(layers)
+
+    @staticmethod
+    def encoders_of(i: int, half: int, feats: list[Tensor], factors: list[Tensor]) -> nn.ModuleDict:
+        part = split_channels(feats[i])[half]
+        return nn.ModuleDict({str(j): factor_encoder(part, factor) for j, factor in enumerate(factors) if j != i})
+
+    def peer_modules(self, i: int) -> list[nn.Module]:
+        return [self.peers[i], self.autoencoders[i], self.inheritance_encoders[i], self.exploration_encoders[i]]
+
+    def feature(self, i: int) -> Tensor:
+        """Peer ``i``'s feature of its latest forward (the refreshed one once it has stepped)."""
+        (feat,) = self.feature_hooks[i].features
+        return feat
+
+    @torch.no_grad()
+    def factor(self, j: int) -> Tensor:
+        """Peer ``j``'s detached factor: batch statistics, running statistics left as they are."""
+        autoencoder = self.autoencoders[j]
+        with buffers_kept(autoencoder):
+            return autoencoder.encoder(self.feature(j).detach())
+
+    def peer_losses(self, i, logits, peer_logits, batch):
+        losses = super().peer_losses(i, logits, peer_logits, batch)
+        feat = self.feature(i)
+        inherit, explore = split_channels(feat)
+        inh, exp = [], []
+        for j in peer_logits:
+            target = self.factor(j)
+            inh.append(inheritance_loss(self.inheritance_encoders[i][str(j)](inherit), target))
+            exp.append(exploration_loss(self.exploration_encoders[i][str(j)](explore), target))
+        own = feat.detach()
+        losses.update(inh=torch.stack(inh).mean(), exp=torch.stack(exp).mean(),
+                      recon=F.mse_loss(self.autoencoders[i](own).float(), own.float()))
+        return losses
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        for hooks in self.feature_hooks:  # drop the recorded features (and the graphs they hold)
+            hooks.clear()
