@@ -12,13 +12,14 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_kd.checkpoints import load_network_weights
+from lightning_kd.checkpoints import SafeCheckpointIO, load_network_weights
 from lightning_kd.models import build_network
 from lightning_kd.teacher_cache import TeacherLogitCache, check_cacheable
 
@@ -70,6 +71,13 @@ class DistillationModule(pl.LightningModule):
             them in later epochs. Valid only without random augmentation (data ``pad: 0``,
             ``flip: false``, ``return_index: true``) and for methods that read only the teacher's
             logits; anything else is refused before training.
+        check_finite_every_n_steps: how often the loss terms are checked for NaN/Inf (a failed
+            check raises ``FloatingPointError`` naming the first bad term and its step). The
+            check costs a host-device sync, so ``None`` means every step on CPU (before the
+            optimizer step, so a NaN never reaches the weights) and every 100 steps on an
+            accelerator; the terms of the steps in between stay on the device, and pending ones
+            are always checked at the end of each epoch and before a checkpoint is written, so
+            no checkpoint is ever saved after a non-finite loss.
 
     Speed: under ``precision: bf16-mixed`` the frozen teacher's weights are cast to bfloat16 for
     the fit (it runs without autograd in eval mode, so nothing is lost in training) and restored to
@@ -91,8 +99,15 @@ class DistillationModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         cache_teacher_outputs: bool = False,
+        check_finite_every_n_steps: Optional[int] = None,
     ):
         super().__init__()
+        if check_finite_every_n_steps is not None and not (
+                isinstance(check_finite_every_n_steps, int) and check_finite_every_n_steps >= 1):
+            raise ValueError(f"check_finite_every_n_steps must be an integer >= 1 or None (every step on "
+                             f"CPU, every 100 on GPU), got {check_finite_every_n_steps!r}.")
+        self.check_finite_every_n_steps = check_finite_every_n_steps
+        self._finite_flags: list[tuple[int, int, list[str], Tensor]] = []  # (epoch, step, names, values)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(v) for v in input_shape)
@@ -175,6 +190,10 @@ class DistillationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- speed options
     def setup(self, stage: str) -> None:
+        self.check_data_fits()
+        # Resuming from ckpt_path goes through weights_only loading (setup runs before the restore).
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.trainer.strategy.checkpoint_io = SafeCheckpointIO()
         # Before the strategy moves the module to the device, so formats and dtypes travel along.
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -197,6 +216,46 @@ class DistillationModule(pl.LightningModule):
             self.teacher.to(torch.float32).load_state_dict(self._teacher_weights)
             self._teacher_weights = None
         self.teacher_cache = None
+        self._finite_flags.clear()
+
+    def check_data_fits(self) -> None:
+        """Raise if the datamodule's classes or input shape differ from the model's."""
+        data = self.trainer.datamodule
+        for attr in ("num_classes", "input_shape"):
+            want, got = getattr(self, attr), getattr(data, attr, None)
+            if got is not None and tuple(np.atleast_1d(got)) != tuple(np.atleast_1d(want)):
+                raise ValueError(f"the model was built for {attr}={want}, but {type(data).__name__} has "
+                                 f"{attr}={got}: build the model with the datamodule's value (the CLI "
+                                 f"links it for you).")
+
+    # ----------------------------------------------------------------- non-finite losses
+    def check_finite(self, losses: dict[str, Tensor]) -> None:
+        """Record the loss terms; raise on the first NaN/Inf one when a check is due.
+
+        Called by ``training_step`` before the backward pass. The values stay on the device until
+        ``check_finite_every_n_steps`` steps are pending (see :meth:`raise_if_not_finite`).
+        """
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        self._finite_flags.append((self.current_epoch, self.global_step, list(losses), values))
+        every = self.check_finite_every_n_steps or (1 if self.device.type == "cpu" else 100)
+        if len(self._finite_flags) >= every:
+            self.raise_if_not_finite()
+
+    def raise_if_not_finite(self) -> None:
+        """One sync for all pending steps; ``FloatingPointError`` naming the first non-finite term."""
+        flags, self._finite_flags = self._finite_flags, []
+        if not flags or bool(torch.cat([values for *_, values in flags]).isfinite().all()):
+            return
+        for epoch, step, names, values in flags:
+            bad = (~values.isfinite()).nonzero()
+            if len(bad):
+                raise FloatingPointError(
+                    f"train/{names[int(bad[0])]} is {float(values[bad[0]])} at epoch {epoch}, global step "
+                    f"{step}; training stopped before it could reach a checkpoint. Lower the learning "
+                    f"rate, check the inputs and loss weights, or resume from the last checkpoint.")
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_not_finite()
 
     def load_teacher_state(self, state: dict[str, Tensor]) -> None:
         """Swap the frozen teacher's weights during a fit (RCO's route anchors, callbacks/route.py).
@@ -224,6 +283,7 @@ class DistillationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         batch = self.prepare_batch(batch)
         _, losses = self.distill_losses(batch)
+        self.check_finite(losses)
         total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
         logged = {f"train/{name}": value.detach() for name, value in losses.items()}
         logged["train/loss"] = total.detach()
@@ -275,6 +335,7 @@ class DistillationModule(pl.LightningModule):
     # The random generators travel with the checkpoint, so a resumed run draws the same
     # shuffles and augmentations as an uninterrupted one.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_not_finite()  # never write weights that a non-finite loss has touched
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith("teacher.")}
         checkpoint["rng_states"] = collect_rng_states()

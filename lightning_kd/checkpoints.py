@@ -9,6 +9,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor, nn
 
 # Prefixes under which a network's weights sit in the checkpoints we know:
@@ -95,3 +96,18 @@ def _classifier_name(net: nn.Module) -> str | None:
     """Name of the last Linear layer (the classification head), if any."""
     linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but resuming (``fit(ckpt_path=...)``) never unpickles code.
+
+    Lightning passes ``weights_only=None`` to ``torch.load`` by default, which means "unsafe"
+    on torch < 2.6 and under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``. Here every local file goes
+    through :func:`load_checkpoint_file` (``weights_only=True``, clear errors for missing,
+    empty, truncated and unsafe files) whatever the caller asked for.
+    """
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if "://" in str(path):  # remote (fsspec) paths: Lightning's reader, still weights_only
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return load_checkpoint_file(path, what="ckpt_path")

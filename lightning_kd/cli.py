@@ -16,6 +16,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from lightning_kd.base import DistillationModule
+from lightning_kd.checkpoints import load_checkpoint_file
 
 # The default logger: wandb, offline (a real run directory; `wandb sync runs/wandb/offline-run-*`
 # uploads it later). `--trainer.logger.init_args.offline false` logs live.
@@ -49,6 +50,15 @@ class KDCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
             "trainer.logger": DEFAULT_LOGGER,
         })
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyperparameters before anything else; our loader first,
+        # for a clear error on an empty, truncated or unsafe file (weights_only=True either way).
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            load_checkpoint_file(ckpt_path, what="ckpt_path")
+        super()._parse_ckpt_path()
 
 
 def make_cli(args=None, run: bool = True) -> KDCLI:

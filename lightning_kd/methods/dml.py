@@ -149,6 +149,7 @@ class DML(DistillationModule):
         for n, i in enumerate(order):
             others = {j: out.detach() for j, out in logits.items() if j != i}
             losses = self.peer_losses(i, logits[i], others, batch)
+            self.check_finite({f"peer{i}/{name}": value for name, value in losses.items()})
             total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
             self.step_peer(i, optimizers[i], total)
             totals.append(total.detach())
@@ -167,7 +168,7 @@ class DML(DistillationModule):
 
     def step_peer(self, i: int, optimizer, loss: Tensor) -> None:
         """Backward, average gradients over processes, step; then align running statistics."""
-        peer = nn.ModuleList(self.peer_modules(i))
+        peer = self.peers[i]  # MUTANT
         optimizer.zero_grad()
         strategy = self.trainer.strategy
         # DDP's reducer would wait for gradients of every peer; we reduce this peer's ourselves.
@@ -178,6 +179,7 @@ class DML(DistillationModule):
         average_across_ranks([b for b in peer.buffers() if b.is_floating_point()])
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()  # the pending non-finite loss checks
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
