@@ -1,0 +1,94 @@
+"""Exact resume: 2 epochs in one go equal 1 epoch, stop, and a resume from its checkpoint.
+
+Deterministic settings (CPU, fixed seeds). The data shuffles and pad-crops at random, so the
+equality also proves that the checkpoint carries the random generators. KD is resumed through
+the command line (``lightning-kd fit --ckpt_path``), which also shows that a legitimate checkpoint
+passes the weights_only loaders; DML through ``trainer.fit(ckpt_path=...)``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from conftest import ROOT, TINY_CNN, save_teacher
+from datamodules import DigitsDataModule
+from lightning_kd.cli import make_cli
+from test_dml import make_dml, quick_trainer
+
+
+def assert_same_state(a: dict, b: dict, what: str) -> None:
+    """Equal nested dicts/lists of tensors and plain values, tensors bit for bit."""
+    assert type(a) is type(b), what
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for k in a:
+            assert_same_state(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{what}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), what
+    else:
+        assert a == b, what
+
+
+def assert_same_training_state(full_model, full_trainer, resumed_model, resumed_trainer) -> None:
+    assert_same_state(full_model.state_dict(), resumed_model.state_dict(), "module")
+    assert len(full_trainer.optimizers) == len(resumed_trainer.optimizers)
+    for i, (a, b) in enumerate(zip(full_trainer.optimizers, resumed_trainer.optimizers)):
+        assert_same_state(a.state_dict(), b.state_dict(), f"optimizer{i}")
+        assert a.state_dict()["state"], "no optimizer state to compare (plain SGD?)"
+    for i, (a, b) in enumerate(zip(full_trainer.lr_scheduler_configs, resumed_trainer.lr_scheduler_configs)):
+        assert_same_state(a.scheduler.state_dict(), b.scheduler.state_dict(), f"scheduler{i}")
+    assert full_trainer.global_step == resumed_trainer.global_step
+
+
+@pytest.fixture
+def kd_cli(tmp_path, monkeypatch):
+    """Runs configs/quickstart/kd.yaml for a few tiny epochs; returns the finished CLI."""
+    monkeypatch.chdir(tmp_path)
+    teacher = save_teacher(tmp_path / "teacher.pt", {"name": "small_cnn", "width": 64}, 10, 1)
+
+    def run(name: str, epochs: int, *extra: str):
+        return make_cli(["fit", "-c", str(ROOT / "configs/quickstart/kd.yaml"), "--trainer.logger=false",
+                         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                         f"--trainer.max_epochs={epochs}", "--trainer.limit_train_batches=3",
+                         "--trainer.limit_val_batches=1", "--data.init_args.batch_size=16",
+                         f"--model.init_args.teacher_ckpt={teacher}", f"--checkpoint.dirpath={tmp_path / name}",
+                         *extra])
+    return run
+
+
+def test_kd_resume_through_the_cli_is_exact(kd_cli, tmp_path):
+    full = kd_cli("full", 2)
+    half = kd_cli("half", 1)
+    after_one_epoch = {k: v.clone() for k, v in half.model.student.state_dict().items()}
+    resumed = kd_cli("resumed", 2, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1")
+    assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
+    assert any(not torch.equal(v, full.model.student.state_dict()[k]) for k, v in after_one_epoch.items()), \
+        "the second epoch changed nothing, so the comparison proves nothing"
+
+
+def fit_dml(tmp_path, epochs: int, name: str, ckpt_path=None, seed: int = 0):
+    pl.seed_everything(seed)
+    model = make_dml([TINY_CNN, {"name": "small_cnn", "width": 6}],
+                     lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    trainer = quick_trainer(tmp_path, max_epochs=epochs, enable_checkpointing=True, limit_val_batches=1,
+                            callbacks=[ModelCheckpoint(tmp_path / name, save_last=True)])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+    return model, trainer
+
+
+def test_dml_resume_is_exact_for_every_peer_and_optimizer(tmp_path):
+    full_model, full_trainer = fit_dml(tmp_path, 2, "full")
+    half_model, _ = fit_dml(tmp_path, 1, "half")
+    resumed_model, resumed_trainer = fit_dml(tmp_path, 2, "resumed", ckpt_path=tmp_path / "half" / "last.ckpt", seed=1)
+    assert len(full_trainer.optimizers) == 2
+    assert_same_training_state(full_model, full_trainer, resumed_model, resumed_trainer)
+    for i, peer in enumerate(half_model.peers):
+        assert any(not torch.equal(v, full_model.peers[i].state_dict()[k]) for k, v in peer.state_dict().items())
