@@ -16,13 +16,13 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 import lightning_kd.methods as methods
-from conftest import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, save_teacher, teacher_methods
+from conftest import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, quick_trainer, save_teacher, teacher_methods
 from datamodules import DigitsDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError, load_checkpoint_file, load_network_weights
 from lightning_kd.cli import make_cli
 from lightning_kd.methods import DML, KD, Supervised
 from lightning_kd.models import build_network
-from test_dml import make_dml, quick_trainer
+from test_dml import make_dml
 
 TEACHER_METHODS = teacher_methods()
 

@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import ROOT, TINY_CNN, save_teacher
+from conftest import ROOT, TINY_CNN, quick_trainer, save_teacher
 from datamodules import DigitsDataModule
 from lightning_kd.cli import make_cli
-from test_dml import make_dml, quick_trainer
+from test_dml import make_dml
 
 
 def assert_same_state(a: dict, b: dict, what: str) -> None:
