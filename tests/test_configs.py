@@ -29,6 +29,10 @@ KNOWN_SHAPES = {"datamodules.DigitsDataModule": (10, (1, 8, 8))}
 
 def data_shape(cfg: dict) -> tuple[int, tuple[int, int, int]]:
     data = cfg["data"]
+    wrapped = (data.get("init_args") or {}).get("source")
+    if isinstance(wrapped, dict):  # a datamodule over a `source` one (ClassSplitDataModule):
+        # the source's images, the wrapper's training classes
+        return len(data["init_args"]["train_classes"]), data_shape({"data": wrapped})[1]
     if data["class_path"] in OFFLINE_SHAPES:
         return OFFLINE_SHAPES[data["class_path"]]
     if data["class_path"] in KNOWN_SHAPES:
@@ -46,6 +50,12 @@ def offline_overrides(cfg: dict, tmp_path) -> list[str]:
         args += ["--data=datamodules.SyntheticDataModule", f"--data.num_classes={num_classes}",
                  f"--data.input_shape=[{', '.join(map(str, shape))}]", "--data.train_size=16",
                  "--data.val_size=8", "--data.test_size=8"]
+    wrapped = (cfg["data"].get("init_args") or {}).get("source")
+    if isinstance(wrapped, dict) and wrapped["class_path"] in OFFLINE_SHAPES:
+        source_classes, source_shape = OFFLINE_SHAPES[wrapped["class_path"]]
+        args += ["--data.source=datamodules.SyntheticDataModule", f"--data.source.num_classes={source_classes}",
+                 f"--data.source.input_shape=[{', '.join(map(str, source_shape))}]",
+                 "--data.source.train_size=32", "--data.source.val_size=8", "--data.source.test_size=16"]
     args.append("--data.batch_size=8")
     model_args = cfg["model"].get("init_args", {})
     if model_args.get("teacher_ckpt"):

@@ -6,7 +6,8 @@ from lightning_kd.methods.dml import DML
 from lightning_kd.methods.iekd import IEKD
 from lightning_kd.methods.iedml import IEDML
 from lightning_kd.methods.kd import KD
+from lightning_kd.methods.metric import MetricLearning, MetricRKD
 from lightning_kd.methods.rkd import RKD
 from lightning_kd.methods.supervised import Supervised
 
-__all__ = ["AT", "FitNet", "FSP", "DML", "IEKD", "IEDML", "KD", "Supervised", "RKD"]
+__all__ = ["AT", "FitNet", "FSP", "DML", "IEKD", "IEDML", "KD", "Supervised", "RKD", "MetricLearning", "MetricRKD"]

@@ -103,6 +103,18 @@ def gather_with_grads(module: DistillationModule, embeddings: Tensor) -> Tensor:
     return module.all_gather(embeddings, sync_grads=True).flatten(0, 1)
 
 
+def check_angle_batch_size(module: DistillationModule, global_relations: bool) -> None:
+    """Refuse, before training, a datamodule ``batch_size`` too small for the angle loss."""
+    batch_size: Optional[int] = getattr(module.trainer.datamodule, "batch_size", None)
+    if batch_size is None:
+        return
+    relations = batch_size * (module.trainer.world_size if global_relations else 1)
+    if relations < 3:
+        raise ValueError(f"RKD angle loss needs at least 3 samples per relation batch, but the batch size is "
+                         f"{batch_size}{' (global)' if global_relations else ' per process'}; increase "
+                         f"data.init_args.batch_size or set angle_weight: 0.")
+
+
 class RKD(DistillationModule):
     """RKD: ``ce_weight * CE + distance_weight * L_dist + angle_weight * L_angle``.
 
@@ -151,13 +163,8 @@ class RKD(DistillationModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        batch_size: Optional[int] = getattr(self.trainer.datamodule, "batch_size", None)
-        if stage == "fit" and "rkd_angle" in self.loss_weights and batch_size is not None:
-            relations = batch_size * (self.trainer.world_size if self.global_relations else 1)
-            if relations < 3:
-                raise ValueError(f"RKD angle loss needs at least 3 samples per relation batch, but the batch size "
-                                 f"is {batch_size}{' (global)' if self.global_relations else ' per process'}; "
-                                 f"increase data.init_args.batch_size or set angle_weight: 0.")
+        if stage == "fit" and "rkd_angle" in self.loss_weights:
+            check_angle_batch_size(self, self.global_relations)
 
     def embeddings(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(student_logits, student_embeddings, teacher_embeddings)``, flattened to ``(N, D)``."""
