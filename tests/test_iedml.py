@@ -1,8 +1,15 @@
-"""IE-DML: per-peer losses against the formula, turns, the exploration sign, bad input, checkpoints."""
+"""IE-DML: per-peer losses against the formula, turns, the exploration sign, bad input, checkpoints, DDP.
+
+Also a script: ``python tests/test_iedml.py OUT_DIR`` runs a 2-process CPU DDP fit (gloo); each
+rank saves its state and batches under OUT_DIR, and the slow test compares them.
+"""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -11,6 +18,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 
 from callbacks import MutualAlternation
+from datamodules import SyntheticDataModule
 from lightning_kd.losses import inheritance_loss
 from lightning_kd.methods import IEDML
 from test_dml import NARROW, SHAPE, WIDE, digits, make_dml, quick_trainer
@@ -221,3 +229,52 @@ def test_checkpoint_round_trip_restores_peers_and_their_encoders(tmp_path):
     resumed, _ = fit_every_k(tmp_path, epochs=2, ckpt_path=path, seed=1)
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+# ----------------------------------------------------------------------------- DDP
+class RankSnapshots(Callback):
+    """Each rank saves the module's state before and after fit and the batches it trained on."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir, self.batches = out_dir, []
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = copy.deepcopy(pl_module.state_dict())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch[0].clone())
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({"initial": self.initial, "final": pl_module.state_dict(), "batches": self.batches},
+                   self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+def ddp_run(out_dir: Path) -> None:
+    """A 2-process CPU fit (gloo), peers alternating every batch."""
+    pl.seed_everything(0)
+    data = SyntheticDataModule(num_classes=10, input_shape=SHAPE, train_size=64, val_size=16, test_size=16,
+                               batch_size=8, pad=0)
+    callbacks = [RankSnapshots(out_dir), MutualAlternation("every_k", k=1)]
+    quick_trainer(out_dir, devices=2, strategy="ddp", limit_train_batches=4, callbacks=callbacks).fit(
+        make_iedml(), datamodule=data)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_identical_peers_and_encoders(tmp_path):
+    subprocess.run([sys.executable, __file__, str(tmp_path)], check=True, cwd=tmp_path, timeout=300)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert len(rank0["batches"]) == 4
+    assert not torch.equal(rank0["batches"][0], rank1["batches"][0]), "ranks saw the same data"
+    final0, final1 = rank0["final"], rank1["final"]
+    assert final0.keys() == final1.keys()
+    for k, v in final0.items():  # parameters and running statistics of peers, autoencoders, encoders
+        assert torch.equal(v, final1[k]), k
+        assert torch.equal(rank0["initial"][k], rank1["initial"][k]), k
+    for prefix in ["peers.0.", "peers.1.", "autoencoders.0.", "autoencoders.1.", "inheritance_encoders.0.1.",
+                   "exploration_encoders.1.0."]:
+        moved = [k for k in final0 if k.startswith(prefix) and not torch.equal(rank0["initial"][k], final0[k])]
+        assert moved, f"nothing under {prefix} trained"
+
+
+if __name__ == "__main__":
+    ddp_run(Path(sys.argv[1]))
