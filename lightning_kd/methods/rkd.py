@@ -121,7 +121,9 @@ class RKD(DistillationModule):
     "Relational Knowledge Distillation" (Park et al., CVPR 2019), https://arxiv.org/abs/1904.05068.
     The relations are taken between the penultimate embeddings (the ``pool`` output of the zoo's
     networks) of the samples of a batch. Defaults are the CIFAR-100 recipe of RepDistiller/CRD:
-    distance 25, angle 50, CE 1.
+    distance 25, angle 50, CE 1. The Huber terms are averaged over distinct pairs and triplets;
+    the authors' code averages over all ``N^2`` (``N^3``) entries, whose degenerate ones add zero,
+    i.e. the same loss times ``(N-1)/N`` (``(N-1)(N-2)/N^2``): 0.98 (0.95) at ``N = 64``.
 
     With ``global_relations`` under DDP, every process gathers the embeddings of all processes
     (with gradients) and computes the relations over the global batch, as one process would on
