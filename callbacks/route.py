@@ -167,8 +167,8 @@ class RouteRecorder(Callback):
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         epoch_of_acc, acc = self._val_acc
-        entry = {"epoch": epoch, "step": trainer.global_step, "val_acc": acc if epoch_of_acc == epoch else None,
-                 "file": anchor_filename(epoch)}
+        entry = {"epoch": epoch, "step": trainer.global_step,
+                 "val_acc": acc if epoch_of_acc == epoch else None, "file": anchor_filename(epoch)}
         self.entries = [e for e in self.entries if e["epoch"] != epoch] + [entry]
         if trainer.is_global_zero:
             save_anchor(self.dirpath, epoch, pl_module.student.state_dict())
@@ -199,19 +199,24 @@ class RouteConstrainedTeacher(Callback):
       divergence is at most ``threshold`` (to the next anchor if none is).
 
     The current anchor is logged as ``train/rco_anchor`` and saved in checkpoints; a resumed run
-    continues on the same anchor with the same weights. The model's ``teacher_ckpt`` should be
-    the converged teacher (its ``last.ckpt`` is the final anchor); the callback replaces its
-    weights at the start of the fit, and the teacher holds the last active anchor afterwards.
+    continues on the same anchor with the same weights.
+
+    The model's ``teacher_ckpt`` names the teacher run: by default the route is read from the
+    ``route`` folder next to it, where :class:`RouteRecorder` writes it (``teacher_ckpt:
+    runs/x/teacher/last.ckpt`` -> ``runs/x/teacher/route``), so pointing a run at another teacher
+    moves the route along. ``last.ckpt`` holds the final anchor; the callback replaces the
+    teacher's weights at the start of the fit, and the teacher holds the last active anchor after it.
 
     Args:
-        route_dir: the folder :class:`RouteRecorder` wrote (with ``route.json``).
+        route_dir: the folder :class:`RouteRecorder` wrote (with ``route.json``); default: the
+            ``route`` folder next to the model's ``teacher_ckpt``.
         schedule: ``"even"``, ``"greedy"`` or a list of switch epochs.
         threshold: greedy's largest divergence (nats, >= 0) for moving to an anchor.
         greedy_batches: validation batches greedy measures on.
     """
 
-    def __init__(self, route_dir: str, schedule: Union[str, list[int]] = "even", threshold: float = 0.5,
-                 greedy_batches: int = 8):
+    def __init__(self, route_dir: Optional[str] = None, schedule: Union[str, list[int]] = "even",
+                 threshold: float = 0.5, greedy_batches: int = 8):
         if isinstance(schedule, str) and schedule not in SCHEDULES:
             raise ValueError(f"RouteConstrainedTeacher schedule must be one of {SCHEDULES} or a list of "
                              f"switch epochs, got {schedule!r}.")
@@ -221,15 +226,8 @@ class RouteConstrainedTeacher(Callback):
         if int(greedy_batches) != greedy_batches or greedy_batches < 1:
             raise ValueError(f"RouteConstrainedTeacher greedy_batches must be a positive integer, "
                              f"got {greedy_batches!r}.")
-        self.route_dir = Path(route_dir)
-        self.entries = read_manifest(self.route_dir)
-        n = len(self.entries)
         if not isinstance(schedule, str):
             schedule = [int(s) for s in schedule]
-            if len(schedule) != n - 1:
-                raise ValueError(f"an explicit schedule lists the epoch at which each anchor after the "
-                                 f"first takes over: {n - 1} epochs for the {n} anchors of "
-                                 f"{str(self.route_dir)!r}, got {schedule}.")
             if any(b <= a for a, b in zip([0] + schedule, schedule)):
                 raise ValueError(f"switch epochs must be positive and strictly increasing, got {schedule}.")
         self.schedule = schedule
@@ -240,6 +238,18 @@ class RouteConstrainedTeacher(Callback):
         self.divergences: dict[int, float] = {}  # greedy's last measurement, anchor -> KL
         self._loaded: Optional[int] = None
         self._held_out: list[Tensor] = []
+        self.route_dir: Optional[Path] = None
+        self.entries: list[dict] = []
+        if route_dir is not None:  # checked now; else in setup, once teacher_ckpt is known
+            self.read_route(Path(route_dir))
+
+    def read_route(self, route_dir: Path) -> None:
+        self.route_dir, self.entries = route_dir, read_manifest(route_dir)
+        n = len(self.entries)
+        if isinstance(self.schedule, list) and len(self.schedule) != n - 1:
+            raise ValueError(f"an explicit schedule lists the epoch at which each anchor after the first "
+                             f"takes over: {n - 1} epochs for the {n} anchors of {str(route_dir)!r}, "
+                             f"got {self.schedule}.")
 
     @property
     def num_anchors(self) -> int:
@@ -253,6 +263,12 @@ class RouteConstrainedTeacher(Callback):
             raise TypeError(f"RouteConstrainedTeacher moves a frozen teacher along its route, but "
                             f"{type(pl_module).__name__} has no teacher; use a teacher-based method "
                             f"such as lightning_kd.methods.KD.")
+        if self.route_dir is None:
+            teacher_ckpt = getattr(pl_module, "hparams", {}).get("teacher_ckpt")
+            if not teacher_ckpt:
+                raise ValueError("RouteConstrainedTeacher finds the route next to the model's teacher_ckpt, "
+                                 "but there is none: set route_dir.")
+            self.read_route(Path(teacher_ckpt).parent / "route")
         max_epochs = trainer.max_epochs
         if not trainer.fast_dev_run and (max_epochs is None or max_epochs < 1):
             raise ValueError("RouteConstrainedTeacher schedules anchors over epochs: set trainer.max_epochs.")
@@ -297,7 +313,7 @@ class RouteConstrainedTeacher(Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._held_out = []
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.schedule == "greedy" and dataloader_idx == 0 and len(self._held_out) < self.greedy_batches:
             self._held_out.append(batch[0].detach())
 

@@ -62,9 +62,11 @@ def offline_overrides(cfg: dict, tmp_path) -> list[str]:
         path = save_teacher(tmp_path / "teacher.pt", model_args["teacher"], num_classes, shape[0])
         args.append(f"--model.init_args.teacher_ckpt={path}")
     for callback in (cfg.get("trainer") or {}).get("callbacks") or []:
-        route_dir = (callback.get("init_args") or {}).get("route_dir")
-        if route_dir and not Path(route_dir).is_absolute():  # read relative to the cwd, tmp_path
-            save_route(tmp_path / route_dir, model_args["teacher"], num_classes, shape[0])
+        if callback.get("class_path", "").endswith("RouteConstrainedTeacher"):  # RCO reads a teacher route:
+            # its route_dir (relative to the cwd, tmp_path), else the route folder next to teacher_ckpt
+            route_dir = Path((callback.get("init_args") or {}).get("route_dir") or "route")
+            if not route_dir.is_absolute():
+                save_route(tmp_path / route_dir, model_args["teacher"], num_classes, shape[0])
     return args
 
 

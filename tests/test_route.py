@@ -182,6 +182,26 @@ def test_recorder_resume_continues_the_manifest(tmp_path):
 
 
 # ----------------------------------------------------------------------------- schedules
+def test_record_then_distill_reads_the_route_next_to_teacher_ckpt(tmp_path):
+    """The pipeline of the configs: a teacher run records its route next to its checkpoints; a KD run
+    whose teacher_ckpt is that run's last.ckpt walks the route without being told where it is."""
+    pl.seed_everything(0)
+    saver = ModelCheckpoint(dirpath=tmp_path / "teacher", save_last=True)
+    trainer(tmp_path, 3, [RouteRecorder(every_n_epochs=1, at_milestones=False), saver],
+            enable_checkpointing=True).fit(supervised(), digits())
+    files = [tmp_path / "teacher/route" / e["file"]
+             for e in json.loads((tmp_path / "teacher/route" / MANIFEST).read_text())]
+    assert [f.name for f in files] == [anchor_filename(e) for e in range(3)]
+
+    model = kd_student(tmp_path / "teacher/last.ckpt", teacher=STUDENT)
+    assert same_weights(model.teacher, files[-1])  # last.ckpt holds the final anchor
+    rco = RouteConstrainedTeacher()
+    watch = TeacherWatch(rco, files)
+    trainer(tmp_path, 3, [rco, watch]).fit(model, digits())
+    assert rco.route_dir == tmp_path / "teacher/route"
+    assert watch.anchors == {0: 0, 1: 1, 2: 2} and all(watch.exact.values())
+
+
 @pytest.mark.parametrize("schedule, expected", [("even", [0, 0, 1, 2]), ([1, 3], [0, 1, 1, 2])])
 def test_teacher_equals_anchor_at_scheduled_epochs(tmp_path, schedule, expected):
     files = random_route(tmp_path / "route", 3)
@@ -269,7 +289,8 @@ def test_resume_after_a_switch_equals_the_uninterrupted_run(tmp_path, schedule):
         rco = RouteConstrainedTeacher(str(tmp_path / "route"), schedule=schedule, threshold=0.05,
                                       greedy_batches=1)
         watch = TeacherWatch(rco, files)
-        saver = ModelCheckpoint(dirpath=folder, filename="e{epoch}", save_top_k=-1, auto_insert_metric_name=False)
+        saver = ModelCheckpoint(dirpath=folder, filename="e{epoch}", save_top_k=-1,
+                                auto_insert_metric_name=False)
         callbacks = ([KillAt(kill)] if kill is not None else []) + [rco, watch, saver]
         trainer(folder, 4, callbacks, enable_checkpointing=True).fit(model, digits(), ckpt_path=ckpt_path)
         return model, rco, watch
@@ -277,14 +298,15 @@ def test_resume_after_a_switch_equals_the_uninterrupted_run(tmp_path, schedule):
     whole, whole_rco, whole_watch = run(tmp_path / "whole")
     with pytest.raises(Crash):
         run(tmp_path / "parts", kill=3)
-    saved = torch.load(tmp_path / "parts" / "e2.ckpt", weights_only=False)["callbacks"]["RouteConstrainedTeacher"]
+    saved = torch.load(tmp_path / "parts" / "e2.ckpt", weights_only=False)["callbacks"]
+    saved = saved["RouteConstrainedTeacher"]
     # even: the anchor of epoch 2; greedy: its decision at the end of epoch 2, the anchor of epoch 3
     assert saved["index"] == whole_watch.anchors[2 if schedule == "even" else 3]
     resumed, resumed_rco, resumed_watch = run(tmp_path / "parts", ckpt_path=tmp_path / "parts" / "e2.ckpt")
     assert resumed_watch.anchors == {3: whole_watch.anchors[3]} and all(resumed_watch.exact.values())
     assert resumed_rco.index == whole_rco.index
     if schedule == "even":
-        assert [whole_watch.anchors[e] for e in range(4)] == [0, 0, 1, 2]  # a switch before and after the kill
+        assert [whole_watch.anchors[e] for e in range(4)] == [0, 0, 1, 2]  # switches before and after the kill
     else:
         assert len(set(whole_watch.anchors.values())) > 1  # greedy did move during the run
     assert all(torch.equal(a, b) for a, b in zip(whole.student.state_dict().values(),
@@ -296,6 +318,17 @@ def test_route_folder_without_manifest(tmp_path):
     (tmp_path / "route").mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest route.json.*RouteRecorder"):
         RouteConstrainedTeacher(str(tmp_path / "route"))
+
+
+def test_no_route_next_to_teacher_ckpt(tmp_path):
+    files = random_route(tmp_path / "route", 2)
+    (tmp_path / "elsewhere").mkdir()
+    teacher_ckpt = tmp_path / "elsewhere" / "teacher.pt"
+    teacher_ckpt.write_bytes(files[0].read_bytes())
+    fit = trainer(tmp_path, 2, [RouteConstrainedTeacher()])
+    with pytest.raises(FileNotFoundError, match="elsewhere/route.* has no manifest"):
+        fit.fit(kd_student(teacher_ckpt), digits())
+    assert fit.global_step == 0
 
 
 def test_manifest_naming_a_missing_anchor(tmp_path):
@@ -339,4 +372,5 @@ def test_route_needs_a_teacher_and_greedy_needs_validation(tmp_path):
         trainer(tmp_path, 2, [RouteConstrainedTeacher(str(tmp_path / "route"))]).fit(supervised(), digits())
     greedy = RouteConstrainedTeacher(str(tmp_path / "route"), schedule="greedy")
     with pytest.raises(ValueError, match="validation is off"):
-        trainer(tmp_path, 2, [greedy], limit_val_batches=0).fit(kd_student(tmp_path / "route/epoch0000.pt"), digits())
+        trainer(tmp_path, 2, [greedy], limit_val_batches=0).fit(kd_student(tmp_path / "route/epoch0000.pt"),
+                                                                digits())
