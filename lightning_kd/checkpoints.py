@@ -79,9 +79,11 @@ def load_network_weights(net: nn.Module, path: str | Path, what: str = "checkpoi
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         head = _classifier_name(net)
+        got = want = None
         if head and any(k.startswith(head + ".") for k, _, _ in wrong):
             got = state[head + ".weight"].shape[0]
             want = expected[head + ".weight"].shape[0]
+        if got != want:  # otherwise the head differs in its inputs only: another width
             raise ValueError(
                 f"{what} {str(path)!r} has a classifier with {got} outputs, but the data has "
                 f"num_classes={want}. Use a teacher trained on this dataset.")

@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from conftest import quick_trainer
+from conftest import quick_trainer, save_teacher
 from datamodules import SyntheticDataModule
 from lightning_kd.methods import KD
 from test_dml import tiny_mlp
@@ -49,11 +49,10 @@ class SavingKD(KD):
 
 
 def ddp_run(out_dir: Path) -> None:
-    pl.seed_everything(0)
     teacher_path = out_dir / "teacher.pt"
     if not teacher_path.exists():  # the launcher re-runs this script for rank 1: keep rank 0's file
-        torch.manual_seed(123)
-        torch.save(tiny_mlp().state_dict(), teacher_path)
+        save_teacher(teacher_path, "test_dml.tiny_mlp", 10, 1, seed=123)
+    pl.seed_everything(0)
     SavingKD.out_dir = out_dir
     model = SavingKD(student="test_dml.tiny_mlp", teacher="test_dml.tiny_mlp", teacher_ckpt=str(teacher_path),
                      num_classes=10, input_shape=(1, 8, 8), temperature=T, ce_weight=CE_WEIGHT,
