@@ -168,7 +168,7 @@ class DML(DistillationModule):
 
     def step_peer(self, i: int, optimizer, loss: Tensor) -> None:
         """Backward, average gradients over processes, step; then align running statistics."""
-        peer = self.peers[i]  # MUTANT
+        peer = nn.ModuleList(self.peer_modules(i))
         optimizer.zero_grad()
         strategy = self.trainer.strategy
         # DDP's reducer would wait for gradients of every peer; we reduce this peer's ourselves.
