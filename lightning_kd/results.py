@@ -17,8 +17,10 @@ and a PNG of the validation accuracy per epoch next to it.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import fnmatch
+import json
 import platform
 import shlex
 import shutil
@@ -26,6 +28,7 @@ import statistics
 import sys
 import tarfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -102,49 +105,101 @@ def scaled_round(value: float, factor: float) -> int:
     return max(1, int(round(value * factor)))
 
 
+@dataclass
+class EpochScale:
+    """How one config's epoch counts map to a schedule of ``epochs`` task epochs.
+
+    Durations are multiplied by ``factor = epochs / task_epochs`` where ``task_epochs`` is
+    ``max_epochs`` minus a two-stage method's ``stage1_epochs`` (stage 1 keeps at least one epoch),
+    and ``max_epochs`` becomes ``epochs`` plus the scaled stage 1. Epoch numbers after stage 1
+    (LR milestones, ``T_max``, RCO switch epochs) keep their place in the task phase: ``m`` becomes
+    ``new_stage1 + (m - stage1) * factor``, so a schedule that spans both stages still does.
+    Every scaled value is at least 1.
+    """
+
+    epochs: int
+    stage1: int
+    factor: float
+
+    @classmethod
+    def of(cls, cfg: dict, epochs: int) -> "EpochScale":
+        """Raises ValueError for ``epochs < 1``, no ``trainer.max_epochs``, or ``stage1_epochs >= max_epochs``."""
+        if epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {epochs}.")
+        max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
+        if not max_epochs:
+            raise ValueError("the config sets no trainer.max_epochs, so there is no schedule to scale; add it.")
+        stage1 = int((cfg["model"].get("init_args") or {}).get("stage1_epochs") or 0)
+        if stage1 >= max_epochs:
+            raise ValueError(f"stage1_epochs={stage1} >= max_epochs={max_epochs}: no task epochs to scale.")
+        return cls(epochs, stage1, epochs / (max_epochs - stage1))
+
+    @property
+    def new_stage1(self) -> int:
+        return scaled_round(self.stage1, self.factor) if self.stage1 else 0
+
+    @property
+    def max_epochs(self) -> int:
+        return self.epochs + self.new_stage1
+
+    def point(self, value):
+        """An epoch number (or a list of them) in the new schedule."""
+        if isinstance(value, list):
+            return [self.point(v) for v in value]
+        if value > self.stage1:
+            return self.new_stage1 + scaled_round(value - self.stage1, self.factor)
+        return max(1, min(self.new_stage1, int(round(value * self.factor))))
+
+    def period(self, value):
+        """A number of epochs (or a list of them) in the new schedule."""
+        return [self.period(v) for v in value] if isinstance(value, list) else scaled_round(value, self.factor)
+
+
 def schedule_overrides(cfg: dict, epochs: int) -> list[str]:
     """CLI overrides that shrink (or stretch) a config's schedule to ``epochs`` task epochs.
 
-    Durations are multiplied by ``epochs / task_epochs`` where ``task_epochs`` is ``max_epochs``
-    minus a two-stage method's ``stage1_epochs`` (stage 1 keeps at least one epoch), and
-    ``max_epochs`` becomes ``epochs`` plus the scaled stage 1. Epoch numbers of the scheduler
-    (milestones, ``T_max``) after stage 1 keep their place in the task phase: ``m`` becomes
-    ``new_stage1 + (m - stage1) * factor``, so a schedule that spans both stages still does.
-    Every scaled value is at least 1.
-
-    Raises:
-        ValueError: a config without ``trainer.max_epochs`` or with ``stage1_epochs >= max_epochs``.
+    ``max_epochs``, ``stage1_epochs`` and the LR scheduler's milestones / ``T_max`` (epoch
+    numbers) and ``step_size`` / ``T_0`` (periods), mapped as :class:`EpochScale` describes.
     """
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}.")
-    max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
-    if not max_epochs:
-        raise ValueError("the config sets no trainer.max_epochs, so there is no schedule to scale; add it.")
-    init_args = cfg["model"].get("init_args", {})
-    stage1 = int(init_args.get("stage1_epochs") or 0)
-    if stage1 >= max_epochs:
-        raise ValueError(f"stage1_epochs={stage1} >= max_epochs={max_epochs}: no task epochs to scale.")
-    factor = epochs / (max_epochs - stage1)
-    new_stage1 = scaled_round(stage1, factor) if stage1 else 0
-    args = [f"--trainer.max_epochs={epochs + new_stage1}"]
-    if stage1:
-        args.append(f"--model.init_args.stage1_epochs={new_stage1}")
-    sched_args = (init_args.get("lr_scheduler") or {}).get("init_args", {})
-
-    def epoch_point(v: int) -> int:
-        if v > stage1:
-            return new_stage1 + scaled_round(v - stage1, factor)
-        return max(1, min(new_stage1, int(round(v * factor))))
-
+    scale = EpochScale.of(cfg, epochs)
+    args = [f"--trainer.max_epochs={scale.max_epochs}"]
+    if scale.stage1:
+        args.append(f"--model.init_args.stage1_epochs={scale.new_stage1}")
+    sched_args = ((cfg["model"].get("init_args") or {}).get("lr_scheduler") or {}).get("init_args", {})
     for name in (*EPOCH_POINTS, *EPOCH_PERIODS):
-        if name not in sched_args:
-            continue
-        value = sched_args[name]
-        scale = epoch_point if name in EPOCH_POINTS else (lambda v: scaled_round(v, factor))
-        scaled = [scale(v) for v in value] if isinstance(value, list) else scale(value)
-        text = f"[{', '.join(map(str, scaled))}]" if isinstance(scaled, list) else str(scaled)
-        args.append(f"--model.init_args.lr_scheduler.init_args.{name}={text}")
+        if name in sched_args:
+            value = (scale.point if name in EPOCH_POINTS else scale.period)(sched_args[name])
+            args.append(f"--model.init_args.lr_scheduler.init_args.{name}={json.dumps(value)}")
     return args
+
+
+def callback_overrides(cfg: dict, epochs: Optional[int], route_dir: Optional[Path]) -> list[str]:
+    """Rewrite the config's callbacks (one ``--trainer.callbacks`` override) for this run.
+
+    The RCO callbacks share the run's route folder (``RouteRecorder.dirpath`` of the teacher,
+    ``RouteConstrainedTeacher.route_dir`` of the student); with ``epochs``, the recorder's
+    ``every_n_epochs`` and an explicit list of RCO switch epochs are scaled like the schedule.
+    Returns no override when nothing changes.
+    """
+    callbacks = copy.deepcopy((cfg.get("trainer") or {}).get("callbacks") or [])
+    scale = None if epochs is None else EpochScale.of(cfg, epochs)
+    changed = False
+    for callback in callbacks:
+        if not isinstance(callback, dict):
+            continue
+        init_args = callback.setdefault("init_args", {})
+        before = copy.deepcopy(init_args)
+        name = callback.get("class_path", "").rsplit(".", 1)[-1]
+        if route_dir is not None and name == "RouteRecorder":
+            init_args["dirpath"] = str(route_dir)
+        if route_dir is not None and name == "RouteConstrainedTeacher":
+            init_args["route_dir"] = str(route_dir)
+        if scale is not None and init_args.get("every_n_epochs"):
+            init_args["every_n_epochs"] = scale.period(init_args["every_n_epochs"])
+        if scale is not None and isinstance(init_args.get("schedule"), list):
+            init_args["schedule"] = scale.point(init_args["schedule"])
+        changed |= init_args != before
+    return [f"--trainer.callbacks={json.dumps(callbacks)}"] if changed else []
 
 
 def data_overrides(cfg: dict, data_root: Optional[Path], cifar_root: Optional[str], download: bool) -> list[str]:
@@ -290,9 +345,13 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
     return text
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
 def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Path) -> Run:
     """Fit + test one config with ``overrides``; record its top-1, wall time and val/acc history."""
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = checkpoint_dir(run_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # a re-run starts clean, so best.ckpt is this run's
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
@@ -338,6 +397,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[Run]:
     args = parse_args(argv)
+    # Each run builds a LightningCLI from an argument list inside this command; that is intended here.
+    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "python -m lightning_kd.results " + shlex.join(argv)
     teacher_cfg, baseline_cfg, method_cfgs = discover_configs(args.configs, args.skip)
@@ -350,23 +411,26 @@ def main(argv=None) -> list[Run]:
     if args.limit_train_batches is not None:
         common.append(f"--trainer.limit_train_batches={args.limit_train_batches}")
 
+    # The teacher's run folder is known up front: its checkpoints and route feed the students.
+    teacher_dir = args.run_dir / teacher_cfg.stem / f"seed{args.seeds[0]}"
+    route_dir = checkpoint_dir(teacher_dir) / "route"
+
     def overrides_for(config: Path) -> list[str]:
         cfg = yaml.safe_load(config.read_text())
         extra = data_overrides(cfg, data_root, args.cifar_root, args.download)
         if args.epochs is not None:
             extra += schedule_overrides(cfg, args.epochs)
+        extra += callback_overrides(cfg, args.epochs, route_dir)
+        configured = (cfg["model"].get("init_args") or {}).get("teacher_ckpt")
+        if configured:  # best.ckpt, or last.ckpt for RCO (the route's final anchor)
+            name = Path(configured).name if Path(configured).name in ("best.ckpt", "last.ckpt") else "best.ckpt"
+            extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")
         return extra + common
 
-    teacher = run_one("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg),
-                      args.run_dir / teacher_cfg.stem / f"seed{args.seeds[0]}")
-    runs = [teacher]
+    runs = [run_one("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)]
     for config in [baseline_cfg, *method_cfgs]:
-        cfg = yaml.safe_load(config.read_text())
-        wiring = []
-        if (cfg["model"].get("init_args") or {}).get("teacher_ckpt"):
-            wiring.append(f"--model.init_args.teacher_ckpt={teacher.best_ckpt}")
         for seed in args.seeds:
-            runs.append(run_one(method_key(config), config, seed, overrides_for(config) + wiring,
+            runs.append(run_one(method_key(config), config, seed, overrides_for(config),
                                 args.run_dir / config.stem / f"seed{seed}"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot = args.out.with_suffix(".png")

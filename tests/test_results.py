@@ -1,6 +1,7 @@
 """The results command: schedule scaling, statistics, the markdown table and a tiny end-to-end run."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, discover_configs, markdown_table, mean_std,
-                                  schedule_overrides, summarize)
+from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, callback_overrides, discover_configs,
+                                  markdown_table, mean_std, schedule_overrides, summarize)
 from lightning_kd.results import main as results_main
 
 
@@ -69,6 +70,28 @@ def test_schedule_scaling_bad_input():
         schedule_overrides(two_stage_config(), 0)
 
 
+def test_callback_overrides_share_the_route_and_scale_epochs(tmp_path):
+    route = tmp_path / "route"
+    teacher = {"trainer": {"max_epochs": 240, "callbacks": [
+        {"class_path": "callbacks.RouteRecorder", "init_args": {"every_n_epochs": 60}}]}, "model": {}}
+    (override,) = callback_overrides(teacher, 24, route)
+    assert override.startswith("--trainer.callbacks=")
+    (recorder,) = json.loads(override.split("=", 1)[1])
+    assert recorder["init_args"] == {"every_n_epochs": 6, "dirpath": str(route)}  # 60 / 10
+    rco = {"trainer": {"max_epochs": 240, "callbacks": [
+        {"class_path": "callbacks.RouteConstrainedTeacher", "init_args": {"schedule": [60, 120, 180]}}]},
+        "model": {}}
+    (override,) = callback_overrides(rco, 24, route)
+    (switcher,) = json.loads(override.split("=", 1)[1])
+    assert switcher["init_args"] == {"schedule": [6, 12, 18], "route_dir": str(route)}
+    assert rco["trainer"]["callbacks"][0]["init_args"] == {"schedule": [60, 120, 180]}  # input untouched
+    # Nothing to change: no override at all (the config's callbacks stay as they are).
+    dml = {"trainer": {"max_epochs": 30, "callbacks": [
+        {"class_path": "callbacks.MutualAlternation", "init_args": {"mode": "step"}}]}, "model": {}}
+    assert callback_overrides(dml, 10, route) == []
+    assert callback_overrides({"trainer": {"max_epochs": 30}, "model": {}}, 10, route) == []
+
+
 def test_mean_std_and_delta_by_hand():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # sample std: sqrt(((1)^2 + 0 + (1)^2) / 2)
     assert mean_std([5.0]) == (5.0, 0.0)
@@ -120,16 +143,21 @@ def test_discover_configs_needs_one_teacher(tmp_path):
 def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
     out = tmp_path / "docs" / "RESULTS.md"
     runs = results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "--epochs", "1",
-                         "--limit-train-batches", "2", "--only", "kd", "fsp", "--out", str(out),
+                         "--limit-train-batches", "2", "--only", "kd", "fsp", "rco", "--out", str(out),
                          "--run-dir", str(tmp_path / "runs")])
-    assert [r.key for r in runs] == ["teacher", "baseline", "kd", "fsp"]
-    assert [len(r.history) for r in runs] == [1, 1, 1, 2]  # FSP: one stage-1 epoch + one task epoch
+    assert [r.key for r in runs] == ["teacher", "baseline", "kd", "fsp", "rco"]
+    assert [len(r.history) for r in runs] == [1, 1, 1, 2, 1]  # FSP: one stage-1 epoch + one task epoch
     text = out.read_text()
     body = [r[0] for r in table_rows(text.split("## Runs")[0])[2:]]
-    assert body == ["teacher", "student baseline", "KD", "FSP"]
-    # The teacher's best checkpoint of this run is wired into the students that need one.
-    kd = next(r for r in runs if r.key == "kd")
+    assert body == ["teacher", "student baseline", "KD", "FSP", "RCO"]
+    # The teacher's checkpoints of this run are wired into the students that need one: best.ckpt,
+    # and for RCO last.ckpt (the final anchor) plus the route the teacher recorded next to it.
+    kd, rco = runs[2], runs[4]
     assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in kd.overrides
+    teacher_ckpts = Path(runs[0].best_ckpt).parent
+    assert f"--model.init_args.teacher_ckpt={teacher_ckpts / 'last.ckpt'}" in rco.overrides
+    assert (teacher_ckpts / "route" / "route.json").is_file()
+    assert str(teacher_ckpts / "route") in rco.resolved_config.read_text()
     assert Path(runs[0].best_ckpt).is_file() and kd.resolved_config.is_file()
     png = out.with_suffix(".png")
     assert "](RESULTS.png)" in text
