@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -19,7 +20,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_kd.checkpoints import SafeCheckpointIO, load_network_weights
+from lightning_kd.checkpoints import SafeCheckpointIO, load_checkpoint_file, load_network_weights
 from lightning_kd.models import build_network
 from lightning_kd.teacher_cache import TeacherLogitCache, check_cacheable
 
@@ -347,6 +348,14 @@ class DistillationModule(pl.LightningModule):
                 state.setdefault(f"teacher.{k}", v)
         if self._trainer is not None and "rng_states" in checkpoint:  # resuming a fit
             restore_rng_states(checkpoint["rng_states"])
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint`` after a ``weights_only`` read of a local file, so a
+        checkpoint that would run code is refused whatever torch's default."""
+        if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
+            load_checkpoint_file(checkpoint_path, what="checkpoint")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def export_student(self, path: str) -> None:
         """Save the student as a plain state_dict that loads into its architecture."""
