@@ -1,9 +1,16 @@
 """RCO: RouteRecorder writes the anchors it should, RouteConstrainedTeacher loads them exactly when it
-should (even, explicit and greedy schedules, bf16 teacher), resumes exactly, and refuses bad input."""
+should (even, explicit and greedy schedules, bf16 teacher), resumes exactly, and refuses bad input.
+
+Also a script: ``python tests/test_route.py OUT_DIR record|distill`` runs one 2-process CPU DDP fit
+(gloo); the slow test compares what each rank saved.
+"""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -374,3 +381,43 @@ def test_route_needs_a_teacher_and_greedy_needs_validation(tmp_path):
     with pytest.raises(ValueError, match="validation is off"):
         trainer(tmp_path, 2, [greedy], limit_val_batches=0).fit(kd_student(tmp_path / "route/epoch0000.pt"),
                                                                 digits())
+
+
+# ----------------------------------------------------------------------------- DDP
+def ddp_run(out: Path, phase: str) -> None:
+    """Record a route with 2 processes, or distill greedily along it; each rank saves what it saw."""
+    pl.seed_everything(0)
+    if phase == "record":
+        recorder = RouteRecorder(every_n_epochs=1, at_milestones=False, dirpath=out / "route")
+        fit = trainer(out, 2, [recorder], devices=2, strategy="ddp")
+        fit.fit(supervised(), digits())
+        torch.save({"entries": recorder.entries}, out / f"record_rank{fit.global_rank}.pt")
+        return
+    files = [out / "route" / anchor_filename(e) for e in range(2)]
+    rco = RouteConstrainedTeacher(str(out / "route"), schedule="greedy", greedy_batches=2)
+    watch = TeacherWatch(rco, files)
+    model = kd_student(files[-1], teacher=STUDENT)
+    fit = trainer(out, 2, [rco, watch], devices=2, strategy="ddp")
+    fit.fit(model, digits())
+    torch.save({"anchors": watch.anchors, "exact": watch.exact, "divergences": rco.divergences,
+                "held_out": rco._held_out[0], "teacher": model.teacher.state_dict()},
+               out / f"distill_rank{fit.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_record_one_route_and_walk_it_together(tmp_path):
+    for phase in ("record", "distill"):
+        subprocess.run([sys.executable, __file__, str(tmp_path), phase], check=True, cwd=tmp_path, timeout=300)
+    record = [torch.load(tmp_path / f"record_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    manifest = json.loads((tmp_path / "route" / MANIFEST).read_text())
+    assert record[0]["entries"] == record[1]["entries"] == manifest and len(manifest) == 2
+    rank0, rank1 = (torch.load(tmp_path / f"distill_rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert not torch.equal(rank0["held_out"], rank1["held_out"])  # each rank measures its own batches...
+    assert rank0["divergences"].keys() == {1}  # 2 anchors over 2 epochs: one greedy step, after epoch 0
+    assert rank0["divergences"] == rank1["divergences"]  # ...and they agree on the global mean
+    assert rank0["anchors"] == rank1["anchors"] and all(rank0["exact"].values()) and all(rank1["exact"].values())
+    assert all(torch.equal(v, rank1["teacher"][k]) for k, v in rank0["teacher"].items())
+
+
+if __name__ == "__main__":
+    ddp_run(Path(sys.argv[1]), sys.argv[2])
