@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
-from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, callback_overrides, discover_configs,
-                                  markdown_table, mean_std, schedule_overrides, summarize)
+from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, callback_overrides, data_overrides, discover_configs,
+                                  markdown_table, mean_std, prepare_data_root, schedule_overrides, summarize)
 from lightning_kd.results import main as results_main
 
 
@@ -162,3 +163,20 @@ def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
     png = out.with_suffix(".png")
     assert "](RESULTS.png)" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_data_root_archive_is_extracted_once_and_wired(tmp_path):
+    tree = tmp_path / "src" / "cifar10" / "train" / "cat"
+    tree.mkdir(parents=True)
+    (tree / "0001.jpg").write_bytes(b"not decoded here")
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10", arcname="cifar10")
+    root = prepare_data_root(archive, tmp_path / "out")
+    assert root == tmp_path / "out" / "data" / "cifar10" and (root / "train" / "cat" / "0001.jpg").is_file()
+    assert prepare_data_root(archive, tmp_path / "out") == root  # the second call reuses the folder
+    assert prepare_data_root(root, tmp_path / "elsewhere") == root  # a folder is used as it is
+    cfg = {"data": {"class_path": "datamodules.CIFAR10DataModule", "init_args": {"batch_size": 64}}}
+    assert data_overrides(cfg, root, None, False) == [
+        "--data=datamodules.ImageFolderDataModule", f"--data.root={root}", "--data.batch_size=64"]
+    assert data_overrides(cfg, None, "data", True) == ["--data.init_args.root=data", "--data.init_args.download=true"]
