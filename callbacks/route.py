@@ -203,9 +203,9 @@ class RouteConstrainedTeacher(Callback):
 
     The model's ``teacher_ckpt`` names the teacher run: by default the route is read from the
     ``route`` folder next to it, where :class:`RouteRecorder` writes it (``teacher_ckpt:
-    runs/x/teacher/last.ckpt`` -> ``runs/x/teacher/route``), so pointing a run at another teacher
-    moves the route along. ``last.ckpt`` holds the final anchor; the callback replaces the
-    teacher's weights at the start of the fit, and the teacher holds the last active anchor after it.
+    runs/x/teacher/best.ckpt`` -> ``runs/x/teacher/route``), so pointing a run at another teacher
+    moves the route along. Its weights only stand in until the fit starts: the callback loads the
+    first anchor (a resumed run's anchor) then, and the teacher holds the last active anchor after it.
 
     Args:
         route_dir: the folder :class:`RouteRecorder` wrote (with ``route.json``); default: the

@@ -201,7 +201,6 @@ def test_record_then_distill_reads_the_route_next_to_teacher_ckpt(tmp_path):
     assert [f.name for f in files] == [anchor_filename(e) for e in range(3)]
 
     model = kd_student(tmp_path / "teacher/last.ckpt", teacher=STUDENT)
-    assert same_weights(model.teacher, files[-1])  # last.ckpt holds the final anchor
     rco = RouteConstrainedTeacher()
     watch = TeacherWatch(rco, files)
     trainer(tmp_path, 3, [rco, watch]).fit(model, digits())
