@@ -21,7 +21,7 @@ from torch import nn
 
 from callbacks import RouteConstrainedTeacher, RouteRecorder
 from callbacks.route import MANIFEST, anchor_filename, scheduled_milestone_epochs, write_manifest
-from datamodules import DigitsDataModule
+from datamodules import DigitsDataModule, SyntheticDataModule
 from datamodules.base import normalize
 from lightning_kd.methods import KD, Supervised
 from lightning_kd.models import build_network
@@ -234,6 +234,32 @@ def test_bf16_teacher_holds_the_anchor_and_keeps_it_after_fit(tmp_path):
     assert watch.anchors == {0: 0, 1: 1} and all(watch.exact.values())
     assert all(p.dtype == torch.float32 for p in model.teacher.parameters())
     assert same_weights(model.teacher, files[1])  # exact float32 anchor 1, not the teacher_ckpt
+
+
+class CachedLogitsWatch(Callback):
+    """On each training batch: whether the logits the method reads equal the live teacher's."""
+
+    def __init__(self):
+        self.fresh = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        x, _ = pl_module.prepare_batch(batch)
+        with torch.no_grad():
+            self.fresh[(trainer.current_epoch, batch_idx)] = torch.equal(pl_module.teacher_forward(x),
+                                                                         pl_module.teacher(x))
+
+
+def test_a_switch_voids_cached_teacher_logits(tmp_path):
+    files = random_route(tmp_path / "route", 2)
+    pl.seed_everything(0)
+    model = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(files[0]), num_classes=10, input_shape=SHAPE,
+               cache_teacher_outputs=True)
+    data = SyntheticDataModule(num_classes=10, input_shape=SHAPE, train_size=32, val_size=16, test_size=16,
+                               batch_size=16, pad=0, flip=False, return_index=True)
+    watch = CachedLogitsWatch()
+    trainer(tmp_path, 2, [RouteConstrainedTeacher(str(tmp_path / "route")), watch],
+            limit_train_batches=None).fit(model, data)
+    assert len(watch.fresh) == 4 and all(watch.fresh.values())  # epoch 1 sees every sample again
 
 
 def kl_reference(student_logits, teacher_logits):
