@@ -75,6 +75,19 @@ class Run:
     history: list[float] = field(default_factory=list)
     resolved_config: Optional[Path] = None
     best_ckpt: str = ""
+    network: str = ""
+
+
+def network_name(cfg: dict) -> str:
+    """The trained network of a config, compactly: ``small_cnn(width=4)``; peer 0 for mutual learning."""
+    init_args = cfg["model"].get("init_args") or {}
+    peers = init_args.get("peers")
+    spec = peers[0] if peers else init_args.get("student", "?")
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("name", "?")
+        spec = f"{name}({', '.join(f'{k}={v}' for k, v in spec.items())})" if spec else name
+    return f"{spec}, peer 0 of {len(peers)}" if peers else str(spec)
 
 
 def method_key(config: Path) -> str:
@@ -245,7 +258,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict]:
         mine = [r for r in runs if r.key == key]
         mean, std = mean_std([100 * r.test_acc for r in mine])
         rows[key] = {"mean": mean, "std": std, "n": len(mine), "wall_s": statistics.fmean(r.wall_s for r in mine),
-                     "config": mine[0].config}
+                     "config": mine[0].config, "network": mine[0].network}
     base = rows.get("baseline", {}).get("mean")
     for key, row in rows.items():
         row["delta"] = None if base is None or key in ("baseline", "teacher") else row["mean"] - base
@@ -254,12 +267,12 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict]:
 
 def markdown_table(rows: dict[str, dict], reference: Optional[dict[str, float]] = None) -> str:
     """The summary table; ``reference`` adds a column of published top-1 numbers."""
-    head = ["method", "config", "top-1 % (mean ± std)", "Δ vs baseline", "seeds", "wall time / run"]
+    head = ["method", "config", "network", "top-1 % (mean ± std)", "Δ vs baseline", "seeds", "wall time / run"]
     if reference:
         head.append("RepDistiller CIFAR-100 ref.")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for key, row in rows.items():
-        cells = [LABELS.get(key, key), f"`{row['config'].name}`", f"{row['mean']:.2f} ± {row['std']:.2f}",
+        cells = [LABELS.get(key, key), f"`{row['config'].name}`", row["network"], f"{row['mean']:.2f} ± {row['std']:.2f}",
                  "—" if row["delta"] is None else f"{row['delta']:+.2f}", str(row["n"]), f"{row['wall_s']:.0f} s"]
         if reference:
             cells.append(f"{reference[key]:.2f}" if key in reference else "—")
@@ -273,6 +286,7 @@ def plot_histories(runs: Sequence[Run], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for key in dict.fromkeys(r.key for r in runs):
@@ -283,6 +297,7 @@ def plot_histories(runs: Sequence[Run], path: Path, title: str) -> None:
         mean = [100 * statistics.fmean(c[i] for c in curves) for i in range(length)]
         ax.plot(range(1, length + 1), mean, marker="." if length < 40 else None, label=LABELS.get(key, key),
                 linestyle="--" if key in ("teacher", "baseline") else "-")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title(title)
@@ -359,7 +374,7 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     start = time.perf_counter()
     test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml")
     run = Run(key, config, seed, overrides, test_acc, time.perf_counter() - start, history.history,
-              run_dir / "config.yaml", best)
+              run_dir / "config.yaml", best, network_name(yaml.safe_load(config.read_text())))
     print(f"[results] {LABELS.get(key, key)} seed {seed}: test top-1 {100 * test_acc:.2f}% "
           f"in {run.wall_s:.0f} s", flush=True)
     return run
@@ -422,7 +437,7 @@ def main(argv=None) -> list[Run]:
             extra += schedule_overrides(cfg, args.epochs)
         extra += callback_overrides(cfg, args.epochs, route_dir)
         configured = (cfg["model"].get("init_args") or {}).get("teacher_ckpt")
-        if configured:  # best.ckpt, or last.ckpt for RCO (the route's final anchor)
+        if configured:  # the file the config names (best.ckpt or last.ckpt) of this run's teacher
             name = Path(configured).name if Path(configured).name in ("best.ckpt", "last.ckpt") else "best.ckpt"
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")
         return extra + common

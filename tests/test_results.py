@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, callback_overrides, data_overrides, discover_configs,
-                                  markdown_table, mean_std, prepare_data_root, schedule_overrides, summarize)
+                                  markdown_table, mean_std, network_name, prepare_data_root, schedule_overrides, summarize)
 from lightning_kd.results import main as results_main
 
 
@@ -93,6 +93,14 @@ def test_callback_overrides_share_the_route_and_scale_epochs(tmp_path):
     assert callback_overrides({"trainer": {"max_epochs": 30}, "model": {}}, 10, route) == []
 
 
+def test_network_name():
+    assert network_name({"model": {"init_args": {"student": "resnet8x4"}}}) == "resnet8x4"
+    assert network_name({"model": {"init_args": {"student": {"name": "small_cnn", "width": 4}}}}) == \
+        "small_cnn(width=4)"
+    peers = {"model": {"init_args": {"peers": [{"name": "small_cnn", "width": 4}, "resnet8x4"]}}}
+    assert network_name(peers) == "small_cnn(width=4), peer 0 of 2"
+
+
 def test_mean_std_and_delta_by_hand():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # sample std: sqrt(((1)^2 + 0 + (1)^2) / 2)
     assert mean_std([5.0]) == (5.0, 0.0)
@@ -122,7 +130,7 @@ def test_markdown_table_is_well_formed():
     assert all(len(r) == len(header) for r in rows)
     assert all(re.fullmatch(r"-{3,}", cell) for cell in separator)
     assert [r[0] for r in body] == ["student baseline", "KD", "mystery"]
-    assert body[1][2] == "75.00 ± 0.00" and body[1][3] == "+5.00"
+    assert body[1][3] == "75.00 ± 0.00" and body[1][4] == "+5.00"
     assert body[0][-1] == "72.50" and body[1][-1] == "73.33" and body[2][-1] == "—"
 
 
@@ -151,12 +159,15 @@ def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
     text = out.read_text()
     body = [r[0] for r in table_rows(text.split("## Runs")[0])[2:]]
     assert body == ["teacher", "student baseline", "KD", "FSP", "RCO"]
-    # The teacher's checkpoints of this run are wired into the students that need one: best.ckpt,
-    # and for RCO last.ckpt (the final anchor) plus the route the teacher recorded next to it.
+    networks = [r[2] for r in table_rows(text.split("## Runs")[0])[2:]]
+    assert networks == ["small_cnn(width=64)", "small_cnn(width=4)", "small_cnn(width=4)", "small_cnn(width=64)",
+                        "small_cnn(width=4)"]  # FSP's student is as wide as the teacher: the table says so
+    # The teacher checkpoint of this run is wired into the students that need one (the file the
+    # config names, best.ckpt), and for RCO also the route the teacher recorded next to it.
     kd, rco = runs[2], runs[4]
     assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in kd.overrides
+    assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in rco.overrides
     teacher_ckpts = Path(runs[0].best_ckpt).parent
-    assert f"--model.init_args.teacher_ckpt={teacher_ckpts / 'last.ckpt'}" in rco.overrides
     assert (teacher_ckpts / "route" / "route.json").is_file()
     assert str(teacher_ckpts / "route") in rco.resolved_config.read_text()
     assert Path(runs[0].best_ckpt).is_file() and kd.resolved_config.is_file()
