@@ -37,11 +37,33 @@ class SaveConfigToRun(SaveConfigCallback):
                 Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every epoch's save point.
+
+    Since Lightning 2.5, a monitored ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt``
+    only in epochs that also save a new best, so after a plateau ``last.ckpt`` is several
+    epochs old and a resume from it silently loses them. Here ``last.ckpt`` always holds the
+    latest epoch (written once per step, whichever hook gets there first).
+    """
+
+    _last_written_step = -1
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        self._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self._last_written_step == trainer.global_step and self.last_model_path:
+            return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_step = trainer.global_step
+
+
 class KDCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
