@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 from pytorch_lightning import Callback
 
+from callbacks.route import save_anchor, write_manifest
 from lightning_kd.cli import make_cli
 from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
@@ -211,10 +212,19 @@ def ceiling_mode(precision: str, channels_last: bool, compile: bool) -> str:
 
 
 def save_random_teacher(spec, num_classes: int, in_channels: int, folder: Path) -> str:
-    path = folder / f"teacher_{abs(hash(json.dumps(spec, sort_keys=True, default=str)))}.pt"
+    """A randomly initialised teacher file in its own folder, with a two-anchor
+    route beside it (RouteRecorder's layout), which RCO configs read next to ``teacher_ckpt``."""
+    folder = folder / f"teacher_{abs(hash(json.dumps(spec, sort_keys=True, default=str)))}"
+    path = folder / "teacher.pt"
     if not path.exists():
+        folder.mkdir(parents=True)
         torch.manual_seed(0)
-        torch.save(build_network(spec, num_classes, in_channels).state_dict(), path)
+        state = build_network(spec, num_classes, in_channels).state_dict()
+        torch.save(state, path)
+        (folder / "route").mkdir()
+        entries = [{"epoch": epoch, "step": epoch, "val_acc": None,
+                    "file": save_anchor(folder / "route", epoch, state)} for epoch in (0, 1)]
+        write_manifest(folder / "route", entries)
     return str(path)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from conftest import ROOT
 from lightning_kd import bench
 
-CONFIGS = ["baseline_resnet8x4", "kd_resnet32x4_resnet8x4", "iekd_resnet32x4_resnet8x4"]
+CONFIGS = ["baseline_resnet8x4", "kd_resnet32x4_resnet8x4", "iekd_resnet32x4_resnet8x4",
+           "rco_resnet32x4_resnet8x4"]
 
 
 def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
@@ -34,6 +35,7 @@ def test_bench_writes_a_table_per_config(tmp_path, monkeypatch):
     assert by_config["baseline_resnet8x4.yaml"][1] == "Supervised"
     assert by_config["kd_resnet32x4_resnet8x4.yaml"][1] == "KD"
     assert by_config["iekd_resnet32x4_resnet8x4.yaml"][1] == "IEKD"  # timed in its student stage
+    assert by_config["rco_resnet32x4_resnet8x4.yaml"][1] == "KD"  # with a route written for it
     for r in body:
         assert len(r) == len(header)
         assert int(r[2]) == 4
