@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
+import conftest
 from callbacks import MutualAlternation
 from datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import dml_loss
@@ -39,11 +40,7 @@ def make_dml(peers, cls=DML, lr=0.1, **kwargs):
 
 
 def quick_trainer(tmp_path, **kwargs):
-    options = dict(max_epochs=1, limit_train_batches=3, limit_val_batches=0, accelerator="cpu", devices=1,
-                   logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=False, default_root_dir=tmp_path)
-    options.update(kwargs)
-    return pl.Trainer(**options)
+    return conftest.quick_trainer(tmp_path, **{"limit_train_batches": 3, **kwargs})
 
 
 def digits():
