@@ -1,6 +1,6 @@
 """The main job on the embedded digits data: teacher, student baseline, KD student; a table of test accuracies.
 
-    python -m lightning_kd.quickstart            # about 3-5 minutes on 2 CPU cores
+    python -m lightning_kd.quickstart            # about 30 s on 2 idle CPU cores
 
 Each step is an ordinary ``lightning-kd fit`` of a YAML in ``configs/quickstart/``; the
 teacher's ``best.ckpt`` becomes the KD run's ``teacher_ckpt``.
