@@ -1,4 +1,5 @@
 """Datamodules: fixed digits split, batched device-side augmentation, file errors, ImageFolder."""
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -127,3 +128,102 @@ def test_image_folder_rejects_stray_files(tmp_path):
     dm = ImageFolderDataModule(root=str(tmp_path), image_size=5)
     with pytest.raises(ValueError, match="non-image file"):
         dm.setup()
+
+
+def decoded_splits(root, **kwargs):
+    dm = ImageFolderDataModule(root=str(root), image_size=5, **kwargs)
+    dm.setup()
+    return dm.splits
+
+
+def forbid_decoding(monkeypatch):
+    def fail(self, path):
+        raise AssertionError(f"decoded {path} although the cache is current")
+    monkeypatch.setattr(ImageFolderDataModule, "_decode", fail)
+
+
+def test_image_folder_second_setup_loads_the_cache_without_decoding(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    first = decoded_splits(tmp_path)
+    files = sorted(p.name for p in (tmp_path / ".lightning_kd_cache").iterdir())
+    assert len(files) == 2 and files[0].startswith("test-5px-") and files[1].startswith("train-5px-")
+    forbid_decoding(monkeypatch)
+    second = decoded_splits(tmp_path)
+    for split in ("train", "val", "test"):
+        assert torch.equal(second[split][0], first[split][0]) and torch.equal(second[split][1], first[split][1])
+    # the cached pixels are the files' pixels, not just self-consistent
+    cat0 = torch.from_numpy(np.asarray(Image.open(tmp_path / "train" / "cat" / "0.png"))).permute(2, 0, 1)
+    assert torch.equal(second["train"][0][0], cat0)
+
+
+@pytest.mark.parametrize("change", ["rewrite", "touch", "add", "remove"])
+def test_image_folder_cache_is_invalidated_by_a_changed_file_list(tmp_path, monkeypatch, change):
+    make_tree(tmp_path)
+    decoded_splits(tmp_path)
+    dog0 = tmp_path / "train" / "dog" / "0.png"
+    new = np.full((5, 5, 3), 7, dtype=np.uint8)
+    if change == "rewrite":  # same name and size (PNG of a constant image differs in size, so the mtime also counts)
+        Image.fromarray(new).save(dog0)
+        os.utime(dog0, ns=(10**18, 10**18))
+    elif change == "touch":  # same bytes, new mtime: re-decoded (a size check alone would miss an edit)
+        os.utime(dog0, ns=(10**18, 10**18))
+    elif change == "add":
+        Image.fromarray(new).save(tmp_path / "train" / "dog" / "9.png")
+    else:
+        dog0.unlink()
+    calls = []
+    original = ImageFolderDataModule._decode
+    monkeypatch.setattr(ImageFolderDataModule, "_decode", lambda self, p: calls.append(p.name) or original(self, p))
+    x, y = decoded_splits(tmp_path)["train"]
+    assert len(calls) == {"rewrite": 6, "touch": 6, "add": 7, "remove": 5}[change]  # the train split only; test is cached
+    assert y.tolist() == {"rewrite": [0, 0, 0, 1, 1, 1], "touch": [0, 0, 0, 1, 1, 1], "add": [0, 0, 0, 1, 1, 1, 1], "remove": [0, 0, 0, 1, 1]}[change]
+    if change != "remove":
+        assert bool((x[3] == 7).all()) == (change == "rewrite") and bool((x[-1] == 7).all()) == (change == "add")
+    forbid_decoding(monkeypatch)  # and the rewritten cache is current again
+    assert torch.equal(decoded_splits(tmp_path)["train"][0], x)
+
+
+def test_image_folder_cache_is_keyed_on_the_image_size(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    decoded_splits(tmp_path)
+    forbid_decoding(monkeypatch)
+    with pytest.raises(AssertionError, match="although the cache is current"):
+        ImageFolderDataModule(root=str(tmp_path), image_size=3).setup()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape"])
+def test_image_folder_corrupt_cache_warns_and_is_rewritten(tmp_path, monkeypatch, damage):
+    make_tree(tmp_path)
+    first = decoded_splits(tmp_path)
+    cache = next((tmp_path / ".lightning_kd_cache").glob("train-*.pt"))
+    if damage == "garbage":
+        cache.write_bytes(b"not a torch file")
+    elif damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:200])
+    else:  # readable, right fingerprint, wrong tensors: must not be trusted
+        entry = torch.load(cache, weights_only=True)
+        entry["images"] = entry["images"][:, :, :3]
+        torch.save(entry, cache)
+    with pytest.warns(UserWarning, match="ignoring unreadable decode cache"):
+        again = decoded_splits(tmp_path)
+    assert torch.equal(again["train"][0], first["train"][0])
+    forbid_decoding(monkeypatch)
+    assert torch.equal(decoded_splits(tmp_path)["train"][0], first["train"][0])
+    assert [p.name for p in cache.parent.iterdir() if p.suffix == ".tmp"] == []  # no leftover temporary files
+
+
+def test_image_folder_cache_false_writes_nothing(tmp_path):
+    make_tree(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    decoded_splits(tmp_path, cache=False, cache_dir=str(tmp_path / "elsewhere"))
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_image_folder_cache_dir_option_and_read_only_root_fallback(tmp_path, monkeypatch):
+    make_tree(tmp_path / "data")
+    decoded_splits(tmp_path / "data", cache_dir=str(tmp_path / "mine"))
+    assert len(list((tmp_path / "mine").glob("*.pt"))) == 2
+    assert not (tmp_path / "data" / ".lightning_kd_cache").exists()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only dataset folder (root ignores chmod)
+    assert ImageFolderDataModule(root=str(tmp_path / "data")).cache_dir == tmp_path / "home" / ".cache" / "lightning_kd"
