@@ -13,6 +13,11 @@ step_size, and the stage-1 epochs of two-stage methods), so the configs stay the
 recipes and the short table is one flag away from them. Writes a markdown report (mean +- std
 top-1 over seeds, delta vs the baseline, wall time per run, the exact command line of every run)
 and a PNG of the validation accuracy per epoch next to it.
+
+Resumable: each finished run leaves its record (``run.json``) beside its checkpoints in
+``--run-dir``; the same command run again reuses every run whose config file content and
+overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
+by re-running the command. ``--rerun`` trains everything again.
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import argparse
 import copy
 import datetime
 import fnmatch
+import hashlib
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -29,7 +36,7 @@ import sys
 import tarfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -76,6 +83,10 @@ class Run:
     resolved_config: Optional[Path] = None
     best_ckpt: str = ""
     network: str = ""
+    config_sha256: str = ""  # of the config file's content when it ran
+    teacher_finished: str = ""  # ``finished`` of the teacher run it distilled from ("" if none)
+    finished: str = ""  # UTC time the run completed, ISO format
+    device: str = ""
 
 
 def network_name(cfg: dict) -> str:
@@ -319,10 +330,13 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
     rows = summarize(runs)
     import pytorch_lightning
 
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # Date and device come from the runs' records, so a report of reused runs reads the same.
+    finished = [datetime.datetime.fromisoformat(r.finished) for r in runs if r.finished]
+    date = (max(finished) if finished else datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    devices = ", ".join(dict.fromkeys(r.device for r in runs if r.device)) or device_description()
     parts = [
         f"# Results: `{configs}`", "",
-        f"- Device: {device_description()}; torch {torch.__version__}, pytorch-lightning "
+        f"- Device: {devices}; torch {torch.__version__}, pytorch-lightning "
         f"{pytorch_lightning.__version__}",
         f"- Date: {date}",
         f"- Command: `{command}`", "",
@@ -364,19 +378,87 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Path) -> Run:
-    """Fit + test one config with ``overrides``; record its top-1, wall time and val/acc history."""
+def record_path(run_dir: Path) -> Path:
+    """Where a finished run's record lies: beside its ``checkpoints`` folder."""
+    return run_dir / "run.json"
+
+
+def save_record(run: Run, path: Path) -> None:
+    """Write ``run`` as JSON atomically (a killed command leaves the old file or the new, never half)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(run), indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def load_record(path: Path) -> Run:
+    """The :class:`Run` of a record; ValueError names what is wrong with an unreadable one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read it as JSON ({err})") from err
+    names = {f.name for f in fields(Run)}
+    if not isinstance(data, dict) or set(data) != names:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"it holds {got}, not the fields {sorted(names)}")
+    run = Run(**data)
+    run.config = Path(run.config)
+    run.resolved_config = None if run.resolved_config is None else Path(run.resolved_config)
+    return run
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str) -> tuple[Optional[Run], str]:
+    """The recorded run at ``path`` if it is the run asked for, else ``(None, why it has to run)``."""
+    if not path.is_file():
+        return None, "no record yet"
+    try:
+        run = load_record(path)
+    except ValueError as err:
+        return None, f"its record {path} is unreadable: {err}"
+    if run.config_sha256 != config_sha:
+        return None, "the config file changed since it ran"
+    if run.overrides != overrides:
+        before, now = set(run.overrides), set(overrides)
+        return None, (f"its overrides changed: now {sorted(now - before) or 'the same set, reordered'}, "
+                      f"was {sorted(before - now)}")
+    if run.teacher_finished != teacher_finished:
+        return None, "its teacher was trained again since it ran"
+    if not Path(run.best_ckpt).is_file():
+        return None, f"its checkpoint {run.best_ckpt} is gone"
+    return run, ""
+
+
+def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Path,
+            teacher_finished: str = "", rerun: bool = False) -> Run:
+    """Fit + test one config with ``overrides``; record its top-1, wall time and val/acc history.
+
+    A record in ``run_dir`` of the same config content, overrides and teacher run
+    (``teacher_finished``, "" for runs without a teacher) is returned instead, unless ``rerun``.
+    """
+    label = f"{LABELS.get(key, key)} seed {seed}"
     ckpt_dir = checkpoint_dir(run_dir)
+    overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
+    config_sha = file_sha256(config)
+    record = record_path(run_dir)
+    recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
+    if recorded is not None:
+        print(f"[results] {label}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
+        return recorded
+    print(f"[results] {label}: running ({why})", flush=True)
+    record.unlink(missing_ok=True)  # no record while its checkpoints are being replaced
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # a re-run starts clean, so best.ckpt is this run's
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
     history = ValAccHistory()
     start = time.perf_counter()
     test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml")
     run = Run(key, config, seed, overrides, test_acc, time.perf_counter() - start, history.history,
-              run_dir / "config.yaml", best, network_name(yaml.safe_load(config.read_text())))
-    print(f"[results] {LABELS.get(key, key)} seed {seed}: test top-1 {100 * test_acc:.2f}% "
-          f"in {run.wall_s:.0f} s", flush=True)
+              run_dir / "config.yaml", best, network_name(yaml.safe_load(config.read_text())), config_sha,
+              teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_description())
+    save_record(run, record)
+    print(f"[results] {label}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
     return run
 
 
@@ -402,6 +484,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="extra CLI override for every run, e.g. --override=--trainer.precision=bf16-mixed")
     parser.add_argument("--note", default="", help="a paragraph placed under the report's header")
     parser.add_argument("--wandb", action="store_true", help="keep the configs' wandb logger (default: no logger)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="train every run again (default: reuse the recorded runs of unchanged config + overrides)")
     args = parser.parse_args(argv)
     if args.data_root is not None and args.cifar_root is not None:
         parser.error("--data-root (ImageFolder) and --cifar-root (torchvision CIFAR) exclude each other; pick one.")
@@ -442,11 +526,16 @@ def main(argv=None) -> list[Run]:
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")
         return extra + common
 
-    runs = [run_one("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)]
+    teacher = run_one("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir,
+                      rerun=args.rerun)
+    runs = [teacher]
     for config in [baseline_cfg, *method_cfgs]:
+        overrides = overrides_for(config)
+        # A student that reads the teacher's checkpoint or route is stale once the teacher is retrained.
+        uses_teacher = any(str(checkpoint_dir(teacher_dir)) in o for o in overrides)
         for seed in args.seeds:
-            runs.append(run_one(method_key(config), config, seed, overrides_for(config),
-                                args.run_dir / config.stem / f"seed{seed}"))
+            runs.append(run_one(method_key(config), config, seed, overrides, args.run_dir / config.stem / f"seed{seed}",
+                                teacher.finished if uses_teacher else "", args.rerun))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot = args.out.with_suffix(".png")
     plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")

@@ -191,3 +191,90 @@ def test_data_root_archive_is_extracted_once_and_wired(tmp_path):
     assert data_overrides(cfg, root, None, False) == [
         "--data=datamodules.ImageFolderDataModule", f"--data.root={root}", "--data.batch_size=64"]
     assert data_overrides(cfg, None, "data", True) == ["--data.init_args.root=data", "--data.init_args.download=true"]
+
+
+def resumable_setup(tmp_path, monkeypatch):
+    """A config folder of teacher, baseline and KD (copied, so a test may edit one) and a run command
+    that returns (runs, report, names of the configs it fitted, printed output)."""
+    import shutil
+
+    import lightning_kd.results as results
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("teacher.yaml", "baseline.yaml", "kd.yaml"):
+        shutil.copy(ROOT / "configs" / "quickstart" / name, configs / name)
+    fitted: list[str] = []
+    real_fit = results.fit_and_test
+
+    def counting_fit(config, *overrides, **kwargs):
+        fitted.append(Path(config).stem)
+        return real_fit(config, *overrides, **kwargs)
+
+    monkeypatch.setattr(results, "fit_and_test", counting_fit)
+    out = tmp_path / "RESULTS.md"
+
+    def invoke(*extra: str, capsys):
+        fitted.clear()
+        runs = results_main(["--configs", str(configs), "--seeds", "0", "--epochs", "1", "--limit-train-batches",
+                             "2", "--out", str(out), "--run-dir", str(tmp_path / "runs"), *extra])
+        return runs, out.read_text(), list(fitted), capsys.readouterr().out
+
+    return configs, tmp_path / "runs", invoke
+
+
+def test_second_invocation_reuses_every_run_and_writes_the_same_report(tmp_path, monkeypatch, capsys):
+    configs, run_dir, invoke = resumable_setup(tmp_path, monkeypatch)
+    first, report, fitted, _ = invoke(capsys=capsys)
+    assert fitted == ["teacher", "baseline", "kd"]
+    record = json.loads((run_dir / "kd" / "seed0" / "run.json").read_text())
+    assert record["test_acc"] == first[2].test_acc and record["history"] == first[2].history
+    assert record["teacher_finished"] == first[0].finished != ""  # KD read this teacher's checkpoint
+    assert json.loads((run_dir / "baseline" / "seed0" / "run.json").read_text())["teacher_finished"] == ""
+    teacher_ckpt = Path(first[0].best_ckpt)
+    mtime = teacher_ckpt.stat().st_mtime_ns
+    again, report_again, fitted, printed = invoke(capsys=capsys)
+    assert fitted == [] and printed.count(": reused ") == 3
+    assert report_again == report  # recorded wall times, date and device: byte for byte the same
+    assert again == first
+    assert teacher_ckpt.stat().st_mtime_ns == mtime  # and the teacher checkpoint is still the one students read
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_changes_rerun_exactly_what_they_touch(tmp_path, monkeypatch, capsys):
+    configs, run_dir, invoke = resumable_setup(tmp_path, monkeypatch)
+    invoke(capsys=capsys)
+    # The KD config's content changes (a comment is enough): KD alone runs again.
+    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
+    _, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["kd"] and "the config file changed" in printed
+    # The baseline's recorded overrides differ from this command's (as after another --epochs): it runs again.
+    record = run_dir / "baseline" / "seed0" / "run.json"
+    data = json.loads(record.read_text())
+    data["overrides"][-1] = "--trainer.limit_train_batches=3"
+    record.write_text(json.dumps(data))
+    _, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["baseline"] and "its overrides changed" in printed and "limit_train_batches=3" in printed
+    # A retrained teacher makes the students that read it stale (KD), not the baseline.
+    record = run_dir / "teacher" / "seed0" / "run.json"
+    data = json.loads(record.read_text())
+    data["overrides"].append("--trainer.max_epochs=9")
+    record.write_text(json.dumps(data))
+    runs, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["teacher", "kd"] and "its teacher was trained again" in printed
+    assert runs[2].teacher_finished == runs[0].finished
+
+
+def test_rerun_flag_and_a_corrupt_record(tmp_path, monkeypatch, capsys):
+    _, run_dir, invoke = resumable_setup(tmp_path, monkeypatch)
+    invoke(capsys=capsys)
+    record = run_dir / "kd" / "seed0" / "run.json"
+    record.write_text(record.read_text()[:40])  # cut off mid-write by hand (save_record itself is atomic)
+    runs, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["kd"] and "KD seed 0: running (its record" in printed and "is unreadable" in printed
+    assert json.loads(record.read_text())["finished"] == runs[2].finished  # a whole record again
+    record.write_text("[]")
+    _, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["kd"] and "not the fields" in printed
+    _, _, fitted, printed = invoke("--rerun", capsys=capsys)
+    assert fitted == ["teacher", "baseline", "kd"] and printed.count("running (--rerun)") == 3
