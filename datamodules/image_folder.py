@@ -114,7 +114,8 @@ class ImageFolderDataModule(InMemoryDataModule):
 
     Decoding is cached: after a split is decoded, its uint8 images, labels and class names are
     saved to ``<cache_dir>/<split>-<size>px-<hash of the split path>.pt``, and the next run loads that file instead of
-    decoding (CIFAR-10: a fraction of a second instead of 20-30 s on 2 cores). The file is used
+    decoding (CIFAR-10 on 2 cores: setup takes about 3 s instead of 18-30 s; reading the cache is
+    0.1 s, listing the files and the train mean/std take the rest). The file is used
     only while its fingerprint matches: every image's relative path, size and modification time,
     the class names and the decode settings (``image_size``, RGB, bilinear resize). Adding,
     removing or changing an image therefore re-decodes and rewrites it; so does a corrupt cache
