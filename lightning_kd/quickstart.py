@@ -19,16 +19,17 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
 
 
 def fit_and_test(config: Path, *overrides: str, callbacks: Sequence[Callback] = (),
-                 save_config: Optional[Path] = None) -> tuple[float, str]:
+                 save_config: Optional[Path] = None, ckpt_path: Optional[Path] = None) -> tuple[float, str]:
     """Fit one config, test its best checkpoint; return (test top-1, best checkpoint path).
 
-    ``callbacks`` join the config's own; ``save_config`` receives the fully resolved config.
+    ``callbacks`` join the config's own; ``save_config`` receives the fully resolved config;
+    ``ckpt_path`` resumes the fit from a checkpoint of the same run.
     """
     cli = make_cli(["-c", str(config), *overrides], run=False)
     if save_config is not None:
         Path(save_config).write_text(cli.parser.dump(cli.config, skip_none=False))
     cli.trainer.callbacks.extend(callbacks)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     best = cli.trainer.checkpoint_callback.best_model_path
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
     return float(result[0]["test/acc"]), best

@@ -44,6 +44,7 @@ import torch
 import yaml
 from pytorch_lightning import Callback
 
+from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.quickstart import fit_and_test
 
 # Row order of the table; configs are discovered from the folder, their file name's first word is the key.
@@ -59,14 +60,33 @@ EPOCH_PERIODS = ("step_size", "T_0")
 
 
 class ValAccHistory(Callback):
-    """Keeps ``val/acc`` after every validation epoch (sanity checks excluded), in memory."""
+    """Keeps ``val/acc`` after every validation epoch (sanity checks excluded) and the run's wall
+    time. Both travel in the checkpoints, so a fit resumed from ``last.ckpt`` continues them."""
 
     def __init__(self):
         self.history: list[float] = []
+        self.seconds_before = 0.0  # time spent by earlier, interrupted invocations of this run
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
             self.history.append(float(trainer.callback_metrics["val/acc"]))
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning also restores callbacks for `test(ckpt_path=best)`, which must not rewind the
+        # fit's history to the best epoch: only a resumed fit takes the saved state over.
+        self.restored = state
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if getattr(self, "restored", None) is not None:
+            self.history, self.seconds_before = list(self.restored["history"]), float(self.restored["seconds"])
+            self.start, self.restored = time.perf_counter(), None
 
 
 @dataclass
@@ -378,6 +398,23 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def resume_point(run_dir: Path, started: dict) -> tuple[Optional[Path], str]:
+    """``last.ckpt`` of an unfinished run that was started with the same ``started`` settings
+    (config content, overrides, teacher run), if it is readable; else ``(None, why not)``."""
+    marker, last = run_dir / "started.json", checkpoint_dir(run_dir) / "last.ckpt"
+    try:
+        same = json.loads(marker.read_text()) == started
+    except (OSError, ValueError):
+        return None, ""
+    if not same or not last.is_file():
+        return None, "" if same else "its unfinished run had other settings: starting afresh"
+    try:
+        epoch = load_checkpoint_file(last, "last.ckpt")["epoch"]
+    except (ValueError, KeyError) as err:  # e.g. cut off while being written: start again
+        return None, f"its last.ckpt is unusable ({err}): starting afresh"
+    return last, f"resuming after epoch {epoch}"
+
+
 def record_path(run_dir: Path) -> Path:
     """Where a finished run's record lies: beside its ``checkpoints`` folder."""
     return run_dir / "run.json"
@@ -447,14 +484,18 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     if recorded is not None:
         print(f"[results] {label}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
         return recorded
-    print(f"[results] {label}: running ({why})", flush=True)
     record.unlink(missing_ok=True)  # no record while its checkpoints are being replaced
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a re-run starts clean, so best.ckpt is this run's
-    run_dir.mkdir(parents=True, exist_ok=True)
+    started = {"config_sha256": config_sha, "overrides": overrides, "teacher_finished": teacher_finished}
+    resume, how = (None, "") if rerun else resume_point(run_dir, started)
+    print(f"[results] {label}: running ({why}{'; ' + how if how else ''})", flush=True)
+    if resume is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run starts clean, so best.ckpt is this run's
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "started.json").write_text(json.dumps(started))
     history = ValAccHistory()
-    start = time.perf_counter()
-    test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml")
-    run = Run(key, config, seed, overrides, test_acc, time.perf_counter() - start, history.history,
+    test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml",
+                                  ckpt_path=resume)
+    run = Run(key, config, seed, overrides, test_acc, history.seconds(), history.history,
               run_dir / "config.yaml", best, network_name(yaml.safe_load(config.read_text())), config_sha,
               teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_description())
     save_record(run, record)

@@ -278,3 +278,41 @@ def test_rerun_flag_and_a_corrupt_record(tmp_path, monkeypatch, capsys):
     assert fitted == ["kd"] and "not the fields" in printed
     _, _, fitted, printed = invoke("--rerun", capsys=capsys)
     assert fitted == ["teacher", "baseline", "kd"] and printed.count("running (--rerun)") == 3
+
+
+def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupted_one(tmp_path, monkeypatch,
+                                                                                      capsys):
+    import pytorch_lightning as pl
+
+    import lightning_kd.results as results
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "killed").mkdir()
+    _, _, invoke_clean = resumable_setup(tmp_path / "clean", monkeypatch)
+    clean, _, _, _ = invoke_clean("--epochs", "2", capsys=capsys)
+    configs, run_dir, invoke = resumable_setup(tmp_path / "killed", monkeypatch)
+    counting_fit = results.fit_and_test
+
+    class Crash(pl.Callback):  # the command is killed once KD's epoch 0 (and its last.ckpt) is done
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("killed")
+
+    def crashing_fit(config, *overrides, callbacks=(), **kwargs):
+        extra = [Crash()] if Path(config).stem == "kd" and kwargs.get("ckpt_path") is None else []
+        return counting_fit(config, *overrides, callbacks=[*callbacks, *extra], **kwargs)
+
+    monkeypatch.setattr(results, "fit_and_test", crashing_fit)
+    with pytest.raises(RuntimeError, match="killed"):
+        invoke("--epochs", "2", capsys=capsys)
+    assert not (run_dir / "kd" / "seed0" / "run.json").exists()
+    runs, _, fitted, printed = invoke("--epochs", "2", capsys=capsys)
+    assert fitted == ["kd"] and "KD seed 0: running (no record yet; resuming after epoch 0)" in printed
+    assert runs[2].test_acc == clean[2].test_acc
+    assert runs[2].history == clean[2].history and len(runs[2].history) == 2  # epoch 0 came from last.ckpt
+    # A checkpoint of other settings (here: the config changed) is not resumed but started afresh.
+    monkeypatch.setattr(results, "fit_and_test", counting_fit)  # no more crashes
+    (run_dir / "kd" / "seed0" / "run.json").unlink()
+    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
+    _, _, fitted, printed = invoke("--epochs", "2", capsys=capsys)
+    assert fitted == ["kd"] and "KD seed 0: running (no record yet; its unfinished run had other settings: starting afresh)" in printed
