@@ -284,11 +284,16 @@ class DistillationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         batch = self.prepare_batch(batch)
         _, losses = self.distill_losses(batch)
-        self.check_finite(losses)
+        return self.weighted_total(losses, batch[0].shape[0])
+
+    def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "") -> Tensor:
+        """Check the terms for NaN/Inf, log each as ``train/<prefix><name>``, and return their sum
+        weighted by ``loss_weights`` (logged as ``train/<prefix>loss``)."""
+        self.check_finite({prefix + name: value for name, value in losses.items()})
         total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
-        logged = {f"train/{name}": value.detach() for name, value in losses.items()}
-        logged["train/loss"] = total.detach()
-        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        logged = {f"train/{prefix}{name}": value.detach() for name, value in losses.items()}
+        logged[f"train/{prefix}loss"] = total.detach()
+        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch_size)
         return total
 
     def validation_step(self, batch, batch_idx):
@@ -321,16 +326,20 @@ class DistillationModule(pl.LightningModule):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def configure_optimizers(self):
-        params = self.trainable_parameters()
+    def make_optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Optional[dict]]:
+        """The configured optimizer over ``params`` (default SGD lr 0.05, momentum 0.9, weight
+        decay 5e-4) and its per-epoch LR scheduler config (None without ``lr_scheduler``)."""
         if self.optimizer_factory is None:
             optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
         else:
             optimizer = self.optimizer_factory(params)
         if self.lr_scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"}}
+            return optimizer, None
+        return optimizer, {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"}
+
+    def configure_optimizers(self):
+        optimizer, scheduler = self.make_optimizer(self.trainable_parameters())
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # The teacher's weights come from teacher_ckpt, so checkpoints do not carry a copy of them.
     # The random generators travel with the checkpoint, so a resumed run draws the same

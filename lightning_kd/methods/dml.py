@@ -149,13 +149,9 @@ class DML(DistillationModule):
         for n, i in enumerate(order):
             others = {j: out.detach() for j, out in logits.items() if j != i}
             losses = self.peer_losses(i, logits[i], others, batch)
-            self.check_finite({f"peer{i}/{name}": value for name, value in losses.items()})
-            total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+            total = self.weighted_total(losses, x.shape[0], prefix=f"peer{i}/")
             self.step_peer(i, optimizers[i], total)
             totals.append(total.detach())
-            logged = {f"train/peer{i}/{name}": value.detach() for name, value in losses.items()}
-            logged[f"train/peer{i}/loss"] = total.detach()
-            self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x.shape[0])
             if n < len(order) - 1:  # later peers learn from this peer's updated predictions
                 with torch.no_grad(), buffers_kept(self.peers[i]):
                     logits[i] = self.peers[i](x)
@@ -185,17 +181,9 @@ class DML(DistillationModule):
             scheduler.step()
 
     def configure_optimizers(self):
-        optimizers, schedulers = [], []
-        for i in range(len(self.peers)):
-            params = [p for m in self.peer_modules(i) for p in m.parameters() if p.requires_grad]
-            if self.optimizer_factory is None:
-                optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-            else:
-                optimizer = self.optimizer_factory(params)
-            optimizers.append(optimizer)
-            if self.lr_scheduler_factory is not None:
-                schedulers.append({"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"})
-        return optimizers, schedulers
+        pairs = [self.make_optimizer([p for m in self.peer_modules(i) for p in m.parameters() if p.requires_grad])
+                 for i in range(len(self.peers))]
+        return [optimizer for optimizer, _ in pairs], [scheduler for _, scheduler in pairs if scheduler is not None]
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx):
