@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from lightning_kd.base import DistillationModule
 from lightning_kd.features import FeatureHooks
-from lightning_kd.methods.rkd import (check_angle_batch_size, gather_with_grads, pairwise_distances,
-                                      rkd_angle_loss, rkd_distance_loss)
+from lightning_kd.methods.rkd import check_angle_batch_size, pairwise_distances, relation_losses
 
 
 def recall_at_k(embeddings: Tensor, labels: Tensor, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, float]:
@@ -195,10 +194,4 @@ class MetricRKD(MetricLearning):
         losses = {}
         if "triplet" in self.loss_weights:
             losses["triplet"] = batch_hard_triplet_loss(s_emb, y, self.margin)
-        if self.global_relations:
-            s_emb, t_emb = gather_with_grads(self, s_emb), gather_with_grads(self, t_emb)
-        if "rkd_distance" in self.loss_weights:
-            losses["rkd_distance"] = rkd_distance_loss(s_emb, t_emb)
-        if "rkd_angle" in self.loss_weights:
-            losses["rkd_angle"] = rkd_angle_loss(s_emb, t_emb)
-        return s_emb, losses
+        return s_emb, {**losses, **relation_losses(self, s_emb, t_emb)}

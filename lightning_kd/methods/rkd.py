@@ -103,6 +103,19 @@ def gather_with_grads(module: DistillationModule, embeddings: Tensor) -> Tensor:
     return module.all_gather(embeddings, sync_grads=True).flatten(0, 1)
 
 
+def relation_losses(module: DistillationModule, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+    """The RKD terms that ``module.loss_weights`` names (``rkd_distance``, ``rkd_angle``), over the
+    global batch when ``module.global_relations``."""
+    if module.global_relations:
+        student, teacher = gather_with_grads(module, student), gather_with_grads(module, teacher)
+    losses = {}
+    if "rkd_distance" in module.loss_weights:
+        losses["rkd_distance"] = rkd_distance_loss(student, teacher)
+    if "rkd_angle" in module.loss_weights:
+        losses["rkd_angle"] = rkd_angle_loss(student, teacher)
+    return losses
+
+
 def check_angle_batch_size(module: DistillationModule, global_relations: bool) -> None:
     """Refuse, before training, a datamodule ``batch_size`` too small for the angle loss."""
     batch_size: Optional[int] = getattr(module.trainer.datamodule, "batch_size", None)
@@ -180,11 +193,4 @@ class RKD(DistillationModule):
     def distill_losses(self, batch):
         x, y = batch
         s_logits, s_emb, t_emb = self.embeddings(x)
-        if self.global_relations:
-            s_emb, t_emb = gather_with_grads(self, s_emb), gather_with_grads(self, t_emb)
-        losses = {"ce": F.cross_entropy(s_logits, y)}
-        if "rkd_distance" in self.loss_weights:
-            losses["rkd_distance"] = rkd_distance_loss(s_emb, t_emb)
-        if "rkd_angle" in self.loss_weights:
-            losses["rkd_angle"] = rkd_angle_loss(s_emb, t_emb)
-        return s_logits, losses
+        return s_logits, {"ce": F.cross_entropy(s_logits, y), **relation_losses(self, s_emb, t_emb)}
