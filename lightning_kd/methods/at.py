@@ -63,6 +63,14 @@ def check_4d(features: list[Tensor], layers: list[str], who: str) -> None:
                              f"methods need (N, C, H, W) maps: pick a convolutional stage.")
 
 
+def hook_one_layer(module: DistillationModule, net: nn.Module, layer: str, who: str) -> tuple[FeatureHooks, Tensor]:
+    """Hooks on ``net``'s ``layer`` and its (N, C, H, W) feature on ``module.example_input()``."""
+    hooks = FeatureHooks(net, [layer])
+    feats = module.example_features(net, hooks)
+    check_4d(feats, [layer], who)
+    return hooks, feats[0]
+
+
 class AT(DistillationModule):
     """Attention transfer: ``ce_weight * CE(s, y) + at_weight * sum_pairs at_loss(s_i, t_i, p)``.
 

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_kd.base import DistillationModule
-from lightning_kd.features import FeatureHooks
-from lightning_kd.methods.at import check_4d
+from lightning_kd.methods.at import hook_one_layer
 
 
 def fitnet_loss(regressed_student: Tensor, teacher: Tensor) -> Tensor:
@@ -52,13 +51,9 @@ class FitNet(DistillationModule):
     def __init__(self, student_layer: str = "layer2", teacher_layer: str = "layer2",
                  hint_weight: float = 100.0, ce_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.student_hooks = FeatureHooks(self.student, [student_layer])
-        self.teacher_hooks = FeatureHooks(self.teacher, [teacher_layer])
-        s_feats = self.example_features(self.student, self.student_hooks)
-        t_feats = self.example_features(self.teacher, self.teacher_hooks)
-        check_4d(s_feats, [student_layer], "student")
-        check_4d(t_feats, [teacher_layer], "teacher")
-        self.regressor = hint_regressor(s_feats[0], t_feats[0])
+        self.student_hooks, s_feat = hook_one_layer(self, self.student, student_layer, "student")
+        self.teacher_hooks, t_feat = hook_one_layer(self, self.teacher, teacher_layer, "teacher")
+        self.regressor = hint_regressor(s_feat, t_feat)
         self.loss_weights = {"ce": ce_weight, "hint": hint_weight}
 
     def distill_losses(self, batch):

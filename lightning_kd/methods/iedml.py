@@ -8,14 +8,13 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_kd.base import NetSpec
+from lightning_kd.methods.at import hook_one_layer
 from lightning_kd.methods.dml import DML, buffers_kept
 from lightning_kd.methods.iekd import (FactorAutoencoder, check_splittable, example_factor, exploration_loss,
-                                       factor_channels_of, factor_encoder, hook_one_layer, inheritance_loss,
-                                       split_channels)
+                                       factor_channels_of, factor_encoder, inheritance_loss, split_channels)
 
 
 class IEDML(DML):
@@ -134,7 +133,7 @@ class IEDML(DML):
             exp.append(exploration_loss(self.exploration_encoders[i][str(j)](explore), target))
         own = feat.detach()
         losses.update(inh=torch.stack(inh).mean(), exp=torch.stack(exp).mean(),
-                      recon=F.mse_loss(self.autoencoders[i](own).float(), own.float()))
+                      recon=self.autoencoders[i].reconstruction_error(own))
         return losses
 
     def training_step(self, batch, batch_idx):

@@ -11,8 +11,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_kd.base import DistillationModule
-from lightning_kd.features import FeatureHooks
-from lightning_kd.methods.at import check_4d
+from lightning_kd.methods.at import hook_one_layer
 
 
 def inheritance_loss(factor: Tensor, target: Tensor) -> Tensor:
@@ -61,6 +60,10 @@ class FactorAutoencoder(nn.Module):
         """The reconstruction of ``feature``."""
         return self.decoder(self.encoder(feature))
 
+    def reconstruction_error(self, feature: Tensor) -> Tensor:
+        """Mean squared error of the reconstruction, in float32."""
+        return F.mse_loss(self(feature).float(), feature.float())
+
 
 def factor_encoder(part: Tensor, factor: Tensor) -> nn.Sequential:
     """Two 3x3 conv-BN-LeakyReLU layers from a student feature part to the factor's channels,
@@ -76,14 +79,6 @@ def split_channels(feature: Tensor) -> tuple[Tensor, Tensor]:
     """The inheritance part (first half of the channels) and the exploration part (second half)."""
     half = feature.shape[1] // 2
     return feature[:, :half], feature[:, half:]
-
-
-def hook_one_layer(module: DistillationModule, net: nn.Module, layer: str, who: str) -> tuple[FeatureHooks, Tensor]:
-    """Hooks on ``net``'s ``layer`` and its (N, C, H, W) feature on ``module.example_input()``."""
-    hooks = FeatureHooks(net, [layer])
-    feats = module.example_features(net, hooks)
-    check_4d(feats, [layer], who)
-    return hooks, feats[0]
 
 
 @torch.no_grad()
@@ -197,7 +192,7 @@ class IEKD(DistillationModule):
         self.train(self.training)  # freezes the autoencoder from the first stage-2 epoch on
 
     def reconstruction_loss(self, t_feat: Tensor) -> Tensor:
-        return F.mse_loss(self.autoencoder(t_feat).float(), t_feat.float())
+        return self.autoencoder.reconstruction_error(t_feat)
 
     def stage1_losses(self, batch):
         x, _ = batch
