@@ -15,7 +15,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -49,6 +49,17 @@ def save_anchor(dirpath: Union[str, Path], epoch: int, state: dict[str, Tensor])
     torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     os.replace(tmp, Path(dirpath) / name)
     return name
+
+
+def write_route(dirpath: Union[str, Path], states: Sequence[dict[str, Tensor]]) -> list[Path]:
+    """A route folder holding ``states`` as the anchors of epochs 0, 1, ... (RouteRecorder's
+    layout, without validation accuracies), for benchmarks and tests that need a route without
+    training a teacher. Returns the anchor files."""
+    dirpath = Path(dirpath)
+    dirpath.mkdir(parents=True, exist_ok=True)
+    files = [save_anchor(dirpath, epoch, state) for epoch, state in enumerate(states)]
+    write_manifest(dirpath, [{"epoch": e, "step": e, "val_acc": None, "file": f} for e, f in enumerate(files)])
+    return [dirpath / f for f in files]
 
 
 def read_manifest(route_dir: Union[str, Path]) -> list[dict]:

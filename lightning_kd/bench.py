@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 from pytorch_lightning import Callback
 
-from callbacks.route import save_anchor, write_manifest
+from callbacks.route import write_route
 from lightning_kd.cli import make_cli
 from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
@@ -221,10 +221,7 @@ def save_random_teacher(spec, num_classes: int, in_channels: int, folder: Path) 
         torch.manual_seed(0)
         state = build_network(spec, num_classes, in_channels).state_dict()
         torch.save(state, path)
-        (folder / "route").mkdir()
-        entries = [{"epoch": epoch, "step": epoch, "val_acc": None,
-                    "file": save_anchor(folder / "route", epoch, state)} for epoch in (0, 1)]
-        write_manifest(folder / "route", entries)
+        write_route(folder / "route", [state, state])
     return str(path)
 
 

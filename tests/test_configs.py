@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
-from callbacks.route import anchor_filename, write_manifest
+from callbacks.route import write_route
 from conftest import ROOT, save_teacher
 from lightning_kd.cli import make_cli
+from lightning_kd.models import build_network
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 # class_path -> (num_classes, input_shape) of data that is not available offline
@@ -72,12 +73,11 @@ def offline_overrides(cfg: dict, tmp_path) -> list[str]:
 
 def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: int = 2) -> None:
     """A recorded teacher route (callbacks.RouteRecorder's layout) of freshly built teachers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for epoch in range(anchors):
-        save_teacher(folder / anchor_filename(epoch), spec, num_classes, in_channels, seed=epoch)
-        entries.append({"epoch": epoch, "step": epoch, "val_acc": None, "file": anchor_filename(epoch)})
-    write_manifest(folder, entries)
+    states = []
+    for seed in range(anchors):
+        torch.manual_seed(seed)
+        states.append(build_network(spec, num_classes, in_channels).state_dict())
+    write_route(folder, states)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])

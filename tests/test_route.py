@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from callbacks import RouteConstrainedTeacher, RouteRecorder
-from callbacks.route import MANIFEST, anchor_filename, scheduled_milestone_epochs, write_manifest
+from callbacks.route import MANIFEST, anchor_filename, scheduled_milestone_epochs, write_route
 from datamodules import DigitsDataModule, SyntheticDataModule
 from datamodules.base import normalize
 from lightning_kd.methods import KD, Supervised
@@ -45,16 +45,6 @@ def trainer(tmp_path, max_epochs, callbacks, **kwargs):
 
 def digits():
     return DigitsDataModule(batch_size=16)
-
-
-def write_route(folder, states: list[dict]) -> list:
-    """A route folder with one anchor per state (epochs 0, 1, ...), as RouteRecorder lays it out."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for epoch, state in enumerate(states):
-        torch.save(state, folder / anchor_filename(epoch))
-    write_manifest(folder, [{"epoch": e, "step": e, "val_acc": None, "file": anchor_filename(e)}
-                            for e in range(len(states))])
-    return [folder / anchor_filename(e) for e in range(len(states))]
 
 
 def random_route(folder, n: int, spec=TEACHER) -> list:
