@@ -28,7 +28,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -44,6 +43,7 @@ import torch
 import yaml
 from pytorch_lightning import Callback
 
+from lightning_kd.bench import device_name
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.quickstart import fit_and_test
 
@@ -339,12 +339,6 @@ def plot_histories(runs: Sequence[Run], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def device_description() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    return f"CPU only ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, configs: Path, note: str = "") -> str:
     """The markdown report (returned and written to ``out``)."""
     rows = summarize(runs)
@@ -353,7 +347,7 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
     # Date and device come from the runs' records, so a report of reused runs reads the same.
     finished = [datetime.datetime.fromisoformat(r.finished) for r in runs if r.finished]
     date = (max(finished) if finished else datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
-    devices = ", ".join(dict.fromkeys(r.device for r in runs if r.device)) or device_description()
+    devices = ", ".join(dict.fromkeys(r.device for r in runs if r.device)) or device_name()
     parts = [
         f"# Results: `{configs}`", "",
         f"- Device: {devices}; torch {torch.__version__}, pytorch-lightning "
@@ -497,7 +491,7 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
                                   ckpt_path=resume)
     run = Run(key, config, seed, overrides, test_acc, history.seconds(), history.history,
               run_dir / "config.yaml", best, network_name(yaml.safe_load(config.read_text())), config_sha,
-              teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_description())
+              teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_name())
     save_record(run, record)
     print(f"[results] {label}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
     return run
