@@ -69,7 +69,7 @@ def read_manifest(route_dir: Union[str, Path]) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(
             f"route folder {str(route_dir)!r} has no manifest {MANIFEST}: train the teacher with the "
-            f"callbacks.RouteRecorder callback (it writes <checkpoint dirpath>/route/{MANIFEST}) and "
+            f"lightning_kd.callbacks.RouteRecorder callback (it writes <checkpoint dirpath>/route/{MANIFEST}) and "
             f"point route_dir at that folder.")
     try:
         entries = json.loads(path.read_text())

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.base import InMemoryDataModule
+from lightning_kd.datamodules.base import InMemoryDataModule
 
 
 class CIFAR10DataModule(InMemoryDataModule):
@@ -17,7 +17,7 @@ class CIFAR10DataModule(InMemoryDataModule):
         download: download the archive when absent (needs network).
         val_size: images held out of train for validation; 0 (the KD papers' convention)
             validates on the test set.
-        **kwargs: see :class:`~datamodules.base.InMemoryDataModule` (pad 4 + flip by default).
+        **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule` (pad 4 + flip by default).
     """
 
     num_classes = 10

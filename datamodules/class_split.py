@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from datamodules.base import InMemoryDataModule
+from lightning_kd.datamodules.base import InMemoryDataModule
 
 
 def select_classes(images: Tensor, labels: Tensor, classes: Sequence[int]) -> tuple[Tensor, Tensor]:

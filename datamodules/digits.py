@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from datamodules.base import InMemoryDataModule
+from lightning_kd.datamodules.base import InMemoryDataModule
 
 
 class DigitsDataModule(InMemoryDataModule):
@@ -14,7 +14,7 @@ class DigitsDataModule(InMemoryDataModule):
 
     Args:
         split_seed: seed of the fixed train/val/test permutation.
-        **kwargs: see :class:`~datamodules.base.InMemoryDataModule`.
+        **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule`.
     """
 
     num_classes = 10

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from datamodules.base import InMemoryDataModule
+from lightning_kd.datamodules.base import InMemoryDataModule
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -129,7 +129,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         cache: keep decoded splits on disk (``False``: decode every run, write nothing).
         cache_dir: where the cache files go; default ``root/.lightning_kd_cache`` if ``root`` is
             writable, else ``~/.cache/lightning_kd``.
-        **kwargs: see :class:`~datamodules.base.InMemoryDataModule`.
+        **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule`.
     """
 
     def __init__(self, root: str, train_dir: str = "train", val_dir: str = "test", test_dir: str = "test",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from datamodules.base import InMemoryDataModule
+from lightning_kd.datamodules.base import InMemoryDataModule
 
 
 class SyntheticDataModule(InMemoryDataModule):
@@ -14,7 +14,7 @@ class SyntheticDataModule(InMemoryDataModule):
         input_shape: ``(C, H, W)``; e.g. ``(3, 32, 32)`` for CIFAR-shaped benchmarks.
         train_size, val_size, test_size: images per split.
         seed: generator seed (the same seed gives the same data).
-        **kwargs: see :class:`~datamodules.base.InMemoryDataModule`.
+        **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule`.
     """
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 from pytorch_lightning import Callback
 
-from callbacks.route import write_route
+from lightning_kd.callbacks.route import write_route
 from lightning_kd.cli import make_cli
 from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
@@ -236,9 +236,9 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
            f"--trainer.precision={args.precision}", f"--checkpoint.dirpath={folder / 'ckpt'}",
            "--checkpoint.save_last=false", f"--data.batch_size={args.batch_size}"]
     if args.data_root:
-        out += ["--data=datamodules.ImageFolderDataModule", f"--data.root={args.data_root}"]
+        out += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={args.data_root}"]
     else:  # one epoch holds every timed batch, so no epoch boundary falls inside the timing
-        out += ["--data=datamodules.SyntheticDataModule", "--data.num_classes=10",
+        out += ["--data=lightning_kd.datamodules.SyntheticDataModule", "--data.num_classes=10",
                 "--data.input_shape=[3, 32, 32]", f"--data.train_size={args.batch_size * batches}",
                 f"--data.val_size={args.batch_size}", f"--data.test_size={args.batch_size}"]
     if start:

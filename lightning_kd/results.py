@@ -250,7 +250,7 @@ def data_overrides(cfg: dict, data_root: Optional[Path], cifar_root: Optional[st
     """Point a config at the data the user has: an ImageFolder tree, or a torchvision CIFAR folder."""
     args = []
     if data_root is not None:
-        args += ["--data=datamodules.ImageFolderDataModule", f"--data.root={data_root}"]
+        args += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={data_root}"]
         batch_size = (cfg["data"].get("init_args") or {}).get("batch_size")
         if batch_size:  # switching the data class drops the old init_args
             args.append(f"--data.batch_size={batch_size}")
@@ -508,7 +508,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/results"), help="checkpoints and resolved configs")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="ImageFolder tree (root/{train,test}/<class>/...) or a .tar.gz of one, "
-                             "read with datamodules.ImageFolderDataModule")
+                             "read with lightning_kd.datamodules.ImageFolderDataModule")
     parser.add_argument("--cifar-root", default=None, help="torchvision CIFAR folder (data.init_args.root)")
     parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs network)")
     parser.add_argument("--only", nargs="+", default=None, metavar="KEY",

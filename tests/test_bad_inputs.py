@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 import lightning_kd.methods as methods
 from conftest import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, quick_trainer, save_teacher
-from datamodules import DigitsDataModule, ImageFolderDataModule
+from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError
 from lightning_kd.cli import make_cli
 from lightning_kd.methods import DML, KD, Supervised

@@ -3,7 +3,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from datamodules import DigitsDataModule
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.methods import KD, Supervised
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from callbacks.route import write_route
+from lightning_kd.callbacks.route import write_route
 from conftest import ROOT, save_teacher
 from lightning_kd.cli import make_cli
 from lightning_kd.models import build_network
@@ -21,11 +21,11 @@ from lightning_kd.models import build_network
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 # class_path -> (num_classes, input_shape) of data that is not available offline
 OFFLINE_SHAPES = {
-    "datamodules.CIFAR10DataModule": (10, (3, 32, 32)),
-    "datamodules.CIFAR100DataModule": (100, (3, 32, 32)),
-    "datamodules.ImageFolderDataModule": (10, (3, 32, 32)),
+    "lightning_kd.datamodules.CIFAR10DataModule": (10, (3, 32, 32)),
+    "lightning_kd.datamodules.CIFAR100DataModule": (100, (3, 32, 32)),
+    "lightning_kd.datamodules.ImageFolderDataModule": (10, (3, 32, 32)),
 }
-KNOWN_SHAPES = {"datamodules.DigitsDataModule": (10, (1, 8, 8))}
+KNOWN_SHAPES = {"lightning_kd.datamodules.DigitsDataModule": (10, (1, 8, 8))}
 
 
 def data_shape(cfg: dict) -> tuple[int, tuple[int, int, int]]:
@@ -48,13 +48,13 @@ def offline_overrides(cfg: dict, tmp_path) -> list[str]:
     args = ["--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.devices=1",
             f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
     if cfg["data"]["class_path"] in OFFLINE_SHAPES:
-        args += ["--data=datamodules.SyntheticDataModule", f"--data.num_classes={num_classes}",
+        args += ["--data=lightning_kd.datamodules.SyntheticDataModule", f"--data.num_classes={num_classes}",
                  f"--data.input_shape=[{', '.join(map(str, shape))}]", "--data.train_size=16",
                  "--data.val_size=8", "--data.test_size=8"]
     wrapped = (cfg["data"].get("init_args") or {}).get("source")
     if isinstance(wrapped, dict) and wrapped["class_path"] in OFFLINE_SHAPES:
         source_classes, source_shape = OFFLINE_SHAPES[wrapped["class_path"]]
-        args += ["--data.source=datamodules.SyntheticDataModule", f"--data.source.num_classes={source_classes}",
+        args += ["--data.source=lightning_kd.datamodules.SyntheticDataModule", f"--data.source.num_classes={source_classes}",
                  f"--data.source.input_shape=[{', '.join(map(str, source_shape))}]",
                  "--data.source.train_size=32", "--data.source.val_size=8", "--data.source.test_size=16"]
     args.append("--data.batch_size=8")
@@ -72,7 +72,7 @@ def offline_overrides(cfg: dict, tmp_path) -> list[str]:
 
 
 def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: int = 2) -> None:
-    """A recorded teacher route (callbacks.RouteRecorder's layout) of freshly built teachers."""
+    """A recorded teacher route (lightning_kd.callbacks.RouteRecorder's layout) of freshly built teachers."""
     states = []
     for seed in range(anchors):
         torch.manual_seed(seed)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import (CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule,
+from lightning_kd.datamodules import (CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule,
                          ImageFolderDataModule, SyntheticDataModule)
-from datamodules.base import normalize, random_crop, random_flip
+from lightning_kd.datamodules.base import normalize, random_crop, random_flip
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():

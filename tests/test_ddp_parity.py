@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import quick_trainer, save_teacher
-from datamodules import SyntheticDataModule
+from lightning_kd.datamodules import SyntheticDataModule
 from lightning_kd.methods import KD
 from test_dml import tiny_mlp
 

@@ -19,8 +19,8 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 
 import conftest
-from callbacks import MutualAlternation
-from datamodules import DigitsDataModule, SyntheticDataModule
+from lightning_kd.callbacks import MutualAlternation
+from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import dml_loss
 from lightning_kd.methods import DML, Supervised
 from lightning_kd.models import build_network

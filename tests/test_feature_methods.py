@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from datamodules import DigitsDataModule
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import at_loss, fitnet_loss, fsp_loss, fsp_matrix
 from lightning_kd.methods import AT, FSP, FitNet
 

@@ -17,8 +17,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
-from callbacks import MutualAlternation
-from datamodules import SyntheticDataModule
+from lightning_kd.callbacks import MutualAlternation
+from lightning_kd.datamodules import SyntheticDataModule
 from lightning_kd.losses import inheritance_loss
 from lightning_kd.methods import IEDML
 from test_dml import NARROW, SHAPE, WIDE, digits, make_dml, quick_trainer

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from datamodules import DigitsDataModule
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.methods import IEKD
 from lightning_kd.models import build_network

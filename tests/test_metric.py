@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import quick_trainer, save_teacher
-from datamodules import ClassSplitDataModule, DigitsDataModule
-from datamodules.base import normalize
+from lightning_kd.datamodules import ClassSplitDataModule, DigitsDataModule
+from lightning_kd.datamodules.base import normalize
 from lightning_kd.losses import batch_hard_triplet_loss, rkd_angle_loss, rkd_distance_loss
 from lightning_kd.methods import MetricLearning, MetricRKD
 from lightning_kd.methods.metric import recall_at_k

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 import lightning_kd.methods as methods
 from conftest import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, quick_trainer, save_teacher, teacher_methods
-from datamodules import DigitsDataModule
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError, load_checkpoint_file, load_network_weights
 from lightning_kd.cli import make_cli
 from lightning_kd.methods import DML, KD, Supervised

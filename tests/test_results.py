@@ -74,13 +74,13 @@ def test_schedule_scaling_bad_input():
 def test_callback_overrides_share_the_route_and_scale_epochs(tmp_path):
     route = tmp_path / "route"
     teacher = {"trainer": {"max_epochs": 240, "callbacks": [
-        {"class_path": "callbacks.RouteRecorder", "init_args": {"every_n_epochs": 60}}]}, "model": {}}
+        {"class_path": "lightning_kd.callbacks.RouteRecorder", "init_args": {"every_n_epochs": 60}}]}, "model": {}}
     (override,) = callback_overrides(teacher, 24, route)
     assert override.startswith("--trainer.callbacks=")
     (recorder,) = json.loads(override.split("=", 1)[1])
     assert recorder["init_args"] == {"every_n_epochs": 6, "dirpath": str(route)}  # 60 / 10
     rco = {"trainer": {"max_epochs": 240, "callbacks": [
-        {"class_path": "callbacks.RouteConstrainedTeacher", "init_args": {"schedule": [60, 120, 180]}}]},
+        {"class_path": "lightning_kd.callbacks.RouteConstrainedTeacher", "init_args": {"schedule": [60, 120, 180]}}]},
         "model": {}}
     (override,) = callback_overrides(rco, 24, route)
     (switcher,) = json.loads(override.split("=", 1)[1])
@@ -88,7 +88,7 @@ def test_callback_overrides_share_the_route_and_scale_epochs(tmp_path):
     assert rco["trainer"]["callbacks"][0]["init_args"] == {"schedule": [60, 120, 180]}  # input untouched
     # Nothing to change: no override at all (the config's callbacks stay as they are).
     dml = {"trainer": {"max_epochs": 30, "callbacks": [
-        {"class_path": "callbacks.MutualAlternation", "init_args": {"mode": "step"}}]}, "model": {}}
+        {"class_path": "lightning_kd.callbacks.MutualAlternation", "init_args": {"mode": "step"}}]}, "model": {}}
     assert callback_overrides(dml, 10, route) == []
     assert callback_overrides({"trainer": {"max_epochs": 30}, "model": {}}, 10, route) == []
 
@@ -187,9 +187,9 @@ def test_data_root_archive_is_extracted_once_and_wired(tmp_path):
     assert root == tmp_path / "out" / "data" / "cifar10" and (root / "train" / "cat" / "0001.jpg").is_file()
     assert prepare_data_root(archive, tmp_path / "out") == root  # the second call reuses the folder
     assert prepare_data_root(root, tmp_path / "elsewhere") == root  # a folder is used as it is
-    cfg = {"data": {"class_path": "datamodules.CIFAR10DataModule", "init_args": {"batch_size": 64}}}
+    cfg = {"data": {"class_path": "lightning_kd.datamodules.CIFAR10DataModule", "init_args": {"batch_size": 64}}}
     assert data_overrides(cfg, root, None, False) == [
-        "--data=datamodules.ImageFolderDataModule", f"--data.root={root}", "--data.batch_size=64"]
+        "--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={root}", "--data.batch_size=64"]
     assert data_overrides(cfg, None, "data", True) == ["--data.init_args.root=data", "--data.init_args.download=true"]
 
 

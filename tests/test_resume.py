@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import ROOT, TINY_CNN, quick_trainer, save_teacher
-from datamodules import DigitsDataModule
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.cli import make_cli
 from test_dml import make_dml
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import quick_trainer
-from datamodules import DigitsDataModule, SyntheticDataModule
+from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import rkd_angle_loss, rkd_distance_loss
 from lightning_kd.methods import RKD
 

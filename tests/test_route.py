@@ -19,10 +19,10 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
-from callbacks import RouteConstrainedTeacher, RouteRecorder
-from callbacks.route import MANIFEST, anchor_filename, scheduled_milestone_epochs, write_route
-from datamodules import DigitsDataModule, SyntheticDataModule
-from datamodules.base import normalize
+from lightning_kd.callbacks import RouteConstrainedTeacher, RouteRecorder
+from lightning_kd.callbacks.route import MANIFEST, anchor_filename, scheduled_milestone_epochs, write_route
+from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
+from lightning_kd.datamodules.base import normalize
 from lightning_kd.methods import KD, Supervised
 from lightning_kd.models import build_network
 

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import save_teacher
-from datamodules import SyntheticDataModule
+from lightning_kd.datamodules import SyntheticDataModule
 from lightning_kd.methods import KD, FitNet, Supervised
 
 STUDENT, TEACHER = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 8}

@@ -25,7 +25,7 @@ def test_cli_default_logger_writes_offline_run(tmp_path, monkeypatch):
         assert key in log, key
     saved = yaml.safe_load((run / "files" / "lightning_config.yaml").read_text())
     assert saved["model"]["class_path"] == "lightning_kd.methods.Supervised"
-    assert saved["data"]["class_path"] == "datamodules.DigitsDataModule"
+    assert saved["data"]["class_path"] == "lightning_kd.datamodules.DigitsDataModule"
     assert saved["trainer"]["max_epochs"] == 1  # the resolved config, overrides included
     assert (tmp_path / "runs" / "quickstart" / "baseline" / "best.ckpt").is_file()
     assert (tmp_path / "runs" / "quickstart" / "baseline" / "last.ckpt").is_file()

@@ -67,7 +67,7 @@ class DML(DistillationModule):
     and each later peer is trained against the *refreshed* predictions of the peers that
     already stepped on this batch (one extra no-grad forward per stepped peer).
 
-    Which peers step on a batch is decided by :class:`callbacks.MutualAlternation` (it sets
+    Which peers step on a batch is decided by :class:`lightning_kd.callbacks.MutualAlternation` (it sets
     ``stepping_peers``); without it every peer steps on every batch, in order (the paper).
 
     Optimisation is manual: one optimizer per peer, built by the same ``optimizer`` factory,

@@ -47,7 +47,7 @@ class IEDML(DML):
     behind. Each one learns on its own peer's turn, on the detached feature, so the
     reconstruction shapes the factor space but never pulls the peer's representation towards
     what is easy to reconstruct. The peer, its autoencoder and its encoders share one optimizer
-    (see :meth:`peer_modules`), so under :class:`callbacks.MutualAlternation` they all change
+    (see :meth:`peer_modules`), so under :class:`lightning_kd.callbacks.MutualAlternation` they all change
     only on the peer's turn, and under DDP their gradients and BatchNorm statistics are averaged
     like the peer's. With ``mode: step`` a later peer inherits from the factors of the peers
     that already stepped on the batch, recomputed from their refreshed features.

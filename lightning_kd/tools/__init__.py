@@ -1,0 +1,1 @@
+"""Tools over one shared runner: the quickstart, the results table and the benchmark."""
