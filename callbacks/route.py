@@ -11,7 +11,6 @@ the folder.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
-from lightning_kd.checkpoints import load_network_weights
-from lightning_kd.methods.kd import kd_loss
+from lightning_kd.losses import kd_loss
+from lightning_kd.schedules import check_fractions, epoch_of
+from lightning_kd.teacher import FrozenTeacher
 
 MANIFEST = "route.json"
 SCHEDULES = ("even", "greedy")
@@ -113,7 +113,9 @@ class RouteRecorder(Callback):
     :class:`~lightning_kd.methods.Supervised`; the network saved is ``pl_module.student``.
     An anchor is saved at the end of an epoch when
 
-    - ``every_n_epochs`` divides the epoch count (epochs ``k-1, 2k-1, ...``, 0-based),
+    - it is one of ``num_anchors`` evenly spaced epochs (the ends of ``num_anchors`` equal parts of
+      the run: epochs ``round(k * max_epochs / num_anchors) - 1`` for ``k = 1 .. num_anchors``,
+      0-based, so a shortened run keeps the same route shape),
     - ``at_milestones`` and the LR scheduler lowers the LR after this epoch (the weights just
       before the drop, which the paper's authors recommend as anchors; read from ``MultiStepLR``
       or ``StepLR``),
@@ -125,17 +127,18 @@ class RouteRecorder(Callback):
     replaces its entry, never duplicates it).
 
     Args:
-        every_n_epochs: save every this many epochs (None: only milestones and the final weights).
+        num_anchors: evenly spaced anchors over the run (None: only milestones and the final weights).
         at_milestones: save before every LR drop of the scheduler.
         dirpath: the route folder.
     """
 
-    def __init__(self, every_n_epochs: Optional[int] = None, at_milestones: bool = True,
+    def __init__(self, num_anchors: Optional[int] = None, at_milestones: bool = True,
                  dirpath: Optional[str] = None):
-        if every_n_epochs is not None and (int(every_n_epochs) != every_n_epochs or every_n_epochs < 1):
-            raise ValueError(f"RouteRecorder every_n_epochs must be a positive integer or None, "
-                             f"got {every_n_epochs!r}.")
-        self.every_n_epochs = every_n_epochs
+        if num_anchors is not None and (int(num_anchors) != num_anchors or num_anchors < 1):
+            raise ValueError(f"RouteRecorder num_anchors must be a positive integer or None, "
+                             f"got {num_anchors!r}.")
+        self.num_anchors = num_anchors
+        self.even_epochs: set[int] = set()
         self.at_milestones = at_milestones
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.entries: list[dict] = []
@@ -150,8 +153,11 @@ class RouteRecorder(Callback):
                 raise ValueError(
                     f"RouteRecorder(at_milestones=True) reads LR drops from an epoch-wise MultiStepLR or "
                     f"StepLR, but the schedulers are {names} (a smooth schedule changes the LR every "
-                    f"epoch, or steps per batch): set at_milestones: false and every_n_epochs.")
+                    f"epoch, or steps per batch): set at_milestones: false and num_anchors.")
             self.milestone_epochs = milestones
+        if self.num_anchors is not None:
+            n, epochs = self.num_anchors, trainer.max_epochs
+            self.even_epochs = {max(round(k * epochs / n), 1) - 1 for k in range(1, n + 1)}
         if self.dirpath is None:
             root = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
             self.dirpath = Path(root or trainer.default_root_dir) / "route"
@@ -164,8 +170,7 @@ class RouteRecorder(Callback):
             self._val_acc = (trainer.current_epoch, None if acc is None else float(acc))
 
     def should_save(self, epoch: int, max_epochs: int) -> bool:
-        every = self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
-        return every or epoch in self.milestone_epochs or epoch + 1 == max_epochs
+        return epoch in self.even_epochs or epoch in self.milestone_epochs or epoch + 1 == max_epochs
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.should_save(trainer.current_epoch, trainer.max_epochs):
@@ -203,7 +208,8 @@ class RouteConstrainedTeacher(Callback):
 
     - ``"even"``: the epochs split evenly over the anchors (epoch ``e`` uses anchor
       ``e * num_anchors // max_epochs``).
-    - a list of switch epochs ``[s_1, ..., s_{n-1}]``: anchor ``k`` takes over at epoch ``s_k``.
+    - a list of switch points ``[s_1, ..., s_{n-1}]``, fractions of the run: anchor ``k`` takes over
+      at epoch ``round(s_k * max_epochs)``.
     - ``"greedy"``: at each stage end of the even split, the student's KL divergence
       ``KL(p_anchor || p_student)`` to every later anchor is measured on the first
       ``greedy_batches`` validation batches, and the teacher moves to the furthest anchor whose
@@ -221,7 +227,7 @@ class RouteConstrainedTeacher(Callback):
     Args:
         route_dir: the folder :class:`RouteRecorder` wrote (with ``route.json``); default: the
             ``route`` folder next to the model's ``teacher_ckpt``.
-        schedule: ``"even"``, ``"greedy"`` or a list of switch epochs.
+        schedule: ``"even"``, ``"greedy"`` or a list of switch points (fractions of the run).
         threshold: greedy's largest divergence (nats, >= 0) for moving to an anchor.
         greedy_batches: validation batches greedy measures on.
     """
@@ -230,7 +236,7 @@ class RouteConstrainedTeacher(Callback):
                  threshold: float = 0.5, greedy_batches: int = 8):
         if isinstance(schedule, str) and schedule not in SCHEDULES:
             raise ValueError(f"RouteConstrainedTeacher schedule must be one of {SCHEDULES} or a list of "
-                             f"switch epochs, got {schedule!r}.")
+                             f"switch points (fractions of the run), got {schedule!r}.")
         if not threshold >= 0:
             raise ValueError(f"RouteConstrainedTeacher threshold is a KL divergence bound and must be "
                              f">= 0, got {threshold}.")
@@ -238,9 +244,10 @@ class RouteConstrainedTeacher(Callback):
             raise ValueError(f"RouteConstrainedTeacher greedy_batches must be a positive integer, "
                              f"got {greedy_batches!r}.")
         if not isinstance(schedule, str):
-            schedule = [int(s) for s in schedule]
-            if any(b <= a for a, b in zip([0] + schedule, schedule)):
-                raise ValueError(f"switch epochs must be positive and strictly increasing, got {schedule}.")
+            schedule = check_fractions(schedule, "RouteConstrainedTeacher switch points")
+            if any(b <= a for a, b in zip(schedule, schedule[1:])) or schedule[-1] >= 1:
+                raise ValueError(f"switch points must be strictly increasing fractions of the run below 1, "
+                                 f"got {schedule}.")
         self.schedule = schedule
         self.threshold = float(threshold)
         self.greedy_batches = int(greedy_batches)
@@ -258,8 +265,8 @@ class RouteConstrainedTeacher(Callback):
         self.route_dir, self.entries = route_dir, read_manifest(route_dir)
         n = len(self.entries)
         if isinstance(self.schedule, list) and len(self.schedule) != n - 1:
-            raise ValueError(f"an explicit schedule lists the epoch at which each anchor after the first "
-                             f"takes over: {n - 1} epochs for the {n} anchors of {str(route_dir)!r}, "
+            raise ValueError(f"an explicit schedule lists the point at which each anchor after the first "
+                             f"takes over: {n - 1} points for the {n} anchors of {str(route_dir)!r}, "
                              f"got {self.schedule}.")
 
     @property
@@ -270,7 +277,7 @@ class RouteConstrainedTeacher(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if getattr(pl_module, "teacher", None) is None:
+        if not isinstance(getattr(pl_module, "teacher", None), FrozenTeacher):
             raise TypeError(f"RouteConstrainedTeacher moves a frozen teacher along its route, but "
                             f"{type(pl_module).__name__} has no teacher; use a teacher-based method "
                             f"such as lightning_kd.methods.KD.")
@@ -283,28 +290,27 @@ class RouteConstrainedTeacher(Callback):
         max_epochs = trainer.max_epochs
         if not trainer.fast_dev_run and (max_epochs is None or max_epochs < 1):
             raise ValueError("RouteConstrainedTeacher schedules anchors over epochs: set trainer.max_epochs.")
-        if isinstance(self.schedule, list) and not trainer.fast_dev_run and self.schedule[-1] >= max_epochs:
-            raise ValueError(f"switch epoch {self.schedule[-1]} is beyond the run (max_epochs={max_epochs}, "
-                             f"epochs 0..{max_epochs - 1}): lower the schedule or raise max_epochs.")
+        if isinstance(self.schedule, list) and not trainer.fast_dev_run:
+            switches = [epoch_of(f, max_epochs) for f in self.schedule]
+            if any(b <= a for a, b in zip(switches, switches[1:])) or switches[-1] >= max_epochs:
+                raise ValueError(f"the switch points {self.schedule} fall on epochs {switches} of a "
+                                 f"{max_epochs}-epoch run: they need distinct epochs below {max_epochs}; "
+                                 f"raise max_epochs or use schedule: even.")
         if self.schedule == "greedy" and trainer.limit_val_batches == 0:
             raise ValueError("RouteConstrainedTeacher(schedule='greedy') measures the student on "
                              "validation batches, but validation is off: enable it or use 'even'.")
-        # The teacher is still float32 here (the bf16 cast comes in the module's setup, after this);
-        # a copy checks every anchor against the architecture before the first step.
-        probe = copy.deepcopy(pl_module.teacher).float()
-        self.anchors = []
-        for entry in self.entries:
-            load_network_weights(probe, self.route_dir / entry["file"], what="RCO route anchor")
-            self.anchors.append({k: v.detach().clone() for k, v in probe.state_dict().items()})
+        # Every anchor is checked against the teacher's architecture before the first step.
+        self.anchors = [pl_module.teacher.read_weights(self.route_dir / entry["file"], "RCO route anchor")
+                        for entry in self.entries]
 
     def activate(self, pl_module: pl.LightningModule, index: int) -> None:
-        pl_module.load_teacher_state(self.anchors[index])
+        pl_module.teacher.load_weights(self.anchors[index])
         self.index = self._loaded = index
 
     def scheduled_index(self, epoch: int, max_epochs: int) -> int:
         """The anchor of ``epoch`` under the "even" split or an explicit list."""
         if isinstance(self.schedule, list):
-            return sum(epoch >= s for s in self.schedule)
+            return sum(epoch >= epoch_of(s, max_epochs) for s in self.schedule)
         return min(epoch * self.num_anchors // max(max_epochs, 1), self.num_anchors - 1)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -353,8 +359,8 @@ class RouteConstrainedTeacher(Callback):
                 student_logits = [student(x) for x in self._held_out]
                 sums = []
                 for j in range(self.index + 1, self.num_anchors):
-                    pl_module.load_teacher_state(self.anchors[j])
-                    sums.append(sum(kd_loss(s, pl_module.teacher(x), 1.0) * len(x)
+                    pl_module.teacher.load_weights(self.anchors[j])
+                    sums.append(sum(kd_loss(s, pl_module.teacher(x).logits, 1.0) * len(x)
                                     for s, x in zip(student_logits, self._held_out)))
         finally:
             student.train(was_training)

@@ -9,12 +9,12 @@ import pickle
 from pathlib import Path
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
 # Prefixes under which a network's weights sit in the checkpoints we know:
-# our own modules ("student.", "teacher.", "peers.0."), DDP ("module."), common wrappers ("model.").
-KNOWN_PREFIXES = ("student.", "teacher.", "model.", "module.", "net.", "peers.0.")
+# our own modules ("student."), DDP ("module."), common wrappers ("model.", "net.").
+KNOWN_PREFIXES = ("student.", "model.", "module.", "net.")
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -50,10 +50,10 @@ def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict:
     return obj
 
 
-def extract_state_dict(obj: dict, target: nn.Module) -> dict[str, Tensor]:
-    """Find the target network's weights in a checkpoint dict (Lightning or plain)."""
+def extract_state_dict(obj: dict, expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Find the weights of a network with the ``expected`` keys in a checkpoint dict (Lightning or plain)."""
     state = obj.get("state_dict", obj)
-    wanted = set(target.state_dict())
+    wanted = set(expected)
     if wanted <= set(state):
         return {k: state[k] for k in wanted}
     for prefix in KNOWN_PREFIXES:
@@ -65,39 +65,41 @@ def extract_state_dict(obj: dict, target: nn.Module) -> dict[str, Tensor]:
     return max(candidates, key=lambda c: len(wanted & set(c)))
 
 
-def load_network_weights(net: nn.Module, path: str | Path, what: str = "checkpoint") -> None:
-    """Load weights into ``net`` from ``path``; any mismatch raises an error that names it."""
-    state = extract_state_dict(load_checkpoint_file(path, what), net)
-    expected = net.state_dict()
+def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "checkpoint",
+                 network: str = "the network") -> dict[str, Tensor]:
+    """The weights in ``path`` for the ``network`` whose ``state_dict()`` is ``expected``; any mismatch
+    of keys or shapes raises an error that names it."""
+    state = extract_state_dict(load_checkpoint_file(path, what), expected)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ValueError(
-            f"{what} {str(path)!r} does not fit {type(net).__name__}: {len(missing)} of its "
+            f"{what} {str(path)!r} does not fit {network}: {len(missing)} of its "
             f"{len(expected)} tensors are missing (e.g. {missing[:3]}). Is it a checkpoint of "
             f"another architecture? Check the network spec against the checkpoint.")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
-        head = _classifier_name(net)
-        got = want = None
-        if head and any(k.startswith(head + ".") for k, _, _ in wrong):
-            got = state[head + ".weight"].shape[0]
-            want = expected[head + ".weight"].shape[0]
-        if got != want:  # otherwise the head differs in its inputs only: another width
+        head = classifier_key(expected)
+        if head in {k for k, _, _ in wrong} and state[head].shape[0] != expected[head].shape[0]:
             raise ValueError(
-                f"{what} {str(path)!r} has a classifier with {got} outputs, but the data has "
-                f"num_classes={want}. Use a teacher trained on this dataset.")
+                f"{what} {str(path)!r} has a classifier with {state[head].shape[0]} outputs, but the data "
+                f"has num_classes={expected[head].shape[0]}. Use a teacher trained on this dataset.")
         raise ValueError(
-            f"{what} {str(path)!r} does not fit {type(net).__name__}: shape mismatch in "
+            f"{what} {str(path)!r} does not fit {network}: shape mismatch in "
             f"{len(wrong)} tensors, e.g. " + "; ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:3])
             + ". Is it a checkpoint of another architecture or width?")
-    net.load_state_dict(state)
+    return {k: state[k] for k in expected}
 
 
-def _classifier_name(net: nn.Module) -> str | None:
-    """Name of the last Linear layer (the classification head), if any."""
-    linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+def load_network_weights(net: nn.Module, path: str | Path, what: str = "checkpoint") -> None:
+    """Load weights into ``net`` from ``path``; any mismatch raises an error that names it."""
+    net.load_state_dict(read_weights(path, net.state_dict(), what, type(net).__name__))
+
+
+def classifier_key(state: dict[str, Tensor]) -> str | None:
+    """The weight of the classification head: the last 2-D weight of a state_dict (a Linear layer)."""
+    matrices = [k for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    return matrices[-1] if matrices else None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

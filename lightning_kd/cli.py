@@ -2,11 +2,13 @@
 
 The model (a method) and the data are chosen by ``class_path`` in the YAML. ``num_classes`` and
 ``input_shape`` are read off the instantiated datamodule and linked into the model, so a config
-never states them twice. Checkpoints: best on ``val/acc`` (``best.ckpt``) and ``last.ckpt``.
+never states them twice. Checkpoints: two stock ``ModelCheckpoint``s in ``checkpoint.dirpath``,
+``best.ckpt`` (highest ``val/acc``) and ``last.ckpt`` (rewritten at every save point).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -15,8 +17,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
-from lightning_kd.base import DistillationModule
+import lightning_kd.configs
+from lightning_kd.base import StudentModule
 from lightning_kd.checkpoints import load_checkpoint_file
+
+#: The configs shipped with the package (``configs/`` of the repository).
+SHIPPED_CONFIGS = Path(lightning_kd.configs.__file__).resolve().parent
 
 # The default logger: wandb, offline (a real run directory; `wandb sync runs/wandb/offline-run-*`
 # uploads it later). `--trainer.logger.init_args.offline false` logs live.
@@ -37,57 +43,66 @@ class SaveConfigToRun(SaveConfigCallback):
                 Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
 
 
-class BestAndLastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every epoch's save point.
-
-    Since Lightning 2.5, a monitored ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt``
-    only in epochs that also save a new best, so after a plateau ``last.ckpt`` is several
-    epochs old and a resume from it silently loses them. Here ``last.ckpt`` always holds the
-    latest epoch (written once per step, whichever hook gets there first).
-    """
-
-    _last_written_step = -1
-
-    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
-        self._save_last_checkpoint(trainer, monitor_candidates)
-
-    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
-        if self._last_written_step == trainer.global_step and self.last_model_path:
-            return
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_written_step = trainer.global_step
-
-
 class KDCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
+        # best.ckpt follows val/acc; last.ckpt is a second, unmonitored checkpoint rewritten at every
+        # save point (a monitored ModelCheckpoint refreshes its save_last copy only with a new best).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
             "checkpoint.filename": "best",
-            "checkpoint.save_last": True,
             "checkpoint.auto_insert_metric_name": False,
+            "last_checkpoint.filename": "last",
+            "last_checkpoint.enable_version_counter": False,
             "trainer.logger": DEFAULT_LOGGER,
         })
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads --ckpt_path's hyperparameters before anything else; our loader first,
-        # for a clear error on an empty, truncated or unsafe file (weights_only=True either way).
+    def parse_arguments(self, parser, args) -> None:
+        # `args` is the command line, as a list when built from Python (make_cli).
+        self.config = parser.parse_args(args)
+        # LightningCLI reads --ckpt_path's hyperparameters next; read the file with our loader first,
+        # for a clear error on a missing, empty, truncated or unsafe file.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
+        if ckpt_path and "://" not in str(ckpt_path) and ckpt_path not in ("best", "last"):
             load_checkpoint_file(ckpt_path, what="ckpt_path")
-        super()._parse_ckpt_path()
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` if it exists, else the shipped config of that name: ``configs/quickstart/kd.yaml`` and
+    ``quickstart/kd.yaml`` work from any working directory."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    relative = path.relative_to("configs") if path.parts[:1] == ("configs",) else path
+    shipped = SHIPPED_CONFIGS / relative
+    return shipped if shipped.is_file() else path
+
+
+def with_shipped_configs(args: list[str]) -> list[str]:
+    """``args`` with every ``-c``/``--config`` file resolved by :func:`config_path`."""
+    out, follows_flag = [], False
+    for arg in args:
+        if follows_flag:
+            arg = str(config_path(arg))
+        elif arg.startswith("--config="):
+            arg = "--config=" + str(config_path(arg.split("=", 1)[1]))
+        follows_flag = arg in ("-c", "--config")
+        out.append(arg)
+    return out
 
 
 def make_cli(args=None, run: bool = True) -> KDCLI:
     """Build (and by default run) the CLI; ``args`` as a list replaces ``sys.argv``."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    args = with_shipped_configs(sys.argv[1:] if args is None else list(args))
     return KDCLI(
-        DistillationModule,
+        StudentModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

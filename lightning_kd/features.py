@@ -1,16 +1,25 @@
-"""Capture intermediate features of any network by module name, with forward hooks.
+"""Intermediate features of any network by module name, with forward hooks, and the layer helpers
+of the feature methods.
 
 No model rewrites: any torchvision/timm/own network works, the layers are named in YAML.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Literal
+from typing import Literal, NamedTuple, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 
-def resolve_modules(model: nn.Module, names: list[str], what: str = "layer") -> list[nn.Module]:
+class NetOutput(NamedTuple):
+    """One forward pass of a network: its logits and the features of the layers that were asked for."""
+
+    logits: Tensor
+    features: dict[str, Tensor]
+
+
+def resolve_modules(model: nn.Module, names: Sequence[str], what: str = "layer") -> list[nn.Module]:
     """Return the submodules called ``names``; an unknown name raises with the closest valid ones."""
     modules = dict(model.named_modules())
     found = []
@@ -33,7 +42,7 @@ class FeatureHooks:
     Example:
         >>> hooks = FeatureHooks(net, ["layer1", "layer2"])
         >>> logits = net(x)
-        >>> f1, f2 = hooks.features   # in the order of the names
+        >>> features = hooks.pop()   # {"layer1": ..., "layer2": ...}; the store is empty again
 
     Args:
         model: the network to observe.
@@ -41,10 +50,10 @@ class FeatureHooks:
         capture: ``"output"`` (default) or ``"input"`` (the first positional input).
     """
 
-    def __init__(self, model: nn.Module, names: list[str], capture: Literal["output", "input"] = "output"):
+    def __init__(self, model: nn.Module, names: Sequence[str], capture: Literal["output", "input"] = "output"):
         if capture not in ("output", "input"):
             raise ValueError(f"capture must be 'output' or 'input', got {capture!r}")
-        self.names = list(names)
+        self.names = list(dict.fromkeys(names))
         self._store: dict[str, Tensor] = {}
         self._handles = []
         for name, module in zip(self.names, resolve_modules(model, self.names)):
@@ -55,17 +64,16 @@ class FeatureHooks:
             self._store[name] = inputs[0] if capture == "input" else output
         return hook
 
-    @property
-    def features(self) -> list[Tensor]:
-        """Features of the last forward pass, in the order of ``names``."""
+    def pop(self) -> dict[str, Tensor]:
+        """The features of the last forward pass by name; the store is cleared, so a recorded feature
+        (and the graph it holds) never outlives the step that read it."""
         missing = [n for n in self.names if n not in self._store]
         if missing:
+            self._store.clear()
             raise RuntimeError(f"no features recorded for {missing}: run a forward pass first "
                                f"(or the module is not used in forward)")
-        return [self._store[n] for n in self.names]
-
-    def clear(self) -> None:
-        self._store.clear()
+        features, self._store = self._store, {}
+        return features
 
     def remove(self) -> None:
         """Detach the hooks; the model is left exactly as it was."""
@@ -73,3 +81,43 @@ class FeatureHooks:
             handle.remove()
         self._handles.clear()
         self._store.clear()
+
+
+@torch.no_grad()
+def example_features(net: nn.Module, hooks: FeatureHooks, x: Tensor) -> dict[str, Tensor]:
+    """The features ``hooks`` record on one forward of ``x``, in eval mode (BatchNorm statistics stay
+    as they are; the mode is restored afterwards). Methods size their adapters with them."""
+    was_training = net.training
+    net.eval()
+    try:
+        net(x)
+        return hooks.pop()
+    finally:
+        net.train(was_training)
+
+
+def layer_names(net: nn.Module, names: Optional[Sequence[str]], arg: str, default_prefix: tuple = ()) -> list[str]:
+    """``names`` if given, else ``default_prefix + net.stage_names`` (error if the net has none)."""
+    if names is not None:
+        return list(names)
+    if not hasattr(net, "stage_names"):
+        raise ValueError(f"{type(net).__name__} has no `stage_names`: set `{arg}` to the dotted "
+                         f"names of the layers to use (see model.named_modules()).")
+    return [*default_prefix, *net.stage_names]
+
+
+def paired_layers(student_layers: Sequence[str], teacher_layers: Sequence[str], method: str) -> None:
+    """Raise unless the student and teacher layer lists pair up one to one."""
+    if len(student_layers) != len(teacher_layers) or not student_layers:
+        raise ValueError(f"{method} pairs student and teacher layers one to one, but got "
+                         f"{len(student_layers)} student_layers {list(student_layers)} and "
+                         f"{len(teacher_layers)} teacher_layers {list(teacher_layers)}: give lists of "
+                         f"the same, non-zero length.")
+
+
+def check_4d(features: dict[str, Tensor], who: str) -> None:
+    """Raise unless every feature is an ``(N, C, H, W)`` map."""
+    for name, feat in features.items():
+        if feat.dim() != 4:
+            raise ValueError(f"{who} layer {name!r} outputs shape {tuple(feat.shape)}; feature "
+                             f"methods need (N, C, H, W) maps: pick a convolutional stage.")

@@ -1,12 +1,214 @@
-"""The pure loss functions of every method (tensors in, scalar out), like torch.nn.functional."""
-from lightning_kd.methods.at import at_loss
-from lightning_kd.methods.fitnet import fitnet_loss
-from lightning_kd.methods.fsp import fsp_loss, fsp_matrix
-from lightning_kd.methods.dml import dml_loss
-from lightning_kd.methods.iekd import exploration_loss, inheritance_loss
-from lightning_kd.methods.kd import kd_loss
-from lightning_kd.methods.metric import batch_hard_triplet_loss
-from lightning_kd.methods.rkd import rkd_angle_loss, rkd_distance_loss
+"""The ground floor: every pure loss of the library (tensors in, scalar out), like torch.nn.functional.
 
-__all__ = ["at_loss", "fitnet_loss", "fsp_loss", "fsp_matrix", "dml_loss", "exploration_loss", "inheritance_loss", "kd_loss",
-           "rkd_angle_loss", "rkd_distance_loss", "batch_hard_triplet_loss"]
+Nothing here knows about modules, hooks or Lightning; methods and callbacks import from this file.
+Every loss computes in float32 whatever the autocast dtype.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# ----------------------------------------------------------------------------- logits
+def check_temperature(temperature: float) -> float:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; the KD recipe uses 4.0.")
+    return float(temperature)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """``KL(softmax(t/T) || softmax(s/T)) * T^2``, averaged over the batch (Hinton et al., 2015).
+
+    The ``T^2`` factor keeps the gradient scale independent of ``T`` (Hinton et al., sec. 2).
+    """
+    T = check_temperature(temperature)
+    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (T * T)
+
+
+def dml_loss(logits: Tensor, peer_logits: Tensor) -> Tensor:
+    """``KL(softmax(peer) || softmax(logits))``, averaged over the batch; the peer is detached.
+
+    The mimicry term of Deep Mutual Learning (Zhang et al., CVPR 2018, eq. 2).
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p_peer = F.log_softmax(peer_logits.detach().float(), dim=1)
+    return F.kl_div(log_p, log_p_peer, reduction="batchmean", log_target=True)
+
+
+# ----------------------------------------------------------------------------- feature maps
+def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool the larger of two ``(N, C, H, W)`` maps to the smaller one's ``(H, W)``."""
+    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
+    a, b = (t if tuple(t.shape[-2:]) == size else F.adaptive_avg_pool2d(t, size) for t in (a, b))
+    return a, b
+
+
+def attention_map(feat: Tensor, p: float = 2) -> Tensor:
+    """``normalize(f^p averaged over channels)``: an ``(N, H*W)`` map of unit L2 norm per sample."""
+    return F.normalize(feat.float().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def at_loss(student_feat: Tensor, teacher_feat: Tensor, p: float = 2) -> Tensor:
+    """Mean squared difference of the normalized attention maps of two ``(N, C, H, W)`` features
+    (Zagoruyko & Komodakis, ICLR 2017).
+
+    The channel counts may differ; when the spatial sizes differ, the larger map is
+    average-pooled to the smaller size first. Scaling a feature map by ``c > 0`` leaves the loss
+    unchanged (the map is normalized).
+    """
+    student_feat, teacher_feat = pool_to_common_size(student_feat, teacher_feat)
+    return (attention_map(student_feat, p) - attention_map(teacher_feat, p)).pow(2).mean()
+
+
+def fitnet_loss(regressed_student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean squared error between the regressed student feature and the teacher's (same shape)
+    (Romero et al., ICLR 2015)."""
+    if regressed_student.shape != teacher.shape:
+        raise ValueError(f"fitnet_loss needs equal shapes, got student {tuple(regressed_student.shape)} "
+                         f"and teacher {tuple(teacher.shape)}; regress the student feature first.")
+    return F.mse_loss(regressed_student.float(), teacher.float())
+
+
+def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
+    """``(N, C1, C2)`` Gram matrix between two maps, averaged over the ``H*W`` positions (Yim et al., 2017).
+
+    ``first.flatten(2) @ second.flatten(2).transpose(1, 2) / (H*W)``, after the larger map is
+    average-pooled to the smaller one's spatial size.
+    """
+    first, second = pool_to_common_size(first.float(), second.float())
+    positions = first.shape[-2] * first.shape[-1]
+    return first.flatten(2) @ second.flatten(2).transpose(1, 2) / positions
+
+
+def fsp_loss(student_matrices: Sequence[Tensor], teacher_matrices: Sequence[Tensor]) -> Tensor:
+    """Sum over the pairs of the mean squared difference of student and teacher FSP matrices."""
+    if len(student_matrices) != len(teacher_matrices):
+        raise ValueError(f"fsp_loss got {len(student_matrices)} student and {len(teacher_matrices)} "
+                         f"teacher matrices; they must pair up one to one.")
+    return sum((s - t).pow(2).mean() for s, t in zip(student_matrices, teacher_matrices))
+
+
+# ----------------------------------------------------------------------------- relations (RKD)
+def check_embeddings(student: Tensor, teacher: Tensor, min_batch: int, what: str) -> None:
+    """Both ``(N, D)`` with the same ``N >= min_batch`` (their ``D`` may differ)."""
+    if student.ndim != 2 or teacher.ndim != 2:
+        raise ValueError(f"{what} needs (N, D) embeddings, got student {tuple(student.shape)} and teacher "
+                         f"{tuple(teacher.shape)}; flatten the features first (e.g. hook the `pool` layer).")
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"{what} needs the same samples on both sides, got {student.shape[0]} student and "
+                         f"{teacher.shape[0]} teacher embeddings.")
+    if student.shape[0] < min_batch:
+        raise ValueError(f"{what} needs a batch of at least {min_batch} samples, got {student.shape[0]}; "
+                         f"increase the batch size (data.init_args.batch_size).")
+
+
+def pairwise_distances(embeddings: Tensor) -> Tensor:
+    """``(N, N)`` Euclidean distances from the Gram matrix (memory N^2, not N^2 * D).
+
+    Squared distances are clamped at a tiny positive value before the square root, so equal
+    embeddings (and the diagonal) give finite gradients.
+    """
+    squared_norms = embeddings.pow(2).sum(1)
+    squared = squared_norms[:, None] + squared_norms[None, :] - 2 * embeddings @ embeddings.t()
+    return squared.clamp_min(1e-12).sqrt()
+
+
+def normalized_distances(embeddings: Tensor) -> Tensor:
+    """Distances of the ``N (N - 1)`` ordered distinct pairs, divided by their mean (the paper's mu)."""
+    n = embeddings.shape[0]
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    distances = pairwise_distances(embeddings)[off_diagonal]
+    return distances / distances.mean().clamp_min(1e-12)
+
+
+def triplet_cosines(embeddings: Tensor) -> Tensor:
+    """``cos angle(e_i, e_j, e_k) = <unit(e_i - e_j), unit(e_k - e_j)>`` (vertex ``e_j``) for the
+    ``N (N - 1) (N - 2)`` ordered triplets of distinct indices."""
+    n = embeddings.shape[0]
+    directions = F.normalize(embeddings[:, None, :] - embeddings[None, :, :], dim=2)  # [i, j] = unit(e_i - e_j)
+    # cosines[j, i, k] = <unit(e_i - e_j), unit(e_k - e_j)>
+    cosines = torch.bmm(directions.transpose(0, 1), directions.transpose(0, 1).transpose(1, 2))
+    index = torch.arange(n, device=embeddings.device)
+    distinct = (index[:, None, None] != index[None, :, None]) & (index[:, None, None] != index[None, None, :]) \
+        & (index[None, :, None] != index[None, None, :])
+    return cosines[distinct]
+
+
+def relation_huber(relation, student: Tensor, teacher: Tensor) -> Tensor:
+    """Huber (smooth L1, delta 1) between ``relation(student)`` and ``relation(teacher)``, the teacher
+    side without autograd."""
+    with torch.no_grad():
+        target = relation(teacher.detach().float())
+    return F.smooth_l1_loss(relation(student.float()), target, beta=1.0)
+
+
+def rkd_distance_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """RKD distance-wise loss (Park et al., CVPR 2019): Huber (smooth L1, delta 1) between the
+    student's and the teacher's pair distances, each normalized by its mean over distinct pairs;
+    averaged over the ``N (N - 1)`` ordered distinct pairs. Scale-invariant in either embedding.
+
+    Args:
+        student: ``(N, D_s)`` student embeddings, ``N >= 2``.
+        teacher: ``(N, D_t)`` teacher embeddings (no gradient flows to them).
+    """
+    check_embeddings(student, teacher, 2, "rkd_distance_loss")
+    return relation_huber(normalized_distances, student, teacher)
+
+
+def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """RKD angle-wise loss: Huber (smooth L1, delta 1) between the cosines of the angles the
+    student's and the teacher's embeddings form, averaged over the ``N (N - 1) (N - 2)`` ordered
+    triplets of distinct samples.
+
+    Args:
+        student: ``(N, D_s)`` student embeddings, ``N >= 3`` (an angle needs three points).
+        teacher: ``(N, D_t)`` teacher embeddings (no gradient flows to them).
+    """
+    check_embeddings(student, teacher, 3, "rkd_angle_loss")
+    return relation_huber(triplet_cosines, student, teacher)
+
+
+def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
+    """Triplet loss with batch-hard mining: per anchor, its farthest positive and nearest negative,
+    ``mean(relu(d(a, p) - d(a, n) + margin))`` over anchors that have both in the batch.
+
+    "In Defense of the Triplet Loss for Person Re-Identification" (Hermans, Beyer, Leibe, 2017),
+    https://arxiv.org/abs/1703.07737. A batch without any valid anchor gives 0 (with a graph).
+    """
+    distances = pairwise_distances(embeddings.float())
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    positives, negatives = same & ~eye, ~same
+    valid = positives.any(1) & negatives.any(1)
+    if not valid.any():
+        return embeddings.sum() * 0.0
+    hardest_positive = distances.masked_fill(~positives, float("-inf")).amax(1)
+    hardest_negative = distances.masked_fill(~negatives, float("inf")).amin(1)
+    return (hardest_positive - hardest_negative + margin).relu()[valid].mean()
+
+
+# ----------------------------------------------------------------------------- factors (IE-KD)
+def inheritance_loss(factor: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute difference of the per-sample L2-normalised, flattened factors.
+
+    ``mean |f_i / ||f_i||_2 - t_i / ||t_i||_2|`` over samples ``i`` and elements (Huang et al.,
+    CVPR 2021, eq. 3, with a mean instead of a sum so the scale does not grow with the factor
+    size). ``target`` is used as given: detach it to keep gradients away from it.
+    """
+    if factor.shape != target.shape:
+        raise ValueError(f"inheritance/exploration losses need factors of equal shape, got "
+                         f"{tuple(factor.shape)} and {tuple(target.shape)}; encode the student "
+                         f"feature into the teacher factor's shape first.")
+    f = F.normalize(factor.flatten(1).float(), dim=1)
+    t = F.normalize(target.flatten(1).float(), dim=1)
+    return (f - t).abs().mean()
+
+
+def exploration_loss(factor: Tensor, target: Tensor) -> Tensor:
+    """The negative of :func:`inheritance_loss`: minimising it pushes the factor away from the target."""
+    return -inheritance_loss(factor, target)

@@ -1,10 +1,12 @@
-"""DistillationModule wiring: Supervised checkpoints as teachers, logged metrics, optimizer, export."""
+"""The base classes' wiring: Supervised checkpoints as teachers, logged metrics, optimizer, export."""
+
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightning_kd.datamodules import DigitsDataModule
+from helpers import trainer
 from lightning_kd.checkpoints import load_checkpoint_file
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.methods import KD, Supervised
 
 TEACHER = {"name": "small_cnn", "width": 8}
@@ -12,11 +14,7 @@ STUDENT = {"name": "small_cnn", "width": 4}
 
 
 def quick_trainer(tmp_path, **kwargs):
-    options = dict(max_epochs=1, limit_train_batches=3, limit_val_batches=2, accelerator="cpu",
-                   logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   default_root_dir=tmp_path)
-    options.update(kwargs)
-    return pl.Trainer(**options)
+    return trainer(tmp_path, **{"limit_train_batches": 3, "limit_val_batches": 2, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -25,30 +23,30 @@ def supervised_ckpt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("teacher")
     pl.seed_everything(0)
     teacher = Supervised(student=TEACHER, num_classes=10, input_shape=(1, 8, 8))
-    trainer = quick_trainer(tmp, enable_checkpointing=True)
-    trainer.fit(teacher, datamodule=DigitsDataModule(batch_size=32))
+    fit = quick_trainer(tmp, enable_checkpointing=True)
+    fit.fit(teacher, datamodule=DigitsDataModule(batch_size=32))
     path = tmp / "teacher.ckpt"
-    trainer.save_checkpoint(path)
+    fit.save_checkpoint(path)
     return path, teacher
 
 
 def test_lightning_checkpoint_loads_with_weights_only(supervised_ckpt):
     path, teacher = supervised_ckpt
     ckpt = load_checkpoint_file(path)  # weights_only=True inside
-    assert "state_dict" in ckpt and "rng_states" in ckpt
-    assert all(k.startswith("student.") for k in ckpt["state_dict"] if not k.startswith(("val_", "test_")))
+    assert "RNGState" in ckpt["callbacks"] and set(ckpt["callbacks"]["RNGState"]) >= {"torch", "numpy", "python"}
+    assert all(k.startswith("student.") for k in ckpt["state_dict"])
 
 
 def test_supervised_checkpoint_becomes_the_teacher(supervised_ckpt):
     path, teacher = supervised_ckpt
     kd = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8))
-    for (name, a), b in zip(teacher.student.state_dict().items(), kd.teacher.state_dict().values()):
+    for (name, a), b in zip(teacher.student.state_dict().items(), kd.teacher.net.state_dict().values()):
         assert torch.equal(a, b), name
-    assert not any(p.requires_grad for p in kd.teacher.parameters())
-    assert not kd.teacher.training
+    assert not any(p.requires_grad for p in kd.teacher.net.parameters())
+    assert not kd.teacher.net.training
     kd.train()  # Lightning calls this after every validation loop
-    assert kd.student.training and not kd.teacher.training
-    assert all(not m.training for m in kd.teacher.modules())
+    assert kd.student.training and not kd.teacher.net.training
+    assert all(not m.training for m in kd.teacher.net.modules())
 
 
 def test_optimizer_sees_only_trainable_parameters_and_scheduler_is_wired(supervised_ckpt):
@@ -60,7 +58,7 @@ def test_optimizer_sees_only_trainable_parameters_and_scheduler_is_wired(supervi
     optimizer = config["optimizer"]
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert in_optimizer == {id(p) for p in kd.student.parameters()}
-    assert not in_optimizer & {id(p) for p in kd.teacher.parameters()}
+    assert not in_optimizer & {id(p) for p in kd.teacher.net.parameters()}
     assert isinstance(optimizer, torch.optim.Adam) and config["lr_scheduler"]["interval"] == "epoch"
     default = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10,
                  input_shape=(1, 8, 8)).configure_optimizers()
@@ -72,9 +70,9 @@ def test_validation_logs_student_teacher_and_agreement(supervised_ckpt, tmp_path
     pl.seed_everything(0)
     kd = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8))
     dm = DigitsDataModule(batch_size=32)
-    trainer = quick_trainer(tmp_path)
-    trainer.fit(kd, datamodule=dm)
-    metrics = trainer.callback_metrics
+    fit = quick_trainer(tmp_path)
+    fit.fit(kd, datamodule=dm)
+    metrics = fit.callback_metrics
     for key in ("train/ce", "train/kd", "train/loss", "val/acc", "val/acc5", "teacher/acc", "val/agreement"):
         assert key in metrics, key
     # independent check of the logged numbers on the same validation batches
@@ -82,7 +80,7 @@ def test_validation_logs_student_teacher_and_agreement(supervised_ckpt, tmp_path
     xs, ys = zip(*[dm.on_after_batch_transfer(b, 0) for b in list(dm.val_dataloader())[:2]])
     x, y = torch.cat(xs), torch.cat(ys)
     with torch.no_grad():
-        s_pred, t_pred = kd.student.eval()(x).argmax(1), kd.teacher(x).argmax(1)
+        s_pred, t_pred = kd.student.eval()(x).argmax(1), kd.teacher(x).logits.argmax(1)
     assert float(metrics["val/acc"]) == pytest.approx((s_pred == y).float().mean().item(), abs=1e-6)
     assert float(metrics["teacher/acc"]) == pytest.approx((t_pred == y).float().mean().item(), abs=1e-6)
     assert float(metrics["val/agreement"]) == pytest.approx((s_pred == t_pred).float().mean().item(), abs=1e-6)

@@ -1,8 +1,10 @@
 """The benchmark command on CPU at a tiny size: its table is well formed (no timing assertions)."""
 from __future__ import annotations
 
-from conftest import ROOT
-from lightning_kd import bench
+import pytest
+
+from helpers import ROOT
+from lightning_kd.tools import bench
 
 CONFIGS = ["baseline_resnet8x4", "kd_resnet32x4_resnet8x4", "iekd_resnet32x4_resnet8x4",
            "rco_resnet32x4_resnet8x4"]
@@ -84,17 +86,21 @@ def test_method_configs_skip_teachers():
     assert "kd_resnet32x4_resnet8x4.yaml" in names and "baseline_resnet8x4.yaml" in names
 
 
-def test_raw_reference_fills_the_ratio_column(tmp_path, monkeypatch):
+def test_each_config_is_compared_with_its_own_ceiling_step(tmp_path, monkeypatch):
+    """A method without a teacher is timed against the raw student step, one with a teacher against the
+    raw KD step: with reference rates of 1 and 1000 img/s the ratios tell which one each row used."""
     monkeypatch.chdir(tmp_path)
+    reference = {"batch": 4, "imgs_per_s": {"fp32": {"student_step": 1.0, "kd_step": 1000.0}}}
+    monkeypatch.setattr(bench, "raw_pytorch_reference", lambda batch_size, iters: reference)
     out = tmp_path / "B.md"
     argv = ["--configs", "baseline_resnet8x4", "kd_resnet32x4_resnet8x4", "--batch-size", "4",
-            "--steps", "2", "--warmup", "1", "--accelerator", "cpu", "--raw-reference",
-            "--ceiling-iters", "2", "--out", str(out)]
+            "--steps", "2", "--warmup", "1", "--accelerator", "cpu", "--raw-reference", "--out", str(out)]
     rows = {r.config: r for r in bench.main(argv)}
-    assert rows["baseline_resnet8x4.yaml"].ceiling_step.startswith("fp32 student_step")
-    assert rows["kd_resnet32x4_resnet8x4.yaml"].ceiling_step.startswith("fp32 kd_step")
-    for row in rows.values():  # the ratio is this row's throughput over the matching raw step
-        reference = float(row.ceiling_step.split("(")[1].split()[0])
-        assert row.ratio == row.images_per_s / reference
+    baseline, kd = rows["baseline_resnet8x4.yaml"], rows["kd_resnet32x4_resnet8x4.yaml"]
+    assert baseline.ceiling_step == "fp32 student_step (1.0 img/s)" and kd.ceiling_step == "fp32 kd_step (1000.0 img/s)"
+    assert baseline.ratio == pytest.approx(baseline.images_per_s / 1.0)
+    assert kd.ratio == pytest.approx(kd.images_per_s / 1000.0)
     header, body = table_rows(out.read_text())
-    assert all(float(r[header.index("ratio to ceiling")]) > 0 for r in body)
+    assert {r[0]: r[header.index("ratio to ceiling")] for r in body} == {
+        "baseline_resnet8x4.yaml": f"{baseline.ratio:.2f}", "kd_resnet32x4_resnet8x4.yaml": f"{kd.ratio:.2f}"}
+

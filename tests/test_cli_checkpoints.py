@@ -1,7 +1,7 @@
 """The CLI's checkpoints: best.ckpt follows val/acc, last.ckpt is always the latest epoch."""
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from lightning_kd.cli import make_cli
 
 

@@ -1,8 +1,11 @@
-"""Every YAML under configs/ runs `fit` with fast_dev_run through the CLI.
+"""The shipped configs: every YAML parses, every distinct recipe fits through the CLI, and the
+shared blocks compose as documented.
 
-Parametrized over the folder, so a new config is covered without editing this file. Data that
-needs files or a network (CIFAR, ImageFolder) is swapped for synthetic data of the same shape,
-and teacher checkpoints are replaced by freshly built teachers of the configured architecture.
+Every YAML under configs/ (the shared blocks of ``_base`` excepted) is parsed with ``--print_config``.
+One ``fast_dev_run`` fit runs per distinct config shape: the CIFAR-100 files are the CIFAR-10
+recipes on other data (they include them), which ``test_cifar100_is_the_cifar10_recipe`` checks, so
+they are not fitted again. Data that needs files or a network (CIFAR, ImageFolder) is swapped for
+synthetic data of the same shape, and teacher checkpoints for freshly built teachers.
 """
 from __future__ import annotations
 
@@ -11,14 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from helpers import ROOT, save_teacher
 from lightning_kd.callbacks.route import write_route
-from conftest import ROOT, save_teacher
 from lightning_kd.cli import make_cli
 from lightning_kd.models import build_network
+from lightning_kd.tools.runner import resolve
 
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIG_ROOT = ROOT / "configs"
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if "_base" not in p.parts)
+FITTED = [p for p in CONFIGS if p.parent.name != "cifar100"]
 # class_path -> (num_classes, input_shape) of data that is not available offline
 OFFLINE_SHAPES = {
     "lightning_kd.datamodules.CIFAR10DataModule": (10, (3, 32, 32)),
@@ -28,51 +33,49 @@ OFFLINE_SHAPES = {
 KNOWN_SHAPES = {"lightning_kd.datamodules.DigitsDataModule": (10, (1, 8, 8))}
 
 
-def data_shape(cfg: dict) -> tuple[int, tuple[int, int, int]]:
-    data = cfg["data"]
-    wrapped = (data.get("init_args") or {}).get("source")
-    if isinstance(wrapped, dict):  # a datamodule over a `source` one (ClassSplitDataModule):
-        # the source's images, the wrapper's training classes
-        return len(data["init_args"]["train_classes"]), data_shape({"data": wrapped})[1]
-    if data["class_path"] in OFFLINE_SHAPES:
-        return OFFLINE_SHAPES[data["class_path"]]
-    if data["class_path"] in KNOWN_SHAPES:
-        return KNOWN_SHAPES[data["class_path"]]
-    args = data.get("init_args", {})
+def name(path: Path) -> str:
+    return str(path.relative_to(CONFIG_ROOT))
+
+
+def data_shape(data: dict) -> tuple[int, tuple[int, int, int]]:
+    args = data.get("init_args") or {}
+    if isinstance(args.get("source"), dict):  # a datamodule over a `source` one (ClassSplitDataModule):
+        return len(args["train_classes"]), data_shape(args["source"])[1]  # the source's images
+    shapes = {**OFFLINE_SHAPES, **KNOWN_SHAPES}
+    if data["class_path"] in shapes:
+        return shapes[data["class_path"]]
     return args.get("num_classes", 10), tuple(args.get("input_shape", (3, 32, 32)))
 
 
-def offline_overrides(cfg: dict, tmp_path) -> list[str]:
-    """Command-line overrides that make a config runnable offline, in a temporary folder."""
-    num_classes, shape = data_shape(cfg)
+def synthetic(prefix: str, num_classes: int, shape, sizes=(16, 8, 8)) -> list[str]:
+    return [f"{prefix}=lightning_kd.datamodules.SyntheticDataModule", f"{prefix}.num_classes={num_classes}",
+            f"{prefix}.input_shape=[{', '.join(map(str, shape))}]", f"{prefix}.train_size={sizes[0]}",
+            f"{prefix}.val_size={sizes[1]}", f"{prefix}.test_size={sizes[2]}"]
+
+
+def offline_overrides(cfg: dict, tmp_path: Path) -> list[str]:
+    """Command-line overrides that make a resolved config runnable offline, in a temporary folder."""
+    num_classes, shape = data_shape(cfg["data"])
     args = ["--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.devices=1",
-            f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
+            "--trainer.logger=false", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
     if cfg["data"]["class_path"] in OFFLINE_SHAPES:
-        args += ["--data=lightning_kd.datamodules.SyntheticDataModule", f"--data.num_classes={num_classes}",
-                 f"--data.input_shape=[{', '.join(map(str, shape))}]", "--data.train_size=16",
-                 "--data.val_size=8", "--data.test_size=8"]
-    wrapped = (cfg["data"].get("init_args") or {}).get("source")
-    if isinstance(wrapped, dict) and wrapped["class_path"] in OFFLINE_SHAPES:
-        source_classes, source_shape = OFFLINE_SHAPES[wrapped["class_path"]]
-        args += ["--data.source=lightning_kd.datamodules.SyntheticDataModule", f"--data.source.num_classes={source_classes}",
-                 f"--data.source.input_shape=[{', '.join(map(str, source_shape))}]",
-                 "--data.source.train_size=32", "--data.source.val_size=8", "--data.source.test_size=16"]
+        args += synthetic("--data", num_classes, shape)
+    source = (cfg["data"].get("init_args") or {}).get("source")
+    if isinstance(source, dict) and source["class_path"] in OFFLINE_SHAPES:
+        args += synthetic("--data.source", *OFFLINE_SHAPES[source["class_path"]], sizes=(32, 8, 16))
     args.append("--data.batch_size=8")
-    model_args = cfg["model"].get("init_args", {})
+    model_args = cfg["model"]["init_args"]
     if model_args.get("teacher_ckpt"):
         path = save_teacher(tmp_path / "teacher.pt", model_args["teacher"], num_classes, shape[0])
         args.append(f"--model.init_args.teacher_ckpt={path}")
-    for callback in (cfg.get("trainer") or {}).get("callbacks") or []:
-        if callback.get("class_path", "").endswith("RouteConstrainedTeacher"):  # RCO reads a teacher route:
-            # its route_dir (relative to the cwd, tmp_path), else the route folder next to teacher_ckpt
-            route_dir = Path((callback.get("init_args") or {}).get("route_dir") or "route")
-            if not route_dir.is_absolute():
-                save_route(tmp_path / route_dir, model_args["teacher"], num_classes, shape[0])
+    for callback in cfg["trainer"].get("callbacks") or []:
+        if callback["class_path"].endswith("RouteConstrainedTeacher"):  # reads the route next to teacher_ckpt
+            save_route(tmp_path / "route", model_args["teacher"], num_classes, shape[0])
     return args
 
 
 def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: int = 2) -> None:
-    """A recorded teacher route (lightning_kd.callbacks.RouteRecorder's layout) of freshly built teachers."""
+    """A recorded teacher route (RouteRecorder's layout) of freshly built teachers."""
     states = []
     for seed in range(anchors):
         torch.manual_seed(seed)
@@ -80,24 +83,53 @@ def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: 
     write_route(folder, states)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])
+@pytest.mark.parametrize("config", FITTED, ids=[name(c) for c in FITTED])
 def test_config_fits(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written under runs/ stays in the temporary folder
-    cfg = yaml.safe_load(config.read_text())
+    cfg = resolve(config)
     cli = make_cli(["fit", "-c", str(config), *offline_overrides(cfg, tmp_path)])
     assert cli.trainer.global_step >= 1, "no optimizer step was taken"
-    loss = cli.trainer.callback_metrics["train/loss"]
-    assert math.isfinite(float(loss))
-    assert cli.model.num_classes == data_shape(cfg)[0]
-    assert cli.model.input_shape == data_shape(cfg)[1]
-    logits = cli.model.student(torch.zeros(2, *cli.model.input_shape))
-    assert logits.shape == (2, cli.model.num_classes)
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+    num_classes, shape = data_shape(cfg["data"])
+    assert (cli.model.num_classes, cli.model.input_shape) == (num_classes, shape)
+    assert type(cli.model).__name__ == cfg["model"]["class_path"].rsplit(".", 1)[-1]
+    assert cli.model.student(torch.zeros(2, *shape)).shape == (2, num_classes)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[name(c) for c in CONFIGS])
 def test_print_config(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_cli(["fit", "-c", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == yaml.safe_load(config.read_text())["model"]["class_path"]
+    printed = capsys.readouterr().out
+    assert "class_path: lightning_kd.methods." in printed and "max_epochs:" in printed
+
+
+@pytest.mark.parametrize("config", sorted((CONFIG_ROOT / "cifar100").glob("*.yaml")),
+                         ids=lambda c: c.name)
+def test_cifar100_is_the_cifar10_recipe(config):
+    """The same method, networks, weights, optimizer, schedule and callbacks as the CIFAR-10 twin;
+    only the data, the checkpoint folder and the teacher's file differ."""
+    mine, twin = resolve(config), resolve(CONFIG_ROOT / "cifar10" / config.name)
+    assert mine["data"]["class_path"] == "lightning_kd.datamodules.CIFAR100DataModule"
+    assert twin["data"]["class_path"] == "lightning_kd.datamodules.CIFAR10DataModule"
+    assert mine["checkpoint"]["dirpath"] == f"runs/cifar100/{config.stem}"
+    model, twin_model = mine["model"]["init_args"], twin["model"]["init_args"]
+    if "teacher_ckpt" in twin_model:
+        assert model.pop("teacher_ckpt") == "runs/cifar100/teacher_resnet32x4/best.ckpt"
+        twin_model.pop("teacher_ckpt")
+    assert (mine["model"]["class_path"], model) == (twin["model"]["class_path"], twin_model)
+    assert mine["trainer"] == twin["trainer"] and mine["seed_everything"] == twin["seed_everything"]
+
+
+def test_max_epochs_shortens_the_whole_recipe(tmp_path, monkeypatch):
+    """``--trainer.max_epochs 24`` on the 270-epoch FSP recipe: LR drops at 16/19/21 (180/210/240 of 270
+    scaled by 24/270, rounded) and 3 FSP epochs (30 of 270), computed here by hand."""
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG_ROOT / "cifar10" / "fsp_resnet32x4_resnet8x4.yaml"
+    args = [a for a in offline_overrides(resolve(config), tmp_path) if not a.startswith("--trainer.fast_dev_run")]
+    cli = make_cli(["-c", str(config), *args, "--trainer.max_epochs=24"], run=False)
+    cli.model.trainer = cli.trainer  # what fit does before it builds the optimizers
+    scheduler = cli.model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sorted(scheduler.milestones) == [16, 19, 21]
+    assert cli.model.stage1_epochs == 3

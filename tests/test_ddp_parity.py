@@ -3,7 +3,7 @@
 Also a script: ``python tests/test_ddp_parity.py OUT_DIR`` runs the 2-process fit; each rank
 saves its initial student, the (augmented) batches it trained on and its final student.
 
-The networks have no BatchNorm (``test_dml.tiny_mlp``): in training mode BatchNorm normalizes
+The networks have no BatchNorm (``helpers.nets.tiny_mlp``): in training mode BatchNorm normalizes
 each process's half batch with that half's statistics, so the per-process forward differs from
 the global-batch forward. SyncBatchNorm would fix that, but torch runs it on GPUs only; the
 frozen teacher is in eval mode anyway. Without BatchNorm, the all-reduced mean of the two
@@ -22,10 +22,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from conftest import quick_trainer, save_teacher
+from helpers import save_teacher, trainer as quick_trainer
+from helpers.nets import tiny_mlp
 from lightning_kd.datamodules import SyntheticDataModule
 from lightning_kd.methods import KD
-from test_dml import tiny_mlp
 
 LR, T, CE_WEIGHT, KD_WEIGHT = 0.1, 4.0, 0.1, 0.9
 
@@ -39,9 +39,9 @@ class SavingKD(KD):
         self.initial = copy.deepcopy(self.student.state_dict())
         self.batches = []
 
-    def distill_losses(self, batch):
+    def distill_losses(self, student, teacher, batch):
         self.batches.append((batch[0].clone(), batch[1].clone()))
-        return super().distill_losses(batch)
+        return super().distill_losses(student, teacher, batch)
 
     def on_train_end(self):
         torch.save({"initial": self.initial, "final": self.student.state_dict(), "batches": self.batches},
@@ -51,10 +51,10 @@ class SavingKD(KD):
 def ddp_run(out_dir: Path) -> None:
     teacher_path = out_dir / "teacher.pt"
     if not teacher_path.exists():  # the launcher re-runs this script for rank 1: keep rank 0's file
-        save_teacher(teacher_path, "test_dml.tiny_mlp", 10, 1, seed=123)
+        save_teacher(teacher_path, "helpers.nets.tiny_mlp", seed=123)
     pl.seed_everything(0)
     SavingKD.out_dir = out_dir
-    model = SavingKD(student="test_dml.tiny_mlp", teacher="test_dml.tiny_mlp", teacher_ckpt=str(teacher_path),
+    model = SavingKD(student="helpers.nets.tiny_mlp", teacher="helpers.nets.tiny_mlp", teacher_ckpt=str(teacher_path),
                      num_classes=10, input_shape=(1, 8, 8), temperature=T, ce_weight=CE_WEIGHT,
                      kd_weight=KD_WEIGHT, optimizer=partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=5e-4))
     data = SyntheticDataModule(num_classes=10, input_shape=(1, 8, 8), train_size=64, val_size=16, test_size=16,
@@ -96,5 +96,4 @@ def test_ddp_kd_student_equals_one_process_on_the_global_batch(tmp_path):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # so test_dml.tiny_mlp imports
     ddp_run(Path(sys.argv[1]))

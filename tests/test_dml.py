@@ -16,22 +16,16 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
-from torch import nn
 
-import conftest
+from helpers import DIGITS_SHAPE as SHAPE, trainer
+from helpers.nets import tiny_mlp
 from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import dml_loss
 from lightning_kd.methods import DML, Supervised
 from lightning_kd.models import build_network
 
-SHAPE = (1, 8, 8)
 NARROW, WIDE = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
-
-
-def tiny_mlp(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """A peer without BatchNorm, so per-rank batches add up exactly to the global batch."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 16), nn.Tanh(), nn.Linear(16, num_classes))
 
 
 def make_dml(peers, cls=DML, lr=0.1, **kwargs):
@@ -40,7 +34,7 @@ def make_dml(peers, cls=DML, lr=0.1, **kwargs):
 
 
 def quick_trainer(tmp_path, **kwargs):
-    return conftest.quick_trainer(tmp_path, **{"limit_train_batches": 3, **kwargs})
+    return trainer(tmp_path, **{"limit_train_batches": 3, **kwargs})
 
 
 def digits():
@@ -82,7 +76,7 @@ def test_fewer_than_two_peers_is_an_error(peers):
 def test_student_or_teacher_arguments_are_errors(digits_teacher):
     with pytest.raises(ValueError, match="not `student`"):
         make_dml([NARROW, WIDE], student=NARROW)
-    with pytest.raises(ValueError, match="without a teacher"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'teacher'"):
         make_dml([NARROW, WIDE], teacher=WIDE, teacher_ckpt=digits_teacher)
 
 
@@ -137,10 +131,10 @@ class RecordingDML(DML):
     def on_fit_start(self):
         self.seen = []
 
-    def peer_losses(self, i, logits, peer_logits, batch):
-        self.seen.append((i, logits.detach().clone(), {j: v.clone() for j, v in peer_logits.items()},
+    def peer_losses(self, i, output, others, batch):
+        self.seen.append((i, output.logits.detach().clone(), {j: v.logits.clone() for j, v in others.items()},
                           batch[0].clone()))
-        return super().peer_losses(i, logits, peer_logits, batch)
+        return super().peer_losses(i, output, others, batch)
 
 
 def test_step_mode_second_peer_learns_from_refreshed_first_peer(tmp_path):
@@ -172,15 +166,16 @@ def test_checkpoint_round_trip_restores_peers_optimizers_and_turn(tmp_path):
     path = tmp_path / "half.ckpt"
     half_trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=False)
-    assert not any(k.startswith("student.") for k in ckpt["state_dict"]), "peer 0 stored twice"
-    assert {k.split(".")[1] for k in ckpt["state_dict"] if k.startswith("peers.")} == {"0", "1"}
+    peer_keys = [{f"student.{k}" for k in half.student.state_dict()},
+                 {f"other_peers.0.{k}" for k in half.other_peers[0].state_dict()}]
+    assert set(ckpt["state_dict"]) == peer_keys[0] | peer_keys[1], "each peer once, nothing else"
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
 
     # Restoring alone: a different initialisation gets every peer and optimizer back.
     restored, restored_trainer = fit_every_k(tmp_path, epochs=1, ckpt_path=path, seed=1)
     for k, v in half.state_dict().items():
         assert torch.equal(v, restored.state_dict()[k]), k
-    assert restored.student is restored.peers[0]
+    assert restored.student is restored.peers[0] and len(restored.peers) == 2
     for a, b in zip(half_trainer.optimizers, restored_trainer.optimizers):
         for p, q in zip(a.param_groups[0]["params"], b.param_groups[0]["params"]):
             assert torch.equal(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
@@ -245,7 +240,7 @@ class SavingDML(DML):
                     "batches": self.batches}, self.out_dir / f"rank{self.global_rank}.pt")
 
 
-DDP_PEERS = {"mlp": ["test_dml.tiny_mlp", "test_dml.tiny_mlp"], "cnn": [NARROW, WIDE]}
+DDP_PEERS = {"mlp": ["helpers.nets.tiny_mlp", "helpers.nets.tiny_mlp"], "cnn": [NARROW, WIDE]}
 
 
 def ddp_run(out_dir: Path, peers: str) -> None:

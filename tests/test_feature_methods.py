@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from helpers import trainer
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import at_loss, fitnet_loss, fsp_loss, fsp_matrix
 from lightning_kd.methods import AT, FSP, FitNet
@@ -113,14 +114,14 @@ def test_gradients_reach_student_and_regressor_never_teacher(cls, extra, student
     torch.manual_seed(5)
     model = make(cls, digits_teacher, student_width, **extra)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    _, losses = model.distill_losses((x, y))
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
     distill = [name for name in losses if name != "ce"]
     assert len(distill) == 1 and losses[distill[0]] > 0
     losses[distill[0]].backward()  # the feature term alone
     assert model.student.stem[0].weight.grad.abs().sum() > 0
     if cls is FitNet:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.regressor.parameters())
-    assert all(not p.requires_grad and p.grad is None for p in model.teacher.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in model.teacher.net.parameters())
 
 
 def test_fitnet_regressor_maps_student_to_teacher_shape(digits_teacher):
@@ -143,13 +144,13 @@ class Recorder(pl.Callback):
 
     def __init__(self, model):
         self.terms, self.stages, self.teacher_calls, self.snapshots = {}, {}, {}, []
-        model.teacher.register_forward_hook(self.count_teacher)
+        model.teacher.net.register_forward_hook(self.count_teacher)
         original = model.distill_losses
 
-        def spy(batch):
-            logits, losses = original(batch)
+        def spy(student, teacher, batch):
+            losses = original(student, teacher, batch)
             self.terms.setdefault(model.current_epoch, set()).update(losses)
-            return logits, losses
+            return losses
         model.distill_losses = spy
         self.model = model
 
@@ -165,7 +166,7 @@ class Recorder(pl.Callback):
         self.snapshot(model)
 
     def on_train_batch_end(self, trainer, model, outputs, batch, batch_idx):
-        self.stages.setdefault(trainer.current_epoch, set()).add(float(trainer.callback_metrics["train/fsp_stage"]))
+        self.stages.setdefault(trainer.current_epoch, set()).add(float(trainer.callback_metrics["train/stage"]))
 
     def on_train_epoch_end(self, trainer, model):
         self.snapshot(model)
@@ -173,13 +174,10 @@ class Recorder(pl.Callback):
 
 def test_fsp_switches_stage_at_the_configured_epoch(digits_teacher, tmp_path, caplog):
     pl.seed_everything(0)
-    model = make(FSP, digits_teacher, 16, stage1_epochs=1)
+    model = make(FSP, digits_teacher, 16, stage1_fraction=0.5)  # 1 of 2 epochs
     recorder = Recorder(model)
-    trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0, accelerator="cpu",
-                         logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[recorder])
     with caplog.at_level(logging.INFO):
-        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+        trainer(tmp_path, max_epochs=2, callbacks=[recorder]).fit(model, datamodule=DigitsDataModule(batch_size=16))
     assert recorder.terms == {0: {"fsp"}, 1: {"ce"}}
     assert recorder.stages == {0: {1.0}, 1: {2.0}}
     assert recorder.teacher_calls == {0: 2}  # stage 2 does not run the teacher

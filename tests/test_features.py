@@ -1,4 +1,4 @@
-"""FeatureHooks: captured tensors are the modules' own outputs/inputs; hooks come off cleanly."""
+"""FeatureHooks: captured tensors are the modules' own outputs/inputs, read once; hooks come off cleanly."""
 import pytest
 import torch
 from torch import nn
@@ -17,7 +17,9 @@ def test_output_capture_equals_module_output(net):
     x = torch.randn(2, 3, 32, 32)
     hooks = FeatureHooks(net, ["layer1", "layer3", "pool"])
     logits = net(x)
-    f1, f3, emb = hooks.features
+    features = hooks.pop()
+    assert list(features) == ["layer1", "layer3", "pool"]
+    f1, f3, emb = features.values()
     with torch.no_grad():
         expected1 = net.layer1(net.stem(x))
         expected3 = net.layer3(net.layer2(expected1))
@@ -31,7 +33,7 @@ def test_input_capture_is_the_first_positional_input(net):
     x = torch.randn(2, 3, 32, 32)
     hooks = FeatureHooks(net, ["fc"], capture="input")
     net(x)
-    (fc_input,) = hooks.features
+    fc_input = hooks.pop()["fc"]
     assert torch.equal(fc_input, net.pool(net.layer3(net.layer2(net.layer1(net.stem(x))))))
 
 
@@ -39,7 +41,7 @@ def test_nested_dotted_names():
     model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
     hooks = FeatureHooks(model, ["1.1"])
     out = model(torch.randn(5, 3))
-    assert torch.equal(hooks.features[0], out)
+    assert torch.equal(hooks.pop()["1.1"], out)
 
 
 def test_remove_detaches_every_hook(net):
@@ -49,7 +51,7 @@ def test_remove_detaches_every_hook(net):
     assert all(len(m._forward_hooks) == 0 for m in net.modules())
     net(torch.randn(2, 3, 32, 32))
     with pytest.raises(RuntimeError, match="no features recorded"):
-        hooks.features
+        hooks.pop()
 
 
 def test_unknown_name_lists_closest_valid_names(net):
@@ -61,4 +63,16 @@ def test_unknown_name_lists_closest_valid_names(net):
 
 def test_features_before_forward_is_an_error(net):
     with pytest.raises(RuntimeError, match="run a forward pass first"):
-        FeatureHooks(net, ["layer1"]).features
+        FeatureHooks(net, ["layer1"]).pop()
+
+
+def test_pop_reads_each_forward_once(net):
+    hooks = FeatureHooks(net, ["layer1"])
+    net(torch.randn(1, 3, 32, 32))
+    first = hooks.pop()["layer1"]
+    with pytest.raises(RuntimeError, match="no features recorded"):  # read and cleared
+        hooks.pop()
+    x = torch.randn(1, 3, 32, 32)
+    net(x)
+    second = hooks.pop()["layer1"]
+    assert not torch.equal(first, second) and torch.equal(second, net.layer1(net.stem(x)))

@@ -17,17 +17,28 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
+from helpers import DIGITS_SHAPE as SHAPE, ie_loss_by_hand as by_hand, trainer
 from lightning_kd.callbacks import MutualAlternation
-from lightning_kd.datamodules import SyntheticDataModule
+from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import inheritance_loss
 from lightning_kd.methods import IEDML
-from test_dml import NARROW, SHAPE, WIDE, digits, make_dml, quick_trainer
-from test_iekd import by_hand
+from lightning_kd.methods.dml import detached
+
+NARROW, WIDE = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
 
 
 def make_iedml(peers=None, seed=0, **kwargs) -> IEDML:
     torch.manual_seed(seed)
-    return make_dml([NARROW, WIDE] if peers is None else peers, cls=IEDML, **kwargs)
+    return IEDML(peers=[NARROW, WIDE] if peers is None else peers, num_classes=10, input_shape=SHAPE,
+                 optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), **kwargs)
+
+
+def quick_trainer(tmp_path, **kwargs):
+    return trainer(tmp_path, **{"limit_train_batches": 3, **kwargs})
+
+
+def digits():
+    return DigitsDataModule(batch_size=16)
 
 
 def layer3_by_hand(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +58,9 @@ def batch_of(n=8, seed=3):
 
 def peer_step_losses(model: IEDML, i: int, x, y):
     """What DML's training_step hands to peer_losses for peer i: every peer run on x."""
-    logits = {j: peer(x) for j, peer in enumerate(model.peers)}
-    others = {j: out.detach() for j, out in logits.items() if j != i}
-    return model.peer_losses(i, logits[i], others, (x, y))
+    outputs = {j: model.peer_forward(j, x) for j in range(len(model.peers))}
+    others = {j: detached(out) for j, out in outputs.items() if j != i}
+    return model.peer_losses(i, outputs[i], others, (x, y))
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -215,8 +226,7 @@ def test_checkpoint_round_trip_restores_peers_and_their_encoders(tmp_path):
     path = tmp_path / "half.ckpt"
     half_trainer.save_checkpoint(path)
     keys = torch.load(path, weights_only=False)["state_dict"].keys()
-    assert not any(k.startswith("student.") for k in keys)
-    for prefix in ["peers.0.", "peers.1.", "autoencoders.0.", "autoencoders.1.", "inheritance_encoders.0.1.",
+    for prefix in ["student.", "other_peers.0.", "autoencoders.0.", "autoencoders.1.", "inheritance_encoders.0.1.",
                    "inheritance_encoders.1.0.", "exploration_encoders.0.1.", "exploration_encoders.1.0."]:
         assert any(k.startswith(prefix) for k in keys), prefix
 
@@ -270,7 +280,7 @@ def test_ddp_ranks_hold_identical_peers_and_encoders(tmp_path):
     for k, v in final0.items():  # parameters and running statistics of peers, autoencoders, encoders
         assert torch.equal(v, final1[k]), k
         assert torch.equal(rank0["initial"][k], rank1["initial"][k]), k
-    for prefix in ["peers.0.", "peers.1.", "autoencoders.0.", "autoencoders.1.", "inheritance_encoders.0.1.",
+    for prefix in ["student.", "other_peers.0.", "autoencoders.0.", "autoencoders.1.", "inheritance_encoders.0.1.",
                    "exploration_encoders.1.0."]:
         moved = [k for k in final0 if k.startswith(prefix) and not torch.equal(rank0["initial"][k], final0[k])]
         assert moved, f"nothing under {prefix} trained"

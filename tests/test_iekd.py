@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from helpers import ie_loss_by_hand as by_hand, trainer
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.methods import IEKD
@@ -21,7 +21,7 @@ STUDENT = {"name": "small_cnn", "width": 4}
 def make_iekd(teacher_ckpt, **kwargs) -> IEKD:
     torch.manual_seed(0)
     args = dict(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, num_classes=10,
-                input_shape=(1, 8, 8), stage1_epochs=1)
+                input_shape=(1, 8, 8), stage1_fraction=0.5)
     return IEKD(**{**args, **kwargs})
 
 
@@ -42,17 +42,6 @@ def teacher_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("iekd") / "teacher.pt"
     torch.save(teacher.state_dict(), path)
     return str(path)
-
-
-def by_hand(f: torch.Tensor, t: torch.Tensor) -> float:
-    """The loss written out sample by sample, element by element, in float64."""
-    total, count = 0.0, 0
-    for fi, ti in zip(f.double(), t.double()):
-        fi, ti = fi.flatten(), ti.flatten()
-        fi, ti = fi / math.sqrt(float((fi ** 2).sum())), ti / math.sqrt(float((ti ** 2).sum()))
-        total += float((fi - ti).abs().sum())
-        count += fi.numel()
-    return total / count
 
 
 def test_losses_match_the_formula():
@@ -89,11 +78,12 @@ def test_stage2_losses_match_an_independent_computation(teacher_ckpt):
     model.autoencoder.eval()  # as in stage 2
     torch.manual_seed(2)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    logits, losses = model.stage2_losses((x, y))
+    student = model.student_forward(x)
+    losses = model.stage2_losses(student, model.teacher(x), (x, y))
     assert set(losses) == {"ce", "inh", "exp"}
 
     # The same quantities without hooks: run the layers by hand.
-    s, t = model.student, model.teacher
+    s, t = model.student, model.teacher.net
     with torch.no_grad():
         s_feat = s.layer2(s.layer1(s.stem(x)))          # (6, 8, 4, 4)
         t_feat = t.layer3(t.layer2(t.layer1(t.stem(x))))  # the teacher's last stage, (6, 32, 2, 2)
@@ -104,25 +94,23 @@ def test_stage2_losses_match_an_independent_computation(teacher_ckpt):
     assert losses["ce"].item() == pytest.approx(F.cross_entropy(s(x), y).item(), rel=1e-5)
     assert losses["inh"].item() == pytest.approx(by_hand(inh, t_factor), rel=1e-4)
     assert losses["exp"].item() == pytest.approx(-by_hand(exp, t_factor), rel=1e-4)
-    assert logits.shape == (6, 10)
+    assert student.logits.shape == (6, 10)
     # Gradients reach the student and its encoders, never the autoencoder or the teacher.
     sum(losses.values()).backward()
     assert model.student.stem[0].weight.grad is not None
     assert model.inheritance_encoder[-3].weight.grad is not None
     assert model.exploration_encoder[-3].weight.grad is not None
     assert all(p.grad is None for p in model.autoencoder.parameters())
-    assert all(p.grad is None for p in model.teacher.parameters())
+    assert all(p.grad is None for p in model.teacher.net.parameters())
 
 
 def digits_trainer(epochs: int, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, limit_train_batches=4,
-                      limit_val_batches=1, num_sanity_val_steps=0, enable_progress_bar=False,
-                      logger=False, enable_checkpointing=False, enable_model_summary=False,
-                      callbacks=list(callbacks))
+    return trainer(max_epochs=epochs, limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
+                   callbacks=list(callbacks))
 
 
 def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
-    model = make_iekd(teacher_ckpt, stage1_epochs=3)
+    model = make_iekd(teacher_ckpt, stage1_fraction=0.75)  # 3 of 4 epochs
     data = DigitsDataModule(batch_size=64)
     data.setup("fit")
     x = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)[0]
@@ -130,18 +118,13 @@ def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
     def recon_error() -> float:
         model.eval()
         with torch.no_grad():
-            model.teacher(x)
-            (t_feat,) = model.teacher_hooks.features
-            model.teacher_hooks.clear()
-            return model.reconstruction_loss(t_feat).item()
+            return model.autoencoder.reconstruction_error(model.teacher(x).features["layer3"]).item()
 
     before = recon_error()
     model.train()
     student = copy.deepcopy(model.student.state_dict())
-    # max_epochs = stage1_epochs is refused outside fast_dev_run; train stage 1 + one stage-2 epoch.
-    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", devices=1, limit_train_batches=8,
-                         limit_val_batches=0, enable_progress_bar=False, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False)
+    # A run without stage 2 is refused outside fast_dev_run; train stage 1 + one stage-2 epoch.
+    fit = trainer(max_epochs=4, limit_train_batches=8)
     recorded = []
 
     class AfterStage1(pl.Callback):
@@ -151,8 +134,8 @@ def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
                 recorded.append({k: v.clone() for k, v in pl_module.student.state_dict().items()})
                 pl_module.train()
 
-    trainer.callbacks.append(AfterStage1())
-    trainer.fit(model, datamodule=data)
+    fit.callbacks.append(AfterStage1())
+    fit.fit(model, datamodule=data)
     after, student_after_stage1 = recorded
     assert after < 0.8 * before, (before, after)
     assert all(torch.equal(student[k], student_after_stage1[k]) for k in student)
@@ -167,7 +150,7 @@ def changed(before: dict, module: torch.nn.Module) -> bool:
 
 
 def test_stage_switch_at_the_configured_epoch_and_teacher_frozen(teacher_ckpt):
-    model = make_iekd(teacher_ckpt, stage1_epochs=2)
+    model = make_iekd(teacher_ckpt)  # stage 1: 2 of 4 epochs
     parts = ["student", "autoencoder", "inheritance_encoder", "exploration_encoder", "teacher"]
     history = []
 
@@ -199,8 +182,9 @@ def test_unsplittable_layer_is_refused(teacher_ckpt, width, layer, channels):
 
 
 def test_bad_stage_settings_are_refused(teacher_ckpt):
-    with pytest.raises(ValueError, match="stage1_epochs"):
-        make_iekd(teacher_ckpt, stage1_epochs=0)
-    model = make_iekd(teacher_ckpt, stage1_epochs=2)
-    with pytest.raises(ValueError, match="max_epochs=2 ends before stage 2"):
+    for bad in (0, 1, -0.5):
+        with pytest.raises(ValueError, match=r"stage1_fraction .* must be in \(0, 1\)"):
+            make_iekd(teacher_ckpt, stage1_fraction=bad)
+    model = make_iekd(teacher_ckpt, stage1_fraction=0.75)  # round(1.5) = 2 stage-1 epochs of 2
+    with pytest.raises(ValueError, match="max_epochs=2 leaves no epoch for stage 2"):
         digits_trainer(2).fit(model, datamodule=DigitsDataModule(batch_size=32))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import quick_trainer, save_teacher
+from helpers import save_teacher, trainer as quick_trainer
 from lightning_kd.datamodules import ClassSplitDataModule, DigitsDataModule
 from lightning_kd.datamodules.base import normalize
 from lightning_kd.losses import batch_hard_triplet_loss, rkd_angle_loss, rkd_distance_loss
@@ -120,11 +120,6 @@ def test_embedding_net_embeds_and_classifies():
 
 
 # ----------------------------------------------------------------------------- methods
-def flat_net(num_classes: int = 5, in_channels: int = 1) -> torch.nn.Module:
-    """Neither an ``embed`` method nor a ``pool`` layer."""
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 64, num_classes))
-
-
 @pytest.fixture
 def embedding_teacher(tmp_path) -> str:
     return save_teacher(tmp_path / "embedding_teacher.pt", TEACHER, 5, 1)
@@ -140,21 +135,20 @@ def test_metric_rkd_losses_are_the_pure_losses_on_the_embeddings(embedding_teach
     model.eval()  # BatchNorm on running stats: the two forward passes below are equal
     torch.manual_seed(1)
     x, y = torch.randn(8, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
-    s_emb, losses = model.distill_losses((x, y))
-    torch.testing.assert_close(s_emb, model.student.embed(x))
-    t_emb = model.teacher.embed(x)
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
+    s_emb, t_emb = model.student.embed(x), model.teacher.net.embed(x)  # by the networks themselves
     torch.testing.assert_close(losses["rkd_distance"], rkd_distance_loss(s_emb, t_emb))
     torch.testing.assert_close(losses["rkd_angle"], rkd_angle_loss(s_emb, t_emb))
     torch.testing.assert_close(losses["triplet"], batch_hard_triplet_loss(s_emb, y, 0.2))
     sum(model.loss_weights[k] * v for k, v in losses.items()).backward()
-    assert model.student.embedding.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.teacher.parameters())
+    assert model.student.embedding[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.teacher.net.parameters())
     assert not model.student.fc.weight.requires_grad  # the unused classifier is frozen
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(distance_weight=0.0, angle_weight=0.0), "not all 0"),
-    (dict(student="test_metric.flat_net"), "`embed\\(x\\)` method or a `pool` layer"),
+    (dict(student="helpers.nets.tiny_mlp"), "TinyMLP has neither `embedding` nor `pool`"),
 ])
 def test_metric_rkd_bad_settings_are_errors(embedding_teacher, kwargs, match):
     options = dict(student=STUDENT, teacher=TEACHER, teacher_ckpt=embedding_teacher, **DIGITS)
@@ -207,4 +201,4 @@ def test_metric_learning_on_any_zoo_network_uses_its_pool():
     model.eval()
     expected = model.student.pool(model.student.layer3(model.student.layer2(model.student.layer1(
         model.student.stem(x)))))
-    torch.testing.assert_close(model.student_embed(x), expected)
+    torch.testing.assert_close(model.student_embedding(model.student_forward(x)), expected)

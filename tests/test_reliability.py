@@ -3,7 +3,7 @@ non-finite loss stops the run (naming the term and the step) without touching th
 checkpoint, and a checkpoint that would run code when unpickled is refused everywhere.
 
 "Every teacher-based method" is discovered from ``lightning_kd.methods.__all__``, so a new
-method is covered as soon as it is exported (see ``conftest.build_method``).
+method is covered as soon as it is exported (see ``helpers.build_method``).
 """
 from __future__ import annotations
 
@@ -15,23 +15,19 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 import lightning_kd.methods as methods
-from conftest import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, quick_trainer, save_teacher, teacher_methods
-from lightning_kd.datamodules import DigitsDataModule
+from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, build_method, save_teacher, snapshot, teacher_methods,
+                     trainer as quick_trainer)
 from lightning_kd.checkpoints import UnsafeCheckpointError, load_checkpoint_file, load_network_weights
 from lightning_kd.cli import make_cli
+from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.methods import DML, KD, Supervised
 from lightning_kd.models import build_network
-from test_dml import make_dml
 
 TEACHER_METHODS = teacher_methods()
 
 
 def digits(batch_size: int = 16) -> DigitsDataModule:
     return DigitsDataModule(batch_size=batch_size)
-
-
-def snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 def all_finite(net: torch.nn.Module) -> bool:
@@ -43,22 +39,26 @@ def all_finite(net: torch.nn.Module) -> bool:
 def test_teacher_never_changes_and_checkpoints_carry_no_teacher(name, tiny_teacher, tmp_path):
     pl.seed_everything(0)
     model = build_method(name, tiny_teacher)
-    teacher_before, student_before = snapshot(model.teacher), snapshot(model.student)
+    teacher_before, student_before = snapshot(model.teacher.net), snapshot(model.student)
     assert any(k.endswith("running_mean") for k in teacher_before), "the test needs a BatchNorm teacher"
     trainer = quick_trainer(tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(model, datamodule=digits())
 
     # Bit-identical: parameters, running statistics and num_batches_tracked (both stages ran).
     for k, v in teacher_before.items():
-        assert torch.equal(model.teacher.state_dict()[k], v), f"teacher.{k} changed"
-    assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
+        assert torch.equal(model.teacher.net.state_dict()[k], v), f"teacher.{k} changed"
+    net = model.teacher.net
+    assert not net.training and not any(m.training for m in net.modules())
+    assert not any(p.requires_grad for p in net.parameters())
     assert any(not torch.equal(model.student.state_dict()[k], v) for k, v in student_before.items()), \
         "the student did not train, so the test proves nothing"
 
     path = tmp_path / "student.ckpt"
     trainer.save_checkpoint(path)
     checkpoint = load_checkpoint_file(path)  # weights_only: our own checkpoints are safe to read
+    teacher_storage = {v.data_ptr() for v in model.teacher.net.state_dict().values()}
     assert not [k for k in checkpoint["state_dict"] if k.startswith("teacher.")]
+    assert not [k for k, v in model.state_dict().items() if v.data_ptr() in teacher_storage]
     assert {k for k in checkpoint["state_dict"] if k.startswith("student.")} == \
         {f"student.{k}" for k in model.student.state_dict()}
 
@@ -67,7 +67,7 @@ def test_teacher_never_changes_and_checkpoints_carry_no_teacher(name, tiny_teach
     file_teacher = build_network({"name": "small_cnn", "width": 4}, 10, 1)
     file_teacher.load_state_dict(torch.load(tiny_teacher, weights_only=True))
     for k, v in file_teacher.state_dict().items():
-        assert torch.equal(loaded.teacher.state_dict()[k], v), k
+        assert torch.equal(loaded.teacher.net.state_dict()[k], v), k
     for k, v in model.student.state_dict().items():
         assert torch.equal(loaded.student.state_dict()[k], v), k
 
@@ -78,12 +78,17 @@ def poisoned(cls, step: int, value: float, term: str | None = None):
     ``global_step == step`` (so its gradients are non-finite too: an update would spoil the weights)."""
 
     class Poisoned(cls):
-        def distill_losses(self, batch):
-            logits, losses = super().distill_losses(batch)
+        def poison(self, losses):
             if self.global_step == step:
                 self.poisoned_term = term or list(losses)[-1]
                 losses[self.poisoned_term] = losses[self.poisoned_term] * value
-            return logits, losses
+            return losses
+
+        def distill_losses(self, student, teacher, batch):
+            return self.poison(super().distill_losses(student, teacher, batch))
+
+        def student_losses(self, student, batch):
+            return self.poison(super().student_losses(student, batch))
 
     Poisoned.__name__ = f"Poisoned{cls.__name__}"
     return Poisoned
@@ -165,8 +170,8 @@ def test_the_last_good_checkpoint_stays_loadable(tiny_teacher, tmp_path):
 
 
 class PoisonedDML(DML):
-    def peer_losses(self, i, logits, peer_logits, batch):
-        losses = super().peer_losses(i, logits, peer_logits, batch)
+    def peer_losses(self, i, output, others, batch):
+        losses = super().peer_losses(i, output, others, batch)
         if i == 1 and self.global_step == 3:  # batch 1: peer 0 stepped at 2, peer 1 steps at 3
             losses["kl"] = losses["kl"] * math.nan
         return losses
@@ -174,8 +179,8 @@ class PoisonedDML(DML):
 
 def test_dml_names_the_peer_and_term(tmp_path):
     pl.seed_everything(0)
-    model = make_dml([TINY_CNN, TINY_CNN], cls=PoisonedDML)
-    trainer = quick_trainer(tmp_path)
+    model = PoisonedDML(peers=[TINY_CNN, TINY_CNN], input_shape=DIGITS_SHAPE)
+    trainer = quick_trainer(tmp_path, limit_train_batches=3)
     with pytest.raises(FloatingPointError, match=r"^train/peer1/kl is nan at epoch 0, global step 3;"):
         trainer.fit(model, datamodule=digits())
     assert trainer.global_step == 3 and all(all_finite(peer) for peer in model.peers)

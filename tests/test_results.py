@@ -9,88 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from lightning_kd.results import (REPDISTILLER_CIFAR100, Run, callback_overrides, data_overrides, discover_configs,
-                                  markdown_table, mean_std, network_name, prepare_data_root, schedule_overrides, summarize)
-from lightning_kd.results import main as results_main
-
-
-def two_stage_config(max_epochs=270, stage1=30, scheduler=None) -> dict:
-    scheduler = scheduler or {"class_path": "torch.optim.lr_scheduler.MultiStepLR",
-                              "init_args": {"milestones": [180, 210, 240], "gamma": 0.1}}
-    return {"trainer": {"max_epochs": max_epochs},
-            "model": {"init_args": {"stage1_epochs": stage1, "lr_scheduler": scheduler}}}
-
-
-def as_dict(overrides: list[str]) -> dict[str, str]:
-    return dict(o.lstrip("-").split("=", 1) for o in overrides)
-
-
-def test_schedule_scaling_two_stage_by_hand():
-    # 240 task epochs after a 30-epoch stage 1, shrunk to 24: factor 1/10.
-    # stage 1: 30 -> 3; max: 24 + 3 = 27; milestones 180/210/240 = 30 + 150/180/210 -> 3 + 15/18/21.
-    got = as_dict(schedule_overrides(two_stage_config(), 24))
-    assert got == {"trainer.max_epochs": "27", "model.init_args.stage1_epochs": "3",
-                   "model.init_args.lr_scheduler.init_args.milestones": "[18, 21, 24]"}
-
-
-def test_schedule_scaling_cosine_spans_both_stages():
-    cosine = {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 35}}
-    got = as_dict(schedule_overrides(two_stage_config(35, 5, cosine), 10))
-    # factor 10/30: stage 1 5 -> 2 (1.67 rounded), T_max = stage 1 + 10 = max_epochs.
-    assert got["model.init_args.stage1_epochs"] == "2"
-    assert got["trainer.max_epochs"] == "12"
-    assert got["model.init_args.lr_scheduler.init_args.T_max"] == "12"
-
-
-def test_schedule_scaling_single_stage_and_periods():
-    step = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 30}}
-    cfg = {"trainer": {"max_epochs": 90}, "model": {"init_args": {"lr_scheduler": step}}}
-    assert as_dict(schedule_overrides(cfg, 9)) == {"trainer.max_epochs": "9",
-                                                   "model.init_args.lr_scheduler.init_args.step_size": "3"}
-    # The full length reproduces the config exactly.
-    full = as_dict(schedule_overrides(two_stage_config(), 240))
-    assert full["model.init_args.lr_scheduler.init_args.milestones"] == "[180, 210, 240]"
-    assert full["model.init_args.stage1_epochs"] == "30" and full["trainer.max_epochs"] == "270"
-
-
-def test_schedule_scaling_keeps_a_stage1_epoch_and_stays_inside():
-    got = as_dict(schedule_overrides(two_stage_config(), 1))
-    stage1, max_epochs = int(got["model.init_args.stage1_epochs"]), int(got["trainer.max_epochs"])
-    assert stage1 == 1 and max_epochs == 2
-    milestones = [int(m) for m in re.findall(r"\d+", got["model.init_args.lr_scheduler.init_args.milestones"])]
-    assert all(stage1 < m <= max_epochs for m in milestones)
-
-
-def test_schedule_scaling_bad_input():
-    with pytest.raises(ValueError, match="max_epochs"):
-        schedule_overrides({"trainer": {}, "model": {}}, 10)
-    with pytest.raises(ValueError, match="stage1_epochs"):
-        schedule_overrides(two_stage_config(max_epochs=30, stage1=30), 10)
-    with pytest.raises(ValueError, match="--epochs"):
-        schedule_overrides(two_stage_config(), 0)
-
-
-def test_callback_overrides_share_the_route_and_scale_epochs(tmp_path):
-    route = tmp_path / "route"
-    teacher = {"trainer": {"max_epochs": 240, "callbacks": [
-        {"class_path": "lightning_kd.callbacks.RouteRecorder", "init_args": {"every_n_epochs": 60}}]}, "model": {}}
-    (override,) = callback_overrides(teacher, 24, route)
-    assert override.startswith("--trainer.callbacks=")
-    (recorder,) = json.loads(override.split("=", 1)[1])
-    assert recorder["init_args"] == {"every_n_epochs": 6, "dirpath": str(route)}  # 60 / 10
-    rco = {"trainer": {"max_epochs": 240, "callbacks": [
-        {"class_path": "lightning_kd.callbacks.RouteConstrainedTeacher", "init_args": {"schedule": [60, 120, 180]}}]},
-        "model": {}}
-    (override,) = callback_overrides(rco, 24, route)
-    (switcher,) = json.loads(override.split("=", 1)[1])
-    assert switcher["init_args"] == {"schedule": [6, 12, 18], "route_dir": str(route)}
-    assert rco["trainer"]["callbacks"][0]["init_args"] == {"schedule": [60, 120, 180]}  # input untouched
-    # Nothing to change: no override at all (the config's callbacks stay as they are).
-    dml = {"trainer": {"max_epochs": 30, "callbacks": [
-        {"class_path": "lightning_kd.callbacks.MutualAlternation", "init_args": {"mode": "step"}}]}, "model": {}}
-    assert callback_overrides(dml, 10, route) == []
-    assert callback_overrides({"trainer": {"max_epochs": 30}, "model": {}}, 10, route) == []
+from helpers import ROOT
+from lightning_kd.tools.results import (REPDISTILLER_CIFAR100, Run, data_overrides, discover_configs, markdown_table,
+                                        mean_std, network_name, prepare_data_root, summarize)
+from lightning_kd.tools.results import main as results_main
 
 
 def test_network_name():
@@ -151,11 +73,11 @@ def test_discover_configs_needs_one_teacher(tmp_path):
 
 def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
     out = tmp_path / "docs" / "RESULTS.md"
-    runs = results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "--epochs", "1",
+    runs = results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "--epochs", "2",
                          "--limit-train-batches", "2", "--only", "kd", "fsp", "rco", "--out", str(out),
                          "--run-dir", str(tmp_path / "runs")])
     assert [r.key for r in runs] == ["teacher", "baseline", "kd", "fsp", "rco"]
-    assert [len(r.history) for r in runs] == [1, 1, 1, 2, 1]  # FSP: one stage-1 epoch + one task epoch
+    assert [len(r.history) for r in runs] == [2] * 5  # --epochs is every run's max_epochs (FSP: 1 + 1 stage epochs)
     text = out.read_text()
     body = [r[0] for r in table_rows(text.split("## Runs")[0])[2:]]
     assert body == ["teacher", "student baseline", "KD", "FSP", "RCO"]
@@ -169,7 +91,7 @@ def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
     assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in rco.overrides
     teacher_ckpts = Path(runs[0].best_ckpt).parent
     assert (teacher_ckpts / "route" / "route.json").is_file()
-    assert str(teacher_ckpts / "route") in rco.resolved_config.read_text()
+    assert "route_dir: null" in rco.resolved_config.read_text()  # RCO walked the route next to teacher_ckpt
     assert Path(runs[0].best_ckpt).is_file() and kd.resolved_config.is_file()
     png = out.with_suffix(".png")
     assert "](RESULTS.png)" in text
@@ -187,10 +109,9 @@ def test_data_root_archive_is_extracted_once_and_wired(tmp_path):
     assert root == tmp_path / "out" / "data" / "cifar10" and (root / "train" / "cat" / "0001.jpg").is_file()
     assert prepare_data_root(archive, tmp_path / "out") == root  # the second call reuses the folder
     assert prepare_data_root(root, tmp_path / "elsewhere") == root  # a folder is used as it is
-    cfg = {"data": {"class_path": "lightning_kd.datamodules.CIFAR10DataModule", "init_args": {"batch_size": 64}}}
-    assert data_overrides(cfg, root, None, False) == [
-        "--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={root}", "--data.batch_size=64"]
-    assert data_overrides(cfg, None, "data", True) == ["--data.init_args.root=data", "--data.init_args.download=true"]
+    assert data_overrides(root, None, False) == [
+        "--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={root}"]
+    assert data_overrides(None, "data", True) == ["--data.init_args.root=data", "--data.init_args.download=true"]
 
 
 def resumable_setup(tmp_path, monkeypatch):
@@ -198,10 +119,11 @@ def resumable_setup(tmp_path, monkeypatch):
     that returns (runs, report, names of the configs it fitted, printed output)."""
     import shutil
 
-    import lightning_kd.results as results
+    import lightning_kd.tools.results as results
 
     configs = tmp_path / "configs"
     configs.mkdir()
+    shutil.copytree(ROOT / "configs" / "_base", tmp_path / "_base")  # the blocks they include
     for name in ("teacher.yaml", "baseline.yaml", "kd.yaml"):
         shutil.copy(ROOT / "configs" / "quickstart" / name, configs / name)
     fitted: list[str] = []
@@ -284,7 +206,7 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
                                                                                       capsys):
     import pytorch_lightning as pl
 
-    import lightning_kd.results as results
+    import lightning_kd.tools.results as results
 
     (tmp_path / "clean").mkdir()
     (tmp_path / "killed").mkdir()

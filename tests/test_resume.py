@@ -14,27 +14,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import ROOT, TINY_CNN, quick_trainer, save_teacher
-from lightning_kd.datamodules import DigitsDataModule
+from helpers import DIGITS_SHAPE, ROOT, TINY_CNN, assert_same_state, save_teacher, trainer as quick_trainer
 from lightning_kd.cli import make_cli
-from test_dml import make_dml
-
-
-def assert_same_state(a: dict, b: dict, what: str) -> None:
-    """Equal nested dicts/lists of tensors and plain values, tensors bit for bit."""
-    assert type(a) is type(b), what
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for k in a:
-            assert_same_state(a[k], b[k], f"{what}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{what}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), what
-    else:
-        assert a == b, what
+from lightning_kd.datamodules import DigitsDataModule
+from lightning_kd.methods import DML
 
 
 def assert_same_training_state(full_model, full_trainer, resumed_model, resumed_trainer) -> None:
@@ -52,7 +35,7 @@ def assert_same_training_state(full_model, full_trainer, resumed_model, resumed_
 def kd_cli(tmp_path, monkeypatch):
     """Runs configs/quickstart/kd.yaml for a few tiny epochs; returns the finished CLI."""
     monkeypatch.chdir(tmp_path)
-    teacher = save_teacher(tmp_path / "teacher.pt", {"name": "small_cnn", "width": 64}, 10, 1)
+    teacher = save_teacher(tmp_path / "teacher.pt", {"name": "small_cnn", "width": 64})
 
     def run(name: str, epochs: int, *extra: str):
         return make_cli(["fit", "-c", str(ROOT / "configs/quickstart/kd.yaml"), "--trainer.logger=false",
@@ -66,7 +49,9 @@ def kd_cli(tmp_path, monkeypatch):
 
 def test_kd_resume_through_the_cli_is_exact(kd_cli, tmp_path):
     full = kd_cli("full", 2)
-    half = kd_cli("half", 1)
+    # Cut off after epoch 0 of the same 2-epoch run (its schedule spans 2 epochs, as the resumed one's).
+    half = kd_cli("half", 2, "--trainer.max_steps=3")
+    assert half.trainer.current_epoch == 1 and half.trainer.global_step == 3
     after_one_epoch = {k: v.clone() for k, v in half.model.student.state_dict().items()}
     resumed = kd_cli("resumed", 2, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1")
     assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
@@ -76,9 +61,11 @@ def test_kd_resume_through_the_cli_is_exact(kd_cli, tmp_path):
 
 def fit_dml(tmp_path, epochs: int, name: str, ckpt_path=None, seed: int = 0):
     pl.seed_everything(seed)
-    model = make_dml([TINY_CNN, {"name": "small_cnn", "width": 6}],
-                     lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
-    trainer = quick_trainer(tmp_path, max_epochs=epochs, enable_checkpointing=True, limit_val_batches=1,
+    model = DML(peers=[TINY_CNN, {"name": "small_cnn", "width": 6}], input_shape=DIGITS_SHAPE,
+                optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4),
+                lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    trainer = quick_trainer(tmp_path, max_epochs=epochs, enable_checkpointing=True, limit_train_batches=3,
+                            limit_val_batches=1,
                             callbacks=[ModelCheckpoint(tmp_path / name, save_last=True)])
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
     return model, trainer

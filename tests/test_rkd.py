@@ -17,9 +17,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from conftest import quick_trainer
+from helpers import trainer as quick_trainer
+from helpers.nets import TinyMLP
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import rkd_angle_loss, rkd_distance_loss
 from lightning_kd.methods import RKD
@@ -135,10 +135,12 @@ def test_module_losses_are_the_weighted_pure_losses_on_the_pool_embeddings(digit
     assert model.loss_weights == {"ce": 1.0, "rkd_distance": 25.0, "rkd_angle": 50.0}
     torch.manual_seed(4)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    logits, losses = model.distill_losses((x, y))
+    student = model.student_forward(x)
+    losses = model.distill_losses(student, model.teacher(x), (x, y))
+    logits = student.logits
     s_emb = model.student.pool(model.student.layer3(model.student.layer2(model.student.layer1(model.student.stem(x)))))
     with torch.no_grad():
-        t = model.teacher
+        t = model.teacher.net
         t_emb = t.pool(t.layer3(t.layer2(t.layer1(t.stem(x)))))
     assert s_emb.shape == (6, 16) and t_emb.shape == (6, 64)
     torch.testing.assert_close(losses["rkd_distance"], rkd_distance_loss(s_emb, t_emb))
@@ -147,12 +149,13 @@ def test_module_losses_are_the_weighted_pure_losses_on_the_pool_embeddings(digit
     total = sum(model.loss_weights[k] * v for k, v in losses.items())
     total.backward()
     assert model.student.stem[0].weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.teacher.parameters())
+    assert all(p.grad is None for p in model.teacher.net.parameters())
 
 
 def test_a_zero_weight_leaves_its_term_out(digits_teacher):
     model = make_rkd(digits_teacher, angle_weight=0.0)
-    _, losses = model.distill_losses((torch.randn(2, 1, 8, 8), torch.tensor([0, 1])))
+    x = torch.randn(2, 1, 8, 8)
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, torch.tensor([0, 1])))
     assert set(losses) == {"ce", "rkd_distance"}  # and a batch of 2 is fine without angles
 
 
@@ -178,9 +181,9 @@ def test_a_short_fit_logs_each_term_and_trains_only_the_student(digits_teacher, 
     model = make_rkd(digits_teacher)
     teacher_before = copy.deepcopy(model.teacher.state_dict())
     student_before = copy.deepcopy(model.student.state_dict())
-    trainer = quick_trainer(tmp_path)
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
-    metrics = trainer.callback_metrics
+    fit = quick_trainer(tmp_path)
+    fit.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    metrics = fit.callback_metrics
     expected = 1.0 * metrics["train/ce"] + 25.0 * metrics["train/rkd_distance"] + 50.0 * metrics["train/rkd_angle"]
     assert torch.isclose(metrics["train/loss"], expected)
     assert all(torch.equal(v, model.teacher.state_dict()[k]) for k, v in teacher_before.items())
@@ -193,30 +196,13 @@ def test_without_ddp_global_relations_change_nothing(digits_teacher):
     local = make_rkd(digits_teacher)
     global_ = make_rkd(digits_teacher, global_relations=True)
     global_.student.load_state_dict(local.student.state_dict())
-    a, b = local.distill_losses((x, y))[1], global_.distill_losses((x, y))[1]
+    a, b = (m.distill_losses(m.student_forward(x), m.teacher(x), (x, y)) for m in (local, global_))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ----------------------------------------------------------------------------- DDP
-class TinyEmbedNet(nn.Module):
-    """No BatchNorm: per-process batches then give exactly the activations of the global batch
-    (BatchNorm would normalize each process's half with its own statistics)."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, width), nn.Tanh())
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
-def tiny_student(num_classes=10, in_channels=1):
-    return TinyEmbedNet(num_classes, in_channels, width=6)
-
-
-def tiny_teacher(num_classes=10, in_channels=1):
-    return TinyEmbedNet(num_classes, in_channels, width=12)
+# No BatchNorm: per-process batches then give exactly the activations of the global batch.
+TINY_STUDENT, TINY_TEACHER = {"name": "helpers.nets.TinyMLP", "width": 6}, {"name": "helpers.nets.TinyMLP", "width": 12}
 
 
 class SavingRKD(RKD):
@@ -228,11 +214,11 @@ class SavingRKD(RKD):
         self.initial = copy.deepcopy(self.student.state_dict())
         self.batches, self.losses = [], []
 
-    def distill_losses(self, batch):
+    def distill_losses(self, student, teacher, batch):
         self.batches.append((batch[0].clone(), batch[1].clone()))
-        logits, losses = super().distill_losses(batch)
+        losses = super().distill_losses(student, teacher, batch)
         self.losses.append({k: v.detach().clone() for k, v in losses.items()})
-        return logits, losses
+        return losses
 
     def on_train_end(self):
         torch.save({"initial": self.initial, "final": self.student.state_dict(), "batches": self.batches,
@@ -246,9 +232,9 @@ def ddp_run(out_dir: Path) -> None:
     pl.seed_everything(0)
     teacher_path = out_dir / "teacher.pt"
     if not teacher_path.exists():  # the launcher re-runs this script for rank 1: keep rank 0's file
-        torch.save(tiny_teacher().state_dict(), teacher_path)
+        torch.save(TinyMLP(width=12).state_dict(), teacher_path)
     SavingRKD.out_dir = out_dir
-    model = SavingRKD(student="test_rkd.tiny_student", teacher="test_rkd.tiny_teacher",
+    model = SavingRKD(student=TINY_STUDENT, teacher=TINY_TEACHER,
                       teacher_ckpt=str(teacher_path), student_layer="body", teacher_layer="body",
                       global_relations=True, optimizer=partial(torch.optim.SGD, lr=LR, momentum=0.9), **DIGITS)
     data = SyntheticDataModule(num_classes=10, input_shape=(1, 8, 8), train_size=64, val_size=16, test_size=16,
@@ -258,7 +244,7 @@ def ddp_run(out_dir: Path) -> None:
 
 def reference_global_batch_run(initial, teacher_state, batches0, batches1):
     """RKD in plain PyTorch, one process, on the concatenated batches; returns losses and weights."""
-    student, teacher = tiny_student(), tiny_teacher()
+    student, teacher = TinyMLP(width=6), TinyMLP(width=12)
     student.load_state_dict(initial)
     teacher.load_state_dict(teacher_state)
     optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9)
@@ -311,5 +297,4 @@ def test_ddp_student_weights_equal_one_process_on_the_global_batch(ddp_result):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # so test_rkd.tiny_student imports
     ddp_run(Path(sys.argv[1]))

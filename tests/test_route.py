@@ -19,6 +19,8 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
+import helpers
+from helpers.nets import tiny_mlp
 from lightning_kd.callbacks import RouteConstrainedTeacher, RouteRecorder
 from lightning_kd.callbacks.route import MANIFEST, anchor_filename, scheduled_milestone_epochs, write_route
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
@@ -30,17 +32,9 @@ SHAPE = (1, 8, 8)
 STUDENT, TEACHER = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
 
 
-def tiny_mlp(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """A network without BatchNorm: with lr 0 its eval-mode outputs never change during a fit."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 16), nn.Tanh(), nn.Linear(16, num_classes))
-
-
 def trainer(tmp_path, max_epochs, callbacks, **kwargs):
-    options = dict(max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
-                   devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
-    options.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **options)
+    return helpers.trainer(tmp_path, **{"max_epochs": max_epochs, "callbacks": callbacks, "limit_val_batches": 1,
+                                        "num_sanity_val_steps": 0, **kwargs})
 
 
 def digits():
@@ -115,13 +109,13 @@ def supervised(scheduler=None):
                       optimizer=partial(torch.optim.SGD, lr=0.1), lr_scheduler=scheduler)
 
 
-@pytest.mark.parametrize("every_n, milestones, expected", [
+@pytest.mark.parametrize("num_anchors, milestones, expected", [
     (None, [2, 4], [1, 3, 4]),     # before each LR drop, plus the final epoch
-    (2, [3], [1, 2, 3, 4]),        # every 2 epochs (1, 3), before the drop at 3 (2), final (4)
+    (2, [3], [1, 2, 4]),           # 2 even anchors (ends of epochs round(5/2) = 2 and 5), before the drop at 3
 ])
-def test_recorder_saves_anchors_and_manifest(tmp_path, every_n, milestones, expected):
+def test_recorder_saves_anchors_and_manifest(tmp_path, num_anchors, milestones, expected):
     pl.seed_everything(0)
-    watch, recorder = EpochEndWatch(), RouteRecorder(every_n_epochs=every_n, dirpath=tmp_path / "route")
+    watch, recorder = EpochEndWatch(), RouteRecorder(num_anchors=num_anchors, dirpath=tmp_path / "route")
     scheduler = partial(torch.optim.lr_scheduler.MultiStepLR, milestones=milestones, gamma=0.1)
     trainer(tmp_path, 5, [watch, recorder]).fit(supervised(scheduler), digits())
     manifest = json.loads((tmp_path / "route" / MANIFEST).read_text())
@@ -161,7 +155,7 @@ def test_recorder_resume_continues_the_manifest(tmp_path):
         pl.seed_everything(0)
         saver = ModelCheckpoint(dirpath=folder / "ckpt", filename="e{epoch}", save_top_k=-1,
                                 auto_insert_metric_name=False)
-        callbacks = ([KillAt(kill)] if kill else []) + [RouteRecorder(every_n_epochs=1, at_milestones=False)]
+        callbacks = ([KillAt(kill)] if kill else []) + [RouteRecorder(num_anchors=3, at_milestones=False)]
         trainer(folder, max_epochs, callbacks + [saver], enable_checkpointing=True).fit(
             supervised(), digits(), ckpt_path=ckpt_path)
         return folder / "ckpt" / "route"
@@ -184,7 +178,7 @@ def test_record_then_distill_reads_the_route_next_to_teacher_ckpt(tmp_path):
     whose teacher_ckpt is that run's last.ckpt walks the route without being told where it is."""
     pl.seed_everything(0)
     saver = ModelCheckpoint(dirpath=tmp_path / "teacher", save_last=True)
-    trainer(tmp_path, 3, [RouteRecorder(every_n_epochs=1, at_milestones=False), saver],
+    trainer(tmp_path, 3, [RouteRecorder(num_anchors=3, at_milestones=False), saver],
             enable_checkpointing=True).fit(supervised(), digits())
     files = [tmp_path / "teacher/route" / e["file"]
              for e in json.loads((tmp_path / "teacher/route" / MANIFEST).read_text())]
@@ -198,7 +192,7 @@ def test_record_then_distill_reads_the_route_next_to_teacher_ckpt(tmp_path):
     assert watch.anchors == {0: 0, 1: 1, 2: 2} and all(watch.exact.values())
 
 
-@pytest.mark.parametrize("schedule, expected", [("even", [0, 0, 1, 2]), ([1, 3], [0, 1, 1, 2])])
+@pytest.mark.parametrize("schedule, expected", [("even", [0, 0, 1, 2]), ([0.25, 0.75], [0, 1, 1, 2])])
 def test_teacher_equals_anchor_at_scheduled_epochs(tmp_path, schedule, expected):
     files = random_route(tmp_path / "route", 3)
     pl.seed_everything(0)
@@ -210,7 +204,7 @@ def test_teacher_equals_anchor_at_scheduled_epochs(tmp_path, schedule, expected)
     assert [watch.anchors[e] for e in range(4)] == expected
     assert all(watch.exact.values())
     assert float(fit.callback_metrics["train/rco_anchor"]) == expected[-1]
-    assert all(not p.requires_grad and p.grad is None for p in model.teacher.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in model.teacher.net.parameters())
     assert same_weights(model.teacher, files[expected[-1]])  # the last active anchor stays
 
 
@@ -222,7 +216,7 @@ def test_bf16_teacher_holds_the_anchor_and_keeps_it_after_fit(tmp_path):
     watch = TeacherWatch(rco, files, dtype=torch.bfloat16)
     trainer(tmp_path, 2, [rco, watch], precision="bf16-mixed").fit(model, digits())
     assert watch.anchors == {0: 0, 1: 1} and all(watch.exact.values())
-    assert all(p.dtype == torch.float32 for p in model.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in model.teacher.net.parameters())
     assert same_weights(model.teacher, files[1])  # exact float32 anchor 1, not the teacher_ckpt
 
 
@@ -233,10 +227,10 @@ class CachedLogitsWatch(Callback):
         self.fresh = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        x, _ = pl_module.prepare_batch(batch)
+        x, _, index = pl_module.unpack(batch)
         with torch.no_grad():
-            self.fresh[(trainer.current_epoch, batch_idx)] = torch.equal(pl_module.teacher_forward(x),
-                                                                         pl_module.teacher(x))
+            self.fresh[(trainer.current_epoch, batch_idx)] = torch.equal(pl_module.teacher(x, index).logits,
+                                                                         pl_module.teacher.net(x))
 
 
 def test_a_switch_voids_cached_teacher_logits(tmp_path):
@@ -264,12 +258,12 @@ def test_greedy_moves_to_the_furthest_anchor_under_threshold(tmp_path, case):
     its classifier scaled by -1, 1.1 and -3. Anchor 2 is close; anchors 1 and 3 are far."""
     torch.manual_seed(0)
     student = tiny_mlp()
-    student[-1].weight.data *= 5  # sharper outputs, so the flipped anchors are far from it
+    student.fc.weight.data *= 5  # sharper outputs, so the flipped anchors are far from it
     route = [tiny_mlp().state_dict()]
     for scale in (-1.0, 1.1, -3.0):
         state = {k: v.clone() for k, v in student.state_dict().items()}
-        state["3.weight"] *= scale
-        state["3.bias"] *= scale
+        state["fc.weight"] *= scale
+        state["fc.bias"] *= scale
         route.append(state)
     files = write_route(tmp_path / "route", route)
     torch.save(student.state_dict(), tmp_path / "student.pt")
@@ -287,7 +281,7 @@ def test_greedy_moves_to_the_furthest_anchor_under_threshold(tmp_path, case):
                            "all_under": (2 * max(kls.values()), 3),
                            "none_under": (kls[2] / 2, 1)}[case]
 
-    spec = "test_route.tiny_mlp"
+    spec = "helpers.nets.tiny_mlp"
     model = KD(student=spec, teacher=spec, teacher_ckpt=str(files[0]), num_classes=10, input_shape=SHAPE,
                optimizer=partial(torch.optim.SGD, lr=0.0))
     model.student.load_state_dict(student.state_dict())
@@ -361,8 +355,8 @@ def test_manifest_naming_a_missing_anchor(tmp_path):
 
 
 @pytest.mark.parametrize("schedule, message", [
-    ([2, 1], "strictly increasing"), ([0, 2], "strictly increasing"), ([1], "2 epochs for the 3 anchors"),
-    ("fastest", "must be one of"),
+    ([0.5, 0.25], "strictly increasing"), ([0.5, 1.0], "below 1"), ([0, 0.5], r"fractions of the run in \(0, 1\]"),
+    ([0.5], "2 points for the 3 anchors"), ("fastest", "must be one of"),
 ])
 def test_bad_schedule_in_init(tmp_path, schedule, message):
     random_route(tmp_path / "route", 3)
@@ -370,16 +364,16 @@ def test_bad_schedule_in_init(tmp_path, schedule, message):
         RouteConstrainedTeacher(str(tmp_path / "route"), schedule=schedule)
 
 
-def test_switch_epoch_beyond_max_epochs(tmp_path):
+def test_switch_points_too_close_for_the_run(tmp_path):
     files = random_route(tmp_path / "route", 3)
-    fit = trainer(tmp_path, 3, [RouteConstrainedTeacher(str(tmp_path / "route"), schedule=[1, 3])])
-    with pytest.raises(ValueError, match="switch epoch 3 is beyond the run"):
+    fit = trainer(tmp_path, 3, [RouteConstrainedTeacher(str(tmp_path / "route"), schedule=[0.3, 0.4])])
+    with pytest.raises(ValueError, match=r"fall on epochs \[1, 1\] of a 3-epoch run"):  # round(0.9), round(1.2)
         fit.fit(kd_student(files[-1]), digits())
     assert fit.global_step == 0
 
 
 def test_anchor_of_another_architecture(tmp_path):
-    files = random_route(tmp_path / "route", 2, spec="test_route.tiny_mlp")
+    files = random_route(tmp_path / "route", 2, spec="helpers.nets.tiny_mlp")
     teacher_ckpt = tmp_path / "teacher.pt"
     torch.save(build_network(TEACHER, 10, 1).state_dict(), teacher_ckpt)
     fit = trainer(tmp_path, 2, [RouteConstrainedTeacher(str(tmp_path / "route"))])
@@ -403,7 +397,7 @@ def ddp_run(out: Path, phase: str) -> None:
     """Record a route with 2 processes, or distill greedily along it; each rank saves what it saw."""
     pl.seed_everything(0)
     if phase == "record":
-        recorder = RouteRecorder(every_n_epochs=1, at_milestones=False, dirpath=out / "route")
+        recorder = RouteRecorder(num_anchors=2, at_milestones=False, dirpath=out / "route")
         fit = trainer(out, 2, [recorder], devices=2, strategy="ddp")
         fit.fit(supervised(), digits())
         torch.save({"entries": recorder.entries}, out / f"record_rank{fit.global_rank}.pt")

@@ -3,7 +3,7 @@ import wandb
 import yaml
 
 from lightning_kd.cli import make_cli
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_cli_default_logger_writes_offline_run(tmp_path, monkeypatch):

@@ -13,21 +13,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.strategies import ParallelStrategy
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_kd.base import DistillationModule, NetSpec
+from lightning_kd.base import NetSpec, StudentModule, accuracy
+from lightning_kd.features import FeatureHooks, NetOutput, example_features
+from lightning_kd.losses import dml_loss
 from lightning_kd.models import build_network
-
-
-def dml_loss(logits: Tensor, peer_logits: Tensor) -> Tensor:
-    """``KL(softmax(peer) || softmax(logits))``, averaged over the batch; the peer is detached.
-
-    The mimicry term of Deep Mutual Learning (Zhang et al., eq. 2). Computed in float32
-    whatever the autocast dtype.
-    """
-    log_p = F.log_softmax(logits.float(), dim=1)
-    log_p_peer = F.log_softmax(peer_logits.detach().float(), dim=1)
-    return F.kl_div(log_p, log_p_peer, reduction="batchmean", log_target=True)
 
 
 def average_across_ranks(tensors: Sequence[Tensor]) -> None:
@@ -58,17 +48,22 @@ def buffers_kept(net: nn.Module):
                 b.copy_(s)
 
 
-class DML(DistillationModule):
+def detached(output: NetOutput) -> NetOutput:
+    return NetOutput(output.logits.detach(), {k: v.detach() for k, v in output.features.items()})
+
+
+class DML(StudentModule):
     """Deep Mutual Learning: each peer minimises ``CE + kl_weight * mean_j KL(p_j || p_i)``.
 
     "Deep Mutual Learning" (Zhang et al., CVPR 2018), https://arxiv.org/abs/1706.00384.
     Two or more peers of any architectures learn together; peer ``j``'s predictions are
     detached targets for peer ``i``. As in the paper's Algorithm 1, the peers step in turn
     and each later peer is trained against the *refreshed* predictions of the peers that
-    already stepped on this batch (one extra no-grad forward per stepped peer).
+    already stepped on this batch (one extra no-grad forward per stepped peer). This loop of
+    per-peer forwards and steps is DML's own: it replaces the one-direction step of the base.
 
-    Which peers step on a batch is decided by :class:`lightning_kd.callbacks.MutualAlternation` (it sets
-    ``stepping_peers``); without it every peer steps on every batch, in order (the paper).
+    Which peers step on a batch is decided by :class:`~lightning_kd.callbacks.MutualAlternation`
+    (it sets ``stepping_peers``); without it every peer steps on every batch, in order (the paper).
 
     Optimisation is manual: one optimizer per peer, built by the same ``optimizer`` factory,
     with its own LR scheduler stepped once per epoch. ``trainer.global_step`` counts optimizer
@@ -81,8 +76,9 @@ class DML(DistillationModule):
     its BatchNorm running statistics after the step, so every rank holds identical peers.
     Works with ``strategy="ddp"`` at its default settings (no ``find_unused_parameters``).
 
-    ``self.student`` is peer 0: it is what ``val/acc``, ``test/acc``, ``predict`` and
-    ``export_student`` use. Every peer is evaluated as ``val/peer{i}/acc``.
+    Peer 0 is ``self.student``: it is what ``val/acc``, ``test/acc``, ``predict`` and
+    ``export_student`` use; the others are ``other_peers`` (each peer is held once, and
+    ``peers`` lists them all). Every peer is evaluated as ``val/peer{i}/acc``.
 
     Extension point: override :meth:`peer_losses` to change the mutual term (e.g. IE-DML);
     its names are weighted by ``self.loss_weights`` and logged as ``train/peer{i}/<name>``.
@@ -92,10 +88,8 @@ class DML(DistillationModule):
         ce_weight: weight of each peer's cross-entropy with the labels.
         kl_weight: weight of the mean KL to the other peers.
         **kwargs: ``num_classes``, ``input_shape``, ``optimizer``, ``lr_scheduler``; see
-            :class:`~lightning_kd.base.DistillationModule`.
+            :class:`~lightning_kd.base.StudentModule`.
     """
-
-    uses_teacher = False
 
     def __init__(self, peers: list[NetSpec], ce_weight: float = 1.0, kl_weight: float = 1.0, **kwargs):
         if isinstance(peers, (str, dict)) or len(peers) < 2:
@@ -105,57 +99,74 @@ class DML(DistillationModule):
             raise ValueError("DML takes `peers`, not `student`: peer 0 is the student.")
         super().__init__(student=peers[0], **kwargs)
         # Keep DML's own arguments, not the base's `student`, so load_from_checkpoint works.
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "student", "teacher", "teacher_ckpt"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "student"])
         self.automatic_optimization = False
-        others = [build_network(spec, self.num_classes, self.input_shape[0]) for spec in peers[1:]]
-        self.peers = nn.ModuleList([self.student, *others])
-        self.peer_val_acc = nn.ModuleList(
-            MulticlassAccuracy(self.num_classes, top_k=1, average="micro") for _ in self.peers)
+        self.other_peers = nn.ModuleList(build_network(spec, self.num_classes, self.input_shape[0])
+                                         for spec in peers[1:])
+        self.other_hooks: list[Optional[FeatureHooks]] = [None] * len(self.other_peers)
+        self.peer_val_acc = nn.ModuleList(accuracy(self.num_classes) for _ in peers)
         self.loss_weights = {"ce": ce_weight, "kl": kl_weight}
         #: Indices of the peers that step on the current batch, in order; None = all of them.
         self.stepping_peers: Optional[Sequence[int]] = None
 
+    @property
+    def peers(self) -> tuple[nn.Module, ...]:
+        """Every peer, peer 0 (the student) first."""
+        return (self.student, *self.other_peers)
+
+    def watch_peer_layers(self, layers: Sequence[str]) -> list[dict[str, Tensor]]:
+        """Make :meth:`peer_forward` of peer ``i`` return the features of ``layers[i]``; returns
+        each peer's features for one :meth:`example_input` (eval mode)."""
+        features = [self.watch_student([layers[0]])]
+        for i, (peer, layer) in enumerate(zip(self.other_peers, layers[1:])):
+            self.other_hooks[i] = FeatureHooks(peer, [layer])
+            features.append(example_features(peer, self.other_hooks[i], self.example_input()))
+        return features
+
+    def peer_forward(self, i: int, x: Tensor) -> NetOutput:
+        if i == 0:
+            return self.student_forward(x)
+        hooks = self.other_hooks[i - 1]
+        logits = self.other_peers[i - 1](x)
+        return NetOutput(logits, {} if hooks is None else hooks.pop())
+
     # ----------------------------------------------------------------- the mutual term
-    def peer_losses(self, i: int, logits: Tensor, peer_logits: dict[int, Tensor],
+    def peer_losses(self, i: int, output: NetOutput, others: dict[int, NetOutput],
                     batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         """Unweighted losses of peer ``i``.
 
         Args:
             i: index of the peer that steps.
-            logits: its logits, with autograd.
-            peer_logits: ``{j: detached logits of peer j}`` for every other peer; refreshed for
+            output: its logits and features, with autograd.
+            others: ``{j: detached output of peer j}`` for every other peer; refreshed for
                 peers that already stepped on this batch.
             batch: the ``(x, y)`` batch.
         """
-        mimicry = torch.stack([dml_loss(logits, other) for other in peer_logits.values()]).mean()
-        return {"ce": F.cross_entropy(logits, batch[1]), "kl": mimicry}
+        mimicry = torch.stack([dml_loss(output.logits, other.logits) for other in others.values()]).mean()
+        return {"ce": F.cross_entropy(output.logits, batch[1]), "kl": mimicry}
 
     # ----------------------------------------------------------------- training
-    def distill_losses(self, batch):
-        raise TypeError("DML optimises its peers one by one in training_step; use peer_losses(...).")
-
     def training_step(self, batch, batch_idx):
-        x = batch[0]
+        x, y, _ = self.unpack(batch)
         order = list(range(len(self.peers)) if self.stepping_peers is None else self.stepping_peers)
-        logits = {}
+        outputs = {}
         for i, peer in enumerate(self.peers):
             if i in order:  # its training forward: the graph waits for its turn
-                logits[i] = peer(x)
+                outputs[i] = self.peer_forward(i, x)
             else:
                 with torch.no_grad(), buffers_kept(peer):
-                    logits[i] = peer(x)
+                    outputs[i] = self.peer_forward(i, x)
         optimizers = self.optimizers()
         totals = []
         for n, i in enumerate(order):
-            others = {j: out.detach() for j, out in logits.items() if j != i}
-            losses = self.peer_losses(i, logits[i], others, batch)
-            total = self.weighted_total(losses, x.shape[0], prefix=f"peer{i}/")
+            others = {j: detached(out) for j, out in outputs.items() if j != i}
+            total = self.weighted_total(self.peer_losses(i, outputs[i], others, (x, y)), len(x), prefix=f"peer{i}/")
             self.step_peer(i, optimizers[i], total)
             totals.append(total.detach())
             if n < len(order) - 1:  # later peers learn from this peer's updated predictions
                 with torch.no_grad(), buffers_kept(self.peers[i]):
-                    logits[i] = self.peers[i](x)
-        self.log("train/loss", torch.stack(totals).mean(), on_step=True, on_epoch=False, batch_size=x.shape[0])
+                    outputs[i] = self.peer_forward(i, x)
+        self.log("train/loss", torch.stack(totals).mean(), on_step=True, on_epoch=False, batch_size=len(x))
 
     def peer_modules(self, i: int) -> list[nn.Module]:
         """The modules that step with peer ``i``: its network, plus any per-peer heads a
@@ -175,7 +186,6 @@ class DML(DistillationModule):
         average_across_ranks([b for b in peer.buffers() if b.is_floating_point()])
 
     def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()  # the pending non-finite loss checks
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
@@ -185,26 +195,13 @@ class DML(DistillationModule):
                  for i in range(len(self.peers))]
         return [optimizer for optimizer, _ in pairs], [scheduler for _, scheduler in pairs if scheduler is not None]
 
-    # ----------------------------------------------------------------- evaluation
+    # ----------------------------------------------------------------- evaluation and export
     def validation_step(self, batch, batch_idx):
-        super().validation_step(batch, batch_idx)  # peer 0: val/acc, val/acc5, val/loss
-        x, y = batch
-        for i, (peer, metric) in enumerate(zip(self.peers, self.peer_val_acc)):
-            metric.update(peer(x), y)
+        student, y = self.evaluate(batch, "val")  # peer 0: val/acc, val/acc5, val/loss
+        x = self.unpack(batch)[0]
+        for i, metric in enumerate(self.peer_val_acc):
+            metric.update(student.logits if i == 0 else self.peer_forward(i, x).logits, y)
             self.log(f"val/peer{i}/acc", metric)
-
-    # ----------------------------------------------------------------- checkpoints
-    # Peer 0 is also registered as `student`; the checkpoint keeps one copy (under peers.0).
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if not k.startswith("student.")}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint["state_dict"]
-        for k in [k for k in state if k.startswith("peers.0.")]:
-            state.setdefault("student." + k[len("peers.0."):], state[k])
 
     def export_peer(self, i: int, path: str) -> None:
         """Save peer ``i`` as a plain state_dict that loads into its architecture."""

@@ -9,15 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_kd.base import DistillationModule
-from lightning_kd.methods.at import hook_one_layer
-
-
-def fitnet_loss(regressed_student: Tensor, teacher: Tensor) -> Tensor:
-    """Mean squared error between the regressed student feature and the teacher's (same shape)."""
-    if regressed_student.shape != teacher.shape:
-        raise ValueError(f"fitnet_loss needs equal shapes, got student {tuple(regressed_student.shape)} "
-                         f"and teacher {tuple(teacher.shape)}; regress the student feature first.")
-    return F.mse_loss(regressed_student.float(), teacher.float())
+from lightning_kd.features import check_4d
+from lightning_kd.losses import fitnet_loss
 
 
 def hint_regressor(student_feat: Tensor, teacher_feat: Tensor) -> nn.Sequential:
@@ -51,17 +44,13 @@ class FitNet(DistillationModule):
     def __init__(self, student_layer: str = "layer2", teacher_layer: str = "layer2",
                  hint_weight: float = 100.0, ce_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.student_hooks, s_feat = hook_one_layer(self, self.student, student_layer, "student")
-        self.teacher_hooks, t_feat = hook_one_layer(self, self.teacher, teacher_layer, "teacher")
-        self.regressor = hint_regressor(s_feat, t_feat)
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        student_features, teacher_features = self.watch_layers([student_layer], [teacher_layer])
+        check_4d(student_features, "student")
+        check_4d(teacher_features, "teacher")
+        self.regressor = hint_regressor(student_features[student_layer], teacher_features[teacher_layer])
         self.loss_weights = {"ce": ce_weight, "hint": hint_weight}
 
-    def distill_losses(self, batch):
-        x, y = batch
-        self.teacher_forward(x)
-        s_logits = self.student(x)
-        (s_feat,), (t_feat,) = self.student_hooks.features, self.teacher_hooks.features
-        hint = fitnet_loss(self.regressor(s_feat), t_feat)
-        self.student_hooks.clear()
-        self.teacher_hooks.clear()
-        return s_logits, {"ce": F.cross_entropy(s_logits, y), "hint": hint}
+    def distill_losses(self, student, teacher, batch):
+        hint = fitnet_loss(self.regressor(student.features[self.student_layer]), teacher.features[self.teacher_layer])
+        return {"ce": F.cross_entropy(student.logits, batch[1]), "hint": hint}

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.base import NetSpec
-from lightning_kd.methods.at import hook_one_layer
+from lightning_kd.features import NetOutput, check_4d
+from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.methods.dml import DML, buffers_kept
-from lightning_kd.methods.iekd import (FactorAutoencoder, check_splittable, example_factor, exploration_loss,
-                                       factor_channels_of, factor_encoder, inheritance_loss, split_channels)
+from lightning_kd.methods.iekd import (FactorAutoencoder, check_splittable, example_factor, factor_channels_of,
+                                       factor_encoder, split_channels)
 
 
 class IEDML(DML):
@@ -64,7 +65,7 @@ class IEDML(DML):
         ce_weight: weight of the cross-entropy.
         kl_weight: weight of DML's KL term.
         **kwargs: ``num_classes``, ``input_shape``, ``optimizer``, ``lr_scheduler``; see
-            :class:`~lightning_kd.base.DistillationModule`.
+            :class:`~lightning_kd.base.StudentModule`.
     """
 
     def __init__(self, peers: list[NetSpec], layers: Optional[Union[str, list[str]]] = None,
@@ -72,12 +73,11 @@ class IEDML(DML):
                  reconstruction_weight: float = 1.0, ce_weight: float = 1.0, kl_weight: float = 1.0, **kwargs):
         super().__init__(peers=peers, ce_weight=ce_weight, kl_weight=kl_weight, **kwargs)
         self.layers = self.resolve_layers(layers)
-        self.feature_hooks, feats = [], []
-        for i, (peer, layer) in enumerate(zip(self.peers, self.layers)):
-            hooks, feat = hook_one_layer(self, peer, layer, f"peer {i}")
-            check_splittable(feat, layer, f"peer {i}")
-            self.feature_hooks.append(hooks)
-            feats.append(feat)
+        feats = []
+        for i, (layer, features) in enumerate(zip(self.layers, self.watch_peer_layers(self.layers))):
+            check_4d(features, f"peer {i}")
+            check_splittable(features[layer], layer, f"peer {i}")
+            feats.append(features[layer])
         self.autoencoders = nn.ModuleList(
             FactorAutoencoder(f.shape[1], factor_channels_of(f.shape[1], factor_rate)) for f in feats)
         factors = [example_factor(ae, f) for ae, f in zip(self.autoencoders, feats)]
@@ -110,33 +110,22 @@ class IEDML(DML):
     def peer_modules(self, i: int) -> list[nn.Module]:
         return [self.peers[i], self.autoencoders[i], self.inheritance_encoders[i], self.exploration_encoders[i]]
 
-    def feature(self, i: int) -> Tensor:
-        """Peer ``i``'s feature of its latest forward (the refreshed one once it has stepped)."""
-        (feat,) = self.feature_hooks[i].features
-        return feat
-
     @torch.no_grad()
-    def factor(self, j: int) -> Tensor:
-        """Peer ``j``'s detached factor: batch statistics, running statistics left as they are."""
+    def factor(self, j: int, output: NetOutput) -> Tensor:
+        """Peer ``j``'s factor of its (detached) output: batch statistics, running statistics left as they are."""
         autoencoder = self.autoencoders[j]
         with buffers_kept(autoencoder):
-            return autoencoder.encoder(self.feature(j).detach())
+            return autoencoder.encoder(output.features[self.layers[j]])
 
-    def peer_losses(self, i, logits, peer_logits, batch):
-        losses = super().peer_losses(i, logits, peer_logits, batch)
-        feat = self.feature(i)
+    def peer_losses(self, i, output, others, batch):
+        losses = super().peer_losses(i, output, others, batch)
+        feat = output.features[self.layers[i]]
         inherit, explore = split_channels(feat)
         inh, exp = [], []
-        for j in peer_logits:
-            target = self.factor(j)
+        for j, other in others.items():
+            target = self.factor(j, other)
             inh.append(inheritance_loss(self.inheritance_encoders[i][str(j)](inherit), target))
             exp.append(exploration_loss(self.exploration_encoders[i][str(j)](explore), target))
-        own = feat.detach()
         losses.update(inh=torch.stack(inh).mean(), exp=torch.stack(exp).mean(),
-                      recon=self.autoencoders[i].reconstruction_error(own))
+                      recon=self.autoencoders[i].reconstruction_error(feat.detach()))
         return losses
-
-    def training_step(self, batch, batch_idx):
-        super().training_step(batch, batch_idx)
-        for hooks in self.feature_hooks:  # drop the recorded features (and the graphs they hold)
-            hooks.clear()

@@ -6,27 +6,9 @@ https://arxiv.org/abs/1503.02531
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor
 
 from lightning_kd.base import DistillationModule
-
-
-def check_temperature(temperature: float) -> float:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; the KD recipe uses 4.0.")
-    return float(temperature)
-
-
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """``KL(softmax(t/T) || softmax(s/T)) * T^2``, averaged over the batch.
-
-    The ``T^2`` factor keeps the gradient scale independent of ``T`` (Hinton et al., sec. 2).
-    Computed in float32 whatever the autocast dtype.
-    """
-    T = check_temperature(temperature)
-    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
-    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (T * T)
+from lightning_kd.losses import check_temperature, kd_loss
 
 
 class KD(DistillationModule):
@@ -48,9 +30,6 @@ class KD(DistillationModule):
         self.temperature = check_temperature(temperature)
         self.loss_weights = {"ce": ce_weight, "kd": kd_weight}
 
-    def distill_losses(self, batch):
-        x, y = batch
-        t_logits = self.teacher_forward(x)
-        s_logits = self.student(x)
-        return s_logits, {"ce": F.cross_entropy(s_logits, y),
-                          "kd": kd_loss(s_logits, t_logits, self.temperature)}
+    def distill_losses(self, student, teacher, batch):
+        return {"ce": F.cross_entropy(student.logits, batch[1]),
+                "kd": kd_loss(student.logits, teacher.logits, self.temperature)}

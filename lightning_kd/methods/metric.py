@@ -6,14 +6,15 @@ classes unseen in training).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lightning_kd.base import DistillationModule
-from lightning_kd.features import FeatureHooks
-from lightning_kd.methods.rkd import check_angle_batch_size, pairwise_distances, relation_losses
+from lightning_kd.base import DistillationModule, StudentModule
+from lightning_kd.features import NetOutput
+from lightning_kd.losses import batch_hard_triplet_loss
+from lightning_kd.methods.rkd import check_angle_batch_size, relation_losses
 
 
 def recall_at_k(embeddings: Tensor, labels: Tensor, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, float]:
@@ -39,103 +40,45 @@ def recall_at_k(embeddings: Tensor, labels: Tensor, ks: Sequence[int] = (1, 2, 4
     return {k: int(hits[:, :k].any(dim=1).sum()) / n for k in ks}
 
 
-def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
-    """Triplet loss with batch-hard mining: per anchor, its farthest positive and nearest negative,
-    ``mean(relu(d(a, p) - d(a, n) + margin))`` over anchors that have both in the batch.
-
-    "In Defense of the Triplet Loss for Person Re-Identification" (Hermans, Beyer, Leibe, 2017),
-    https://arxiv.org/abs/1703.07737. A batch without any valid anchor gives 0 (with a graph).
-    """
-    distances = pairwise_distances(embeddings.float())
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    positives, negatives = same & ~eye, ~same
-    valid = positives.any(1) & negatives.any(1)
-    if not valid.any():
-        return embeddings.sum() * 0.0
-    hardest_positive = distances.masked_fill(~positives, float("-inf")).amax(1)
-    hardest_negative = distances.masked_fill(~negatives, float("inf")).amin(1)
-    return (hardest_positive - hardest_negative + margin).relu()[valid].mean()
+def embedding_layer(net: nn.Module, layer: Optional[str], side: str) -> str:
+    """``layer`` if given; else ``embedding`` (an EmbeddingNet's) when the network has it, else ``pool``."""
+    if layer is not None:
+        return layer
+    names = dict(net.named_modules())
+    for default in ("embedding", "pool"):
+        if default in names:
+            return default
+    raise ValueError(f"metric learning reads the {side}'s embedding from a layer, but {type(net).__name__} "
+                     f"has neither `embedding` nor `pool`: set the layer's name, or use "
+                     f"{{name: lightning_kd.models.embedding.EmbeddingNet, backbone: ...}}.")
 
 
-def embedding_function(net: nn.Module, side: str) -> Callable[[Tensor], Tensor]:
-    """``net.embed`` when the network has one (an EmbeddingNet), else its flattened ``pool`` output."""
-    if callable(getattr(net, "embed", None)):
-        return net.embed
-    try:
-        hooks = FeatureHooks(net, ["pool"])
-    except ValueError as err:
-        raise ValueError(f"metric learning needs the {side} to have an `embed(x)` method or a `pool` layer: "
-                         f"use {{name: lightning_kd.models.embedding.EmbeddingNet, backbone: ...}} ({err})") from None
+class RetrievalEvaluation:
+    """Validation and test by Recall@K (``val/recall@1`` ... ``val/recall@8``) over the whole split,
+    from :meth:`embeddings` of each batch; under DDP the retrieval set is gathered from all processes
+    (the distributed sampler may repeat up to ``world_size - 1`` samples to even out the shards)."""
 
-    def embed(x: Tensor) -> Tensor:
-        net(x)
-        (features,) = hooks.features
-        hooks.clear()
-        return features.flatten(1)
-    return embed
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8)
 
+    def embeddings(self, x: Tensor) -> list[tuple[str, Tensor]]:
+        """``[(log prefix, embeddings)]`` of a batch; the student's comes first (prefix ``None``)."""
+        raise NotImplementedError
 
-class MetricLearning(DistillationModule):
-    """Deep metric learning of an embedding network (teachers and student baselines), evaluated
-    by Recall@K on classes unseen in training (``val/recall@1`` ... ``val/recall@8``).
-
-    "Relational Knowledge Distillation" (Park et al., CVPR 2019), https://arxiv.org/abs/1904.05068,
-    trains its metric-learning teachers with a triplet loss (margin 0.2, distance-weighted
-    sampling); here the triplets are mined batch-hard from random batches (Hermans et al., 2017).
-    The network's classifier ``fc`` is frozen: the task has no class logits to learn.
-
-    Under DDP the retrieval set is gathered from all processes (the distributed sampler may repeat
-    up to ``world_size - 1`` samples to even out the shards).
-
-    Args:
-        margin: triplet margin.
-        recall_ks: the ``k`` of the logged Recall@K.
-        **kwargs: see :class:`~lightning_kd.base.DistillationModule`; ``student`` is an
-            :class:`~lightning_kd.models.embedding.EmbeddingNet` spec (or any network with an
-            ``embed(x)`` method or a ``pool`` layer, whose output is then the embedding).
-    """
-
-    uses_teacher = False
-
-    def __init__(self, margin: float = 0.2, recall_ks: Sequence[int] = (1, 2, 4, 8), **kwargs):
-        super().__init__(**kwargs)
-        self.student_embed = embedding_function(self.student, "student")
-        self.teacher_embed = None if self.teacher is None else embedding_function(self.teacher, "teacher")
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}; the RKD paper uses 0.2.")
-        self.margin = float(margin)
-        self.recall_ks = tuple(int(k) for k in recall_ks)
-        if hasattr(self.student, "fc"):
-            self.student.fc.requires_grad_(False)
-        self.loss_weights = {"triplet": 1.0}
-        self._retrieval: list[tuple[Tensor, ...]] = []
-
-    def distill_losses(self, batch):
-        x, y = batch
-        embeddings = self.student_embed(x)
-        # The first item is the embeddings: this task has no logits.
-        return embeddings, {"triplet": batch_hard_triplet_loss(embeddings, y, self.margin)}
-
-    # ----------------------------------------------------------------- retrieval evaluation
     def collect(self, batch) -> None:
-        x, y = self.prepare_batch(batch)
-        item = (self.student_embed(x), y)
-        if self.teacher is not None:
-            with torch.no_grad():
-                item += (self.teacher_embed(x),)
-        self._retrieval.append(item)
+        x, y, _ = self.unpack(batch)
+        self._retrieval.append((y, self.embeddings(x)))
 
     def log_recalls(self, stage: str) -> None:
-        columns = [torch.cat(c) for c in zip(*self._retrieval)]
-        self._retrieval.clear()
-        if not columns:
+        batches, self._retrieval = self._retrieval, []
+        if not batches:
             return
+        labels = torch.cat([y for y, _ in batches])
+        sides = {prefix or stage: torch.cat([dict(sides)[prefix] for _, sides in batches])
+                 for prefix, _ in batches[0][1]}
         if self.trainer.world_size > 1:
-            columns = [self.all_gather(c).flatten(0, 1) for c in columns]
-        labels = columns[1]
-        sides = [(stage, columns[0])] + ([("teacher", columns[2])] if len(columns) > 2 else [])
-        for prefix, embeddings in sides:
+            labels = self.all_gather(labels).flatten(0, 1)
+            sides = {k: self.all_gather(v).flatten(0, 1) for k, v in sides.items()}
+        for prefix, embeddings in sides.items():
             for k, value in recall_at_k(embeddings, labels, self.recall_ks).items():
                 self.log(f"{prefix}/recall@{k}", value, prog_bar=(k == 1 and prefix == stage))
 
@@ -152,26 +95,71 @@ class MetricLearning(DistillationModule):
         self.log_recalls("test")
 
 
-class MetricRKD(MetricLearning):
+class MetricLearning(RetrievalEvaluation, StudentModule):
+    """Deep metric learning of an embedding network (teachers and student baselines), evaluated
+    by Recall@K on classes unseen in training.
+
+    "Relational Knowledge Distillation" (Park et al., CVPR 2019), https://arxiv.org/abs/1904.05068,
+    trains its metric-learning teachers with a triplet loss (margin 0.2, distance-weighted
+    sampling); here the triplets are mined batch-hard from random batches (Hermans et al., 2017).
+    The network's classifier ``fc`` is frozen: the task has no class logits to learn.
+
+    Args:
+        margin: triplet margin.
+        recall_ks: the ``k`` of the logged Recall@K.
+        student_layer: the layer whose output is the embedding (default: ``embedding`` of an
+            :class:`~lightning_kd.models.embedding.EmbeddingNet`, else ``pool``).
+        **kwargs: see :class:`~lightning_kd.base.StudentModule`.
+    """
+
+    def __init__(self, margin: float = 0.2, recall_ks: Sequence[int] = (1, 2, 4, 8),
+                 student_layer: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}; the RKD paper uses 0.2.")
+        self.margin = float(margin)
+        self.recall_ks = tuple(int(k) for k in recall_ks)
+        self.student_layer = embedding_layer(self.student, student_layer, "student")
+        self.watch_student([self.student_layer])
+        if hasattr(self.student, "fc"):
+            self.student.fc.requires_grad_(False)
+        self.loss_weights = {"triplet": 1.0}
+        self._retrieval: list = []
+
+    def student_embedding(self, output: NetOutput) -> Tensor:
+        return output.features[self.student_layer].flatten(1)
+
+    def embeddings(self, x):
+        return [(None, self.student_embedding(self.student_forward(x)))]
+
+    def student_losses(self, student, batch):
+        return {"triplet": batch_hard_triplet_loss(self.student_embedding(student), batch[1], self.margin)}
+
+
+class MetricRKD(RetrievalEvaluation, DistillationModule):
     """An embedding student distilled from an embedding teacher with RKD, Recall@K on unseen classes.
 
     "Relational Knowledge Distillation" (Park et al., CVPR 2019), https://arxiv.org/abs/1904.05068,
     Sec. 4.1: the student's embedding learns the distances and angles of the teacher's embeddings,
     with the paper's metric-learning weights (distance 1, angle 2) and no triplet term by default.
+    ``teacher/recall@K`` is logged beside the student's.
 
     Args:
         distance_weight: weight of the distance-wise loss (0 leaves it out).
         angle_weight: weight of the angle-wise loss (0 leaves it out).
         triplet_weight: weight of the student's own triplet loss (0 leaves it out).
+        margin: triplet margin.
+        recall_ks: the ``k`` of the logged Recall@K.
+        student_layer, teacher_layer: the layers whose outputs are the embeddings (default:
+            ``embedding`` of an EmbeddingNet, else ``pool``).
         global_relations: under DDP, relations over the global batch (see :class:`RKD`).
-        **kwargs: see :class:`MetricLearning`; ``teacher`` and ``teacher_ckpt`` name a trained
-            embedding network (e.g. ``best.ckpt`` of a :class:`MetricLearning` run).
+        **kwargs: see :class:`~lightning_kd.base.DistillationModule`; ``teacher`` and ``teacher_ckpt``
+            name a trained embedding network (e.g. ``best.ckpt`` of a :class:`MetricLearning` run).
     """
 
-    uses_teacher = True
-
     def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0, triplet_weight: float = 0.0,
-                 global_relations: bool = False, **kwargs):
+                 margin: float = 0.2, recall_ks: Sequence[int] = (1, 2, 4, 8), student_layer: Optional[str] = None,
+                 teacher_layer: Optional[str] = None, global_relations: bool = False, **kwargs):
         super().__init__(**kwargs)
         if self.cache_teacher_outputs:
             raise ValueError("MetricRKD reads the teacher's embeddings, not its logits: remove cache_teacher_outputs.")
@@ -179,19 +167,27 @@ class MetricRKD(MetricLearning):
         if any(w < 0 for w in weights.values()) or not any(weights.values()):
             raise ValueError(f"MetricRKD needs weights >= 0, not all 0; got {weights}.")
         self.loss_weights = {name: w for name, w in weights.items() if w != 0}
-        self.global_relations = global_relations
+        self.margin, self.recall_ks, self.global_relations = float(margin), tuple(recall_ks), global_relations
+        self.student_layer = embedding_layer(self.student, student_layer, "student")
+        self.teacher_layer = embedding_layer(self.teacher.net, teacher_layer, "teacher")
+        self.watch_layers([self.student_layer], [self.teacher_layer])
+        if hasattr(self.student, "fc"):
+            self.student.fc.requires_grad_(False)
+        self._retrieval: list = []
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and "rkd_angle" in self.loss_weights:
+        if stage == "fit":
             check_angle_batch_size(self, self.global_relations)
 
-    def distill_losses(self, batch):
-        x, y = batch
-        with torch.no_grad():
-            t_emb = self.teacher_embed(x)
-        s_emb = self.student_embed(x)
-        losses = {}
+    def embeddings(self, x):
+        return [(None, self.student_forward(x).features[self.student_layer].flatten(1)),
+                ("teacher", self.teacher(x).features[self.teacher_layer].flatten(1))]
+
+    def distill_losses(self, student, teacher, batch):
+        s_emb = student.features[self.student_layer].flatten(1)
+        t_emb = teacher.features[self.teacher_layer].flatten(1)
+        losses = relation_losses(self, s_emb, t_emb, self.global_relations)
         if "triplet" in self.loss_weights:
-            losses["triplet"] = batch_hard_triplet_loss(s_emb, y, self.margin)
-        return s_emb, {**losses, **relation_losses(self, s_emb, t_emb)}
+            losses["triplet"] = batch_hard_triplet_loss(s_emb, batch[1], self.margin)
+        return losses

@@ -7,95 +7,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
+import pytorch_lightning as pl
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_kd.base import DistillationModule
-from lightning_kd.features import FeatureHooks
+from lightning_kd.losses import rkd_angle_loss, rkd_distance_loss
 
 
-def check_embeddings(student: Tensor, teacher: Tensor, min_batch: int, what: str) -> None:
-    """Both ``(N, D)`` with the same ``N >= min_batch`` (their ``D`` may differ)."""
-    if student.ndim != 2 or teacher.ndim != 2:
-        raise ValueError(f"{what} needs (N, D) embeddings, got student {tuple(student.shape)} and teacher "
-                         f"{tuple(teacher.shape)}; flatten the features first (e.g. hook the `pool` layer).")
-    if student.shape[0] != teacher.shape[0]:
-        raise ValueError(f"{what} needs the same samples on both sides, got {student.shape[0]} student and "
-                         f"{teacher.shape[0]} teacher embeddings.")
-    if student.shape[0] < min_batch:
-        raise ValueError(f"{what} needs a batch of at least {min_batch} samples, got {student.shape[0]}; "
-                         f"increase the batch size (data.init_args.batch_size).")
-
-
-def pairwise_distances(embeddings: Tensor) -> Tensor:
-    """``(N, N)`` Euclidean distances from the Gram matrix (memory N^2, not N^2 * D).
-
-    Squared distances are clamped at a tiny positive value before the square root, so equal
-    embeddings (and the diagonal) give finite gradients.
-    """
-    squared_norms = embeddings.pow(2).sum(1)
-    squared = squared_norms[:, None] + squared_norms[None, :] - 2 * embeddings @ embeddings.t()
-    return squared.clamp_min(1e-12).sqrt()
-
-
-def normalized_distances(embeddings: Tensor) -> Tensor:
-    """Distances of the ``N (N - 1)`` ordered distinct pairs, divided by their mean (the paper's mu)."""
-    n = embeddings.shape[0]
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
-    distances = pairwise_distances(embeddings)[off_diagonal]
-    return distances / distances.mean().clamp_min(1e-12)
-
-
-def triplet_cosines(embeddings: Tensor) -> Tensor:
-    """``cos angle(e_i, e_j, e_k) = <unit(e_i - e_j), unit(e_k - e_j)>`` (vertex ``e_j``) for the
-    ``N (N - 1) (N - 2)`` ordered triplets of distinct indices."""
-    n = embeddings.shape[0]
-    directions = F.normalize(embeddings[:, None, :] - embeddings[None, :, :], dim=2)  # [i, j] = unit(e_i - e_j)
-    # cosines[j, i, k] = <unit(e_i - e_j), unit(e_k - e_j)>
-    cosines = torch.bmm(directions.transpose(0, 1), directions.transpose(0, 1).transpose(1, 2))
-    index = torch.arange(n, device=embeddings.device)
-    distinct = (index[:, None, None] != index[None, :, None]) & (index[:, None, None] != index[None, None, :]) \
-        & (index[None, :, None] != index[None, None, :])
-    return cosines[distinct]
-
-
-def relation_huber(relation, student: Tensor, teacher: Tensor) -> Tensor:
-    """Huber (smooth L1, delta 1) between ``relation(student)`` and ``relation(teacher)``, the teacher
-    side without autograd; in float32 whatever the autocast dtype."""
-    with torch.no_grad():
-        target = relation(teacher.detach().float())
-    return F.smooth_l1_loss(relation(student.float()), target, beta=1.0)
-
-
-def rkd_distance_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """RKD distance-wise loss: Huber (smooth L1, delta 1) between the student's and the teacher's
-    pair distances, each normalized by its mean over distinct pairs; averaged over the
-    ``N (N - 1)`` ordered distinct pairs. Scale-invariant in either embedding.
-
-    Args:
-        student: ``(N, D_s)`` student embeddings, ``N >= 2``.
-        teacher: ``(N, D_t)`` teacher embeddings (no gradient flows to them).
-    """
-    check_embeddings(student, teacher, 2, "rkd_distance_loss")
-    return relation_huber(normalized_distances, student, teacher)
-
-
-def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """RKD angle-wise loss: Huber (smooth L1, delta 1) between the cosines of the angles the
-    student's and the teacher's embeddings form, averaged over the ``N (N - 1) (N - 2)`` ordered
-    triplets of distinct samples.
-
-    Args:
-        student: ``(N, D_s)`` student embeddings, ``N >= 3`` (an angle needs three points).
-        teacher: ``(N, D_t)`` teacher embeddings (no gradient flows to them).
-    """
-    check_embeddings(student, teacher, 3, "rkd_angle_loss")
-    return relation_huber(triplet_cosines, student, teacher)
-
-
-def gather_with_grads(module: DistillationModule, embeddings: Tensor) -> Tensor:
+def gather_with_grads(module: pl.LightningModule, embeddings: Tensor) -> Tensor:
     """The embeddings of every process, concatenated in rank order; gradients flow back to each
     process's own rows (the backward of the gather sums the gradients of all processes)."""
     if not (dist.is_available() and dist.is_initialized()) or module.trainer.world_size == 1:
@@ -103,10 +24,11 @@ def gather_with_grads(module: DistillationModule, embeddings: Tensor) -> Tensor:
     return module.all_gather(embeddings, sync_grads=True).flatten(0, 1)
 
 
-def relation_losses(module: DistillationModule, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+def relation_losses(module: pl.LightningModule, student: Tensor, teacher: Tensor,
+                    global_relations: bool) -> dict[str, Tensor]:
     """The RKD terms that ``module.loss_weights`` names (``rkd_distance``, ``rkd_angle``), over the
-    global batch when ``module.global_relations``."""
-    if module.global_relations:
+    global batch when ``global_relations``."""
+    if global_relations:
         student, teacher = gather_with_grads(module, student), gather_with_grads(module, teacher)
     losses = {}
     if "rkd_distance" in module.loss_weights:
@@ -116,10 +38,10 @@ def relation_losses(module: DistillationModule, student: Tensor, teacher: Tensor
     return losses
 
 
-def check_angle_batch_size(module: DistillationModule, global_relations: bool) -> None:
+def check_angle_batch_size(module: pl.LightningModule, global_relations: bool) -> None:
     """Refuse, before training, a datamodule ``batch_size`` too small for the angle loss."""
     batch_size: Optional[int] = getattr(module.trainer.datamodule, "batch_size", None)
-    if batch_size is None:
+    if batch_size is None or "rkd_angle" not in module.loss_weights:
         return
     relations = batch_size * (module.trainer.world_size if global_relations else 1)
     if relations < 3:
@@ -165,32 +87,22 @@ class RKD(DistillationModule):
             raise ValueError(f"RKD needs distance_weight >= 0 and angle_weight >= 0, not both 0; got "
                              f"{distance_weight} and {angle_weight} (the CIFAR recipe uses 25 and 50).")
         self.global_relations = global_relations
-        self.student_hooks = FeatureHooks(self.student, [student_layer])
-        self.teacher_hooks = FeatureHooks(self.teacher, [teacher_layer])
-        for net, hooks, side in ((self.student, self.student_hooks, "student"),
-                                 (self.teacher, self.teacher_hooks, "teacher")):
-            (feature,) = self.example_features(net, hooks)
-            if feature.ndim < 2:
-                raise ValueError(f"RKD: the {side} layer {hooks.names[0]!r} gives shape {tuple(feature.shape)}, "
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        features = self.watch_layers([student_layer], [teacher_layer])
+        for side, layer, found in zip(("student", "teacher"), (student_layer, teacher_layer), features):
+            if found[layer].ndim < 2:
+                raise ValueError(f"RKD: the {side} layer {layer!r} gives shape {tuple(found[layer].shape)}, "
                                  f"not one embedding per sample; name the penultimate layer (e.g. 'pool').")
         weights = {"ce": ce_weight, "rkd_distance": distance_weight, "rkd_angle": angle_weight}
         self.loss_weights = {name: w for name, w in weights.items() if w != 0 or name == "ce"}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and "rkd_angle" in self.loss_weights:
+        if stage == "fit":
             check_angle_batch_size(self, self.global_relations)
 
-    def embeddings(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(student_logits, student_embeddings, teacher_embeddings)``, flattened to ``(N, D)``."""
-        self.teacher_forward(x)
-        s_logits = self.student(x)
-        (s_emb,), (t_emb,) = self.student_hooks.features, self.teacher_hooks.features
-        self.student_hooks.clear()
-        self.teacher_hooks.clear()
-        return s_logits, s_emb.flatten(1), t_emb.flatten(1)
-
-    def distill_losses(self, batch):
-        x, y = batch
-        s_logits, s_emb, t_emb = self.embeddings(x)
-        return s_logits, {"ce": F.cross_entropy(s_logits, y), **relation_losses(self, s_emb, t_emb)}
+    def distill_losses(self, student, teacher, batch):
+        s_emb = student.features[self.student_layer].flatten(1)
+        t_emb = teacher.features[self.teacher_layer].flatten(1)
+        return {"ce": F.cross_entropy(student.logits, batch[1]),
+                **relation_losses(self, s_emb, t_emb, self.global_relations)}

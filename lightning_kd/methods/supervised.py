@@ -1,21 +1,15 @@
 """Plain supervised training: the teachers and the student baselines."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from lightning_kd.base import DistillationModule
+from lightning_kd.base import StudentModule
 
 
-class Supervised(DistillationModule):
+class Supervised(StudentModule):
     """Cross-entropy training of ``student`` alone (no teacher).
 
     Used to train teachers (their checkpoints become ``teacher_ckpt`` of a distillation run)
     and the student baselines every method is compared against.
+
+    Args:
+        **kwargs: see :class:`~lightning_kd.base.StudentModule`.
     """
-
-    uses_teacher = False
-
-    def distill_losses(self, batch):
-        x, y = batch
-        logits = self.student(x)
-        return logits, {"ce": F.cross_entropy(logits, y)}

@@ -11,11 +11,19 @@ from torch import Tensor, nn
 from lightning_kd.models import build_network
 
 
+class L2Normalize(nn.Module):
+    """Scales every row to unit L2 norm."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1)
+
+
 class EmbeddingNet(nn.Module):
     """``backbone`` pooled features -> ``Linear`` -> an ``embedding_dim`` embedding.
 
-    ``embed(x)`` gives the embedding (L2-normalized when ``normalize``); ``forward(x)`` gives
-    class logits from a linear ``fc`` on it, so the network also fits the zoo's contract
+    The submodule ``embedding`` outputs the embedding (L2-normalized when ``normalize``), which
+    metric-learning methods read by that name; ``embed(x)`` returns it. ``forward(x)`` gives class
+    logits from a linear ``fc`` on it, so the network also fits the zoo's contract
     (metric-learning methods freeze ``fc`` and never use it).
 
     Args:
@@ -41,14 +49,13 @@ class EmbeddingNet(nn.Module):
                              f"{type(self.backbone).__name__}.fc is {type(head).__name__}; use a network "
                              f"of lightning_kd.models or a torchvision ResNet.")
         self.backbone.fc = nn.Identity()  # the backbone now ends at its pooled features
-        self.embedding = nn.Linear(head.in_features, embedding_dim)
+        linear = nn.Linear(head.in_features, embedding_dim)
+        self.embedding = nn.Sequential(linear, L2Normalize()) if normalize else nn.Sequential(linear)
         self.fc = nn.Linear(embedding_dim, num_classes)
-        self.normalize = normalize
         self.embedding_dim = embedding_dim
 
     def embed(self, x: Tensor) -> Tensor:
-        e = self.embedding(self.backbone(x))
-        return F.normalize(e, dim=1) if self.normalize else e
+        return self.embedding(self.backbone(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.embed(x))

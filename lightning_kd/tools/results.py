@@ -1,18 +1,18 @@
 """The results table: teacher, student baseline and every method of a config folder, over seeds.
 
-    python -m lightning_kd.results --configs configs/cifar10 --data-root ../shared/data/cifar10-jpeg.tar.gz \\
-        --epochs 30 --seeds 0 1 --out docs/RESULTS.md
-    python -m lightning_kd.results --configs configs/quickstart --epochs 10 --out docs/RESULTS_quickstart.md
+    python -m lightning_kd.tools.results --configs configs/cifar10 \\
+        --data-root ../shared/data/cifar10-jpeg.tar.gz --epochs 30 --seeds 0 1 --out docs/RESULTS.md
+    python -m lightning_kd.tools.results --configs configs/quickstart --epochs 10 --out docs/RESULTS_quickstart.md
 
 In order: the teacher config (``teacher*.yaml``), the student baseline (``baseline*.yaml``), then
 every other YAML of the folder (the methods), each an ordinary fit + test of its config through
-:func:`lightning_kd.quickstart.fit_and_test`. The teacher is trained once (first seed); every
-other config runs once per seed and distills from that teacher (``teacher_ckpt`` is overridden).
-``--epochs N`` shortens every schedule by the same factor (max_epochs, LR milestones / T_max /
-step_size, and the stage-1 epochs of two-stage methods), so the configs stay the papers' full
-recipes and the short table is one flag away from them. Writes a markdown report (mean +- std
-top-1 over seeds, delta vs the baseline, wall time per run, the exact command line of every run)
-and a PNG of the validation accuracy per epoch next to it.
+:func:`lightning_kd.tools.runner.fit_and_test`. The teacher is trained once (first seed); every
+other config runs once per seed and distills from that teacher (``teacher_ckpt`` is overridden;
+RCO reads the route the teacher recorded next to its checkpoints). ``--epochs N`` sets every
+run's ``trainer.max_epochs``: the configs' schedules are fractions of the run (LR milestones,
+stage 1 of two-stage methods, route anchors), so the short table keeps the papers' recipes in
+shape. Writes a markdown report (mean +- std top-1 over seeds, delta vs the baseline, wall time
+per run, the exact command line of every run) and a PNG of the validation accuracy per epoch.
 
 Resumable: each finished run leaves its record (``run.json``) beside its checkpoints in
 ``--run-dir``; the same command run again reuses every run whose config file content and
@@ -22,7 +22,6 @@ by re-running the command. ``--rerun`` trains everything again.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import fnmatch
 import hashlib
@@ -34,7 +33,6 @@ import statistics
 import sys
 import tarfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,9 +41,9 @@ import torch
 import yaml
 from pytorch_lightning import Callback
 
-from lightning_kd.bench import device_name
 from lightning_kd.checkpoints import load_checkpoint_file
-from lightning_kd.quickstart import fit_and_test
+from lightning_kd.tools.bench import device_name
+from lightning_kd.tools.runner import fit_and_test, resolve
 
 # Row order of the table; configs are discovered from the folder, their file name's first word is the key.
 METHOD_ORDER = ["teacher", "baseline", "kd", "fitnet", "at", "fsp", "rkd", "rco", "dml", "iekd", "iedml"]
@@ -54,9 +52,6 @@ LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fit
 # RepDistiller (Tian et al., CRD, ICLR 2020, Table 1), CIFAR-100 resnet32x4 -> resnet8x4, top-1 %.
 REPDISTILLER_CIFAR100 = {"teacher": 79.42, "baseline": 72.50, "kd": 73.33, "fitnet": 73.50, "at": 73.44,
                          "fsp": 72.62, "rkd": 71.90}
-# Scheduler arguments counted in epochs (scaled by --epochs): epoch numbers, and periods.
-EPOCH_POINTS = ("milestones", "T_max")
-EPOCH_PERIODS = ("step_size", "T_0")
 
 
 class ValAccHistory(Callback):
@@ -110,7 +105,7 @@ class Run:
 
 
 def network_name(cfg: dict) -> str:
-    """The trained network of a config, compactly: ``small_cnn(width=4)``; peer 0 for mutual learning."""
+    """The trained network of a resolved config, compactly: ``small_cnn(width=4)``; peer 0 for mutual learning."""
     init_args = cfg["model"].get("init_args") or {}
     peers = init_args.get("peers")
     spec = peers[0] if peers else init_args.get("student", "?")
@@ -145,115 +140,12 @@ def discover_configs(folder: Path, skip: Sequence[str] = ()) -> tuple[Path, Path
     return found["teacher"][0], found["baseline"][0], methods
 
 
-def scaled_round(value: float, factor: float) -> int:
-    return max(1, int(round(value * factor)))
-
-
-@dataclass
-class EpochScale:
-    """How one config's epoch counts map to a schedule of ``epochs`` task epochs.
-
-    Durations are multiplied by ``factor = epochs / task_epochs`` where ``task_epochs`` is
-    ``max_epochs`` minus a two-stage method's ``stage1_epochs`` (stage 1 keeps at least one epoch),
-    and ``max_epochs`` becomes ``epochs`` plus the scaled stage 1. Epoch numbers after stage 1
-    (LR milestones, ``T_max``, RCO switch epochs) keep their place in the task phase: ``m`` becomes
-    ``new_stage1 + (m - stage1) * factor``, so a schedule that spans both stages still does.
-    Every scaled value is at least 1.
-    """
-
-    epochs: int
-    stage1: int
-    factor: float
-
-    @classmethod
-    def of(cls, cfg: dict, epochs: int) -> "EpochScale":
-        """Raises ValueError for ``epochs < 1``, no ``trainer.max_epochs``, or ``stage1_epochs >= max_epochs``."""
-        if epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {epochs}.")
-        max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
-        if not max_epochs:
-            raise ValueError("the config sets no trainer.max_epochs, so there is no schedule to scale; add it.")
-        stage1 = int((cfg["model"].get("init_args") or {}).get("stage1_epochs") or 0)
-        if stage1 >= max_epochs:
-            raise ValueError(f"stage1_epochs={stage1} >= max_epochs={max_epochs}: no task epochs to scale.")
-        return cls(epochs, stage1, epochs / (max_epochs - stage1))
-
-    @property
-    def new_stage1(self) -> int:
-        return scaled_round(self.stage1, self.factor) if self.stage1 else 0
-
-    @property
-    def max_epochs(self) -> int:
-        return self.epochs + self.new_stage1
-
-    def point(self, value):
-        """An epoch number (or a list of them) in the new schedule."""
-        if isinstance(value, list):
-            return [self.point(v) for v in value]
-        if value > self.stage1:
-            return self.new_stage1 + scaled_round(value - self.stage1, self.factor)
-        return max(1, min(self.new_stage1, int(round(value * self.factor))))
-
-    def period(self, value):
-        """A number of epochs (or a list of them) in the new schedule."""
-        return [self.period(v) for v in value] if isinstance(value, list) else scaled_round(value, self.factor)
-
-
-def schedule_overrides(cfg: dict, epochs: int) -> list[str]:
-    """CLI overrides that shrink (or stretch) a config's schedule to ``epochs`` task epochs.
-
-    ``max_epochs``, ``stage1_epochs`` and the LR scheduler's milestones / ``T_max`` (epoch
-    numbers) and ``step_size`` / ``T_0`` (periods), mapped as :class:`EpochScale` describes.
-    """
-    scale = EpochScale.of(cfg, epochs)
-    args = [f"--trainer.max_epochs={scale.max_epochs}"]
-    if scale.stage1:
-        args.append(f"--model.init_args.stage1_epochs={scale.new_stage1}")
-    sched_args = ((cfg["model"].get("init_args") or {}).get("lr_scheduler") or {}).get("init_args", {})
-    for name in (*EPOCH_POINTS, *EPOCH_PERIODS):
-        if name in sched_args:
-            value = (scale.point if name in EPOCH_POINTS else scale.period)(sched_args[name])
-            args.append(f"--model.init_args.lr_scheduler.init_args.{name}={json.dumps(value)}")
-    return args
-
-
-def callback_overrides(cfg: dict, epochs: Optional[int], route_dir: Optional[Path]) -> list[str]:
-    """Rewrite the config's callbacks (one ``--trainer.callbacks`` override) for this run.
-
-    The RCO callbacks share the run's route folder (``RouteRecorder.dirpath`` of the teacher,
-    ``RouteConstrainedTeacher.route_dir`` of the student); with ``epochs``, the recorder's
-    ``every_n_epochs`` and an explicit list of RCO switch epochs are scaled like the schedule.
-    Returns no override when nothing changes.
-    """
-    callbacks = copy.deepcopy((cfg.get("trainer") or {}).get("callbacks") or [])
-    scale = None if epochs is None else EpochScale.of(cfg, epochs)
-    changed = False
-    for callback in callbacks:
-        if not isinstance(callback, dict):
-            continue
-        init_args = callback.setdefault("init_args", {})
-        before = copy.deepcopy(init_args)
-        name = callback.get("class_path", "").rsplit(".", 1)[-1]
-        if route_dir is not None and name == "RouteRecorder":
-            init_args["dirpath"] = str(route_dir)
-        if route_dir is not None and name == "RouteConstrainedTeacher":
-            init_args["route_dir"] = str(route_dir)
-        if scale is not None and init_args.get("every_n_epochs"):
-            init_args["every_n_epochs"] = scale.period(init_args["every_n_epochs"])
-        if scale is not None and isinstance(init_args.get("schedule"), list):
-            init_args["schedule"] = scale.point(init_args["schedule"])
-        changed |= init_args != before
-    return [f"--trainer.callbacks={json.dumps(callbacks)}"] if changed else []
-
-
-def data_overrides(cfg: dict, data_root: Optional[Path], cifar_root: Optional[str], download: bool) -> list[str]:
-    """Point a config at the data the user has: an ImageFolder tree, or a torchvision CIFAR folder."""
+def data_overrides(data_root: Optional[Path], cifar_root: Optional[str], download: bool) -> list[str]:
+    """Point a config at the data the user has: an ImageFolder tree, or a torchvision CIFAR folder.
+    A new data class keeps the init_args it shares with the config's (the batch size)."""
     args = []
     if data_root is not None:
         args += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={data_root}"]
-        batch_size = (cfg["data"].get("init_args") or {}).get("batch_size")
-        if batch_size:  # switching the data class drops the old init_args
-            args.append(f"--data.batch_size={batch_size}")
     if cifar_root is not None:
         args.append(f"--data.init_args.root={cifar_root}")
     if download:
@@ -490,7 +382,8 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml",
                                   ckpt_path=resume)
     run = Run(key, config, seed, overrides, test_acc, history.seconds(), history.history,
-              run_dir / "config.yaml", best, network_name(yaml.safe_load(config.read_text())), config_sha,
+              run_dir / "config.yaml", best, network_name(yaml.safe_load((run_dir / "config.yaml").read_text())),
+              config_sha,
               teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_name())
     save_record(run, record)
     print(f"[results] {label}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
@@ -503,7 +396,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config folder: teacher*.yaml, baseline*.yaml and the method configs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every student config")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="task epochs of every run (schedules scaled to match); default: the configs' own")
+                        help="trainer.max_epochs of every run (the configs' schedules are fractions of it); "
+                             "default: the configs' own")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="markdown report (PNG beside it)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/results"), help="checkpoints and resolved configs")
     parser.add_argument("--data-root", type=Path, default=None,
@@ -531,10 +425,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[Run]:
     args = parse_args(argv)
-    # Each run builds a LightningCLI from an argument list inside this command; that is intended here.
-    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = "python -m lightning_kd.results " + shlex.join(argv)
+    command = "python -m lightning_kd.tools.results " + shlex.join(argv)
     teacher_cfg, baseline_cfg, method_cfgs = discover_configs(args.configs, args.skip)
     if args.only is not None:
         method_cfgs = [c for c in method_cfgs if method_key(c) in args.only]
@@ -544,18 +436,18 @@ def main(argv=None) -> list[Run]:
         common.append("--trainer.logger=false")
     if args.limit_train_batches is not None:
         common.append(f"--trainer.limit_train_batches={args.limit_train_batches}")
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise SystemExit(f"--epochs must be >= 1, got {args.epochs}.")
+        common.append(f"--trainer.max_epochs={args.epochs}")
 
-    # The teacher's run folder is known up front: its checkpoints and route feed the students.
+    # The teacher's run folder is known up front: its checkpoints (and the route RouteRecorder writes
+    # next to them, where RouteConstrainedTeacher looks) feed the students.
     teacher_dir = args.run_dir / teacher_cfg.stem / f"seed{args.seeds[0]}"
-    route_dir = checkpoint_dir(teacher_dir) / "route"
 
     def overrides_for(config: Path) -> list[str]:
-        cfg = yaml.safe_load(config.read_text())
-        extra = data_overrides(cfg, data_root, args.cifar_root, args.download)
-        if args.epochs is not None:
-            extra += schedule_overrides(cfg, args.epochs)
-        extra += callback_overrides(cfg, args.epochs, route_dir)
-        configured = (cfg["model"].get("init_args") or {}).get("teacher_ckpt")
+        extra = data_overrides(data_root, args.cifar_root, args.download)
+        configured = resolve(config)["model"]["init_args"].get("teacher_ckpt")
         if configured:  # the file the config names (best.ckpt or last.ckpt) of this run's teacher
             name = Path(configured).name if Path(configured).name in ("best.ckpt", "last.ckpt") else "best.ckpt"
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")

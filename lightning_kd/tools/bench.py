@@ -1,4 +1,4 @@
-"""``python -m lightning_kd.bench``: training throughput of every method config, as a markdown table.
+"""``python -m lightning_kd.tools.bench``: training throughput of every method config, as a markdown table.
 
 It times the real pipeline: the YAML config through the CLI, the Trainer, an in-memory uint8
 datamodule augmented on the device, and the method's training step. Each config in
@@ -29,19 +29,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
-import yaml
 from pytorch_lightning import Callback
 
 from lightning_kd.callbacks.route import write_route
-from lightning_kd.cli import make_cli
+from lightning_kd.cli import SHIPPED_CONFIGS
 from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
-
-REPO = Path(__file__).resolve().parent.parent
+from lightning_kd.tools.runner import build, resolve
 COLUMNS = ["config", "method", "batch", "images/s", "peak memory (MiB)", "ceiling step", "ratio to ceiling"]
 
 
@@ -242,7 +239,8 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
                 "--data.input_shape=[3, 32, 32]", f"--data.train_size={args.batch_size * batches}",
                 f"--data.val_size={args.batch_size}", f"--data.test_size={args.batch_size}"]
     if start:
-        out.append(f"--model.init_args.stage1_epochs={start}")
+        # Exactly `start` epochs of stage 1 (a fraction of the run, see TwoStageDistillation).
+        out.append(f"--model.init_args.stage1_fraction={start / (start + batches)}")
     if args.channels_last:
         out.append("--model.init_args.channels_last=true")
     if args.compile:
@@ -257,9 +255,8 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
 def bench_config(config: Path, args, folder: Path, datamodules: dict, ceiling: dict) -> Row:
     row = Row(config.name, batch=args.batch_size)
     try:
-        cfg = yaml.safe_load(config.read_text())
-        with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI reads our args, not the bench's
-            cli = make_cli(["-c", str(config), *overrides(cfg, args, folder)], run=False)
+        cfg = resolve(config)
+        cli = build(config, *overrides(cfg, args, folder))
         row.method = type(cli.model).__name__
         # The decoded images are shared between configs (the same data, decoded once).
         datamodule = datamodules.setdefault(type(cli.datamodule).__name__, cli.datamodule)
@@ -317,8 +314,8 @@ def write_section(path: Path, name: str, body: str) -> None:
 
 def parse_args(argv=None):
     gpu = torch.cuda.is_available()
-    p = argparse.ArgumentParser(prog="python -m lightning_kd.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--configs-dir", default=str(REPO / "configs" / "cifar10"),
+    p = argparse.ArgumentParser(prog="python -m lightning_kd.tools.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--configs-dir", default=str(SHIPPED_CONFIGS / "cifar10"),
                    help="folder whose method configs (*.yaml except teacher*) are timed")
     p.add_argument("--configs", nargs="*", help="only these config names (stems) from --configs-dir")
     p.add_argument("--data-root", help="CIFAR-10 ImageFolder tree (root/{train,test}/<class>/*.jpg); "
@@ -347,7 +344,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[Row]:
     args = parse_args(argv)
-    command = "python -m lightning_kd.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m lightning_kd.tools.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     configs = method_configs(Path(args.configs_dir), args.configs)
     if args.ceiling and args.raw_reference:
         raise SystemExit("--ceiling and --raw-reference are two yardsticks: choose one.")

@@ -1,0 +1,171 @@
+"""FrozenTeacher: everything about the teacher of a distillation run, in one place.
+
+It loads the weights strictly, freezes them, keeps the network in eval mode, runs it without
+autograd and returns its logits and the features a method asked for, caches logits per sample,
+casts itself to bfloat16 for a fit and back, and swaps in other weights (RCO's route anchors).
+
+It is deliberately *not* a submodule of the LightningModule: its weights come from
+``teacher_ckpt`` and never appear in a checkpoint, DDP never sees (nor broadcasts) them, and
+Lightning's ``train()`` calls never reach it. It follows the inputs to their device on first use.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from lightning_kd.checkpoints import load_network_weights, read_weights
+from lightning_kd.features import FeatureHooks, NetOutput
+from lightning_kd.models import build_network
+
+NetSpec = Union[str, dict[str, Any]]
+
+
+class TeacherLogitCache:
+    """Teacher logits for ``size`` training samples, filled on first sight of each sample.
+
+    Without random augmentation a training image is the same tensor every epoch, so the frozen
+    teacher gives the same logits every epoch: the first epoch computes them, later epochs read them.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.logits: Optional[Tensor] = None
+        self.filled: Optional[Tensor] = None
+
+    def lookup(self, index: Tensor) -> Optional[Tensor]:
+        """The cached logits of the samples ``index``, or None unless all of them are cached.
+
+        Deciding costs one host-device sync per step (reading ``filled``), small beside the
+        teacher forward it saves.
+        """
+        if self.filled is None:
+            self.filled = torch.zeros(self.size, dtype=torch.bool, device=index.device)
+        if self.logits is not None and bool(self.filled[index].all()):
+            return self.logits[index]
+        return None
+
+    def store(self, index: Tensor, logits: Tensor) -> None:
+        if self.logits is None:
+            self.logits = torch.zeros(self.size, *logits.shape[1:], dtype=logits.dtype, device=logits.device)
+        self.logits[index] = logits
+        self.filled[index] = True
+
+
+def check_cacheable(datamodule, layers: Sequence[str]) -> None:
+    """Raise a ValueError naming the fix when cached teacher logits would differ from live ones."""
+    fix = "or set model.init_args.cache_teacher_outputs: false"
+    if datamodule is None or not getattr(datamodule, "return_index", False):
+        raise ValueError("cache_teacher_outputs keys the cache on sample indices: use a datamodule with "
+                         f"`return_index: true` (any InMemoryDataModule) passed to the Trainer, {fix}.")
+    if getattr(datamodule, "pad", 0) or getattr(datamodule, "flip", False):
+        raise ValueError(f"cache_teacher_outputs is valid only without random augmentation, but the data "
+                         f"has pad={datamodule.pad}, flip={datamodule.flip}: set data.init_args.pad: 0 "
+                         f"and flip: false, {fix}.")
+    if layers:
+        raise ValueError(f"cache_teacher_outputs caches the teacher's logits only, but this method reads "
+                         f"teacher features through hooks on {list(layers)}; those need the live forward, {fix}.")
+
+
+class FrozenTeacher:
+    """A trained network that never changes: the teacher of a distillation method.
+
+    Args:
+        spec: the network spec (a name of ``lightning_kd.models``, a dotted constructor path, or
+            ``{"name": ..., **kwargs}``).
+        checkpoint: its trained weights (a Lightning ``.ckpt`` or a plain state_dict), read with
+            ``weights_only=True``; keys and shapes must match exactly.
+        num_classes: outputs of the network.
+        in_channels: input channels of the network.
+    """
+
+    def __init__(self, spec: NetSpec, checkpoint: Union[str, Path], num_classes: int, in_channels: int):
+        self.net = build_network(spec, num_classes, in_channels)
+        load_network_weights(self.net, checkpoint, what="teacher_ckpt")
+        self.net.requires_grad_(False).eval()
+        self.hooks: Optional[FeatureHooks] = None
+        self.cache: Optional[TeacherLogitCache] = None
+        self._originals: Optional[dict[str, Tensor]] = None  # float32 weights while cast to bfloat16
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers whose features every forward returns."""
+        return [] if self.hooks is None else self.hooks.names
+
+    def watch(self, layers: Sequence[str]) -> None:
+        """Return the features of ``layers`` (dotted module names) from every forward on."""
+        if self.hooks is not None:
+            self.hooks.remove()
+        self.hooks = FeatureHooks(self.net, layers) if layers else None
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, index: Optional[Tensor] = None) -> NetOutput:
+        """Logits (and the watched features) of ``x``, without autograd, in eval mode.
+
+        ``index`` (the samples' dataset indices) reads and fills the logit cache when it is on.
+        """
+        if self.net.training:  # nothing should switch it, but a frozen teacher never trains
+            self.net.eval()
+        if self.cache is not None and index is not None:
+            cached = self.cache.lookup(index)
+            if cached is not None:
+                return NetOutput(cached, {})
+        self.follow(x)
+        logits = self.net(x)
+        if self.cache is not None and index is not None:
+            self.cache.store(index, logits)
+        return NetOutput(logits, {} if self.hooks is None else self.hooks.pop())
+
+    def follow(self, x: Tensor) -> None:
+        """Move the network to ``x``'s device (it is not a submodule, so Lightning does not move it)."""
+        parameter = next(self.net.parameters(), None)
+        if parameter is not None and parameter.device != x.device:
+            self.net.to(x.device)
+
+    # ----------------------------------------------------------------- fit-time options
+    def setup(self, stage: str, trainer, channels_last: bool = False, compile: bool = False,
+              cache: bool = False) -> None:
+        """The module's options, from its ``setup``: channels_last memory format; for a fit also bfloat16
+        weights under ``precision: bf16-mixed`` (it runs without autograd, so nothing is lost in
+        training), the logit cache (checked against the data first) and ``torch.compile`` (in place,
+        so the watched layers' hooks stay attached)."""
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if stage != "fit":
+            return
+        if str(trainer.precision) == "bf16-mixed":
+            self._originals = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.net.to(torch.bfloat16)
+        if cache:
+            check_cacheable(trainer.datamodule, self.layers)
+            self.cache = TeacherLogitCache(len(trainer.datamodule.train_dataloader().dataset))
+        if compile:
+            self.net.compile()
+
+    def teardown(self) -> None:
+        """Back to the exact original float32 weights (the last ones loaded); the cache is dropped."""
+        if self._originals is not None:
+            self.net.to(torch.float32).load_state_dict(self._originals)
+            self._originals = None
+        self.cache = None
+
+    # ----------------------------------------------------------------- other weights (RCO)
+    def state_dict(self) -> dict[str, Tensor]:
+        """The current weights (in the current dtype)."""
+        return self.net.state_dict()
+
+    def read_weights(self, path: Union[str, Path], what: str) -> dict[str, Tensor]:
+        """The weights of ``path`` checked strictly against this network's keys and shapes, as float32."""
+        expected = {k: v.float() if v.is_floating_point() else v for k, v in self.net.state_dict().items()}
+        return read_weights(path, expected, what, type(self.net).__name__)
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Swap in other weights during a fit (RCO's route anchors): copied into the current dtype and
+        device, kept as the originals that :meth:`teardown` restores, and cached logits are void."""
+        self.net.load_state_dict(state)
+        if self._originals is not None:
+            self._originals = {k: v.detach().clone() for k, v in state.items()}
+        if self.cache is not None:
+            self.cache = TeacherLogitCache(self.cache.size)

@@ -1,0 +1,55 @@
+"""The one runner under the tools: build a run from a config, fit it, test its best checkpoint.
+
+Every run is an ordinary ``lightning-kd fit -c CONFIG OVERRIDES`` built through :func:`make_cli`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lightning_kd.cli import KDCLI, config_path, make_cli
+
+
+def build(config: str | Path, *overrides: str) -> KDCLI:
+    """The instantiated CLI (model, datamodule, trainer) of a config, not yet run."""
+    return make_cli(["-c", str(config_path(config)), *overrides], run=False)
+
+
+def resolve(config: str | Path, *overrides: str) -> dict:
+    """The fully resolved config (includes, defaults and overrides applied) without instantiating
+    anything: what ``--print_config`` prints."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        make_cli(["-c", str(config_path(config)), *overrides, "--print_config"], run=False)
+    return yaml.safe_load(printed.getvalue())
+
+
+def best_checkpoint(trainer: Trainer) -> ModelCheckpoint:
+    """The checkpoint callback that keeps ``best.ckpt`` (the monitored one)."""
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    if not monitored:
+        raise ValueError("the run has no monitored ModelCheckpoint, so there is no best checkpoint to test.")
+    return monitored[0]
+
+
+def fit_and_test(config: str | Path, *overrides: str, callbacks: Sequence[Callback] = (),
+                 save_config: Optional[Path] = None, ckpt_path: Optional[Path] = None) -> tuple[float, str]:
+    """Fit one config, test its best checkpoint; return (test top-1, best checkpoint path).
+
+    ``callbacks`` join the config's own; ``save_config`` receives the fully resolved config;
+    ``ckpt_path`` resumes the fit from a checkpoint of the same run.
+    """
+    cli = build(config, *overrides)
+    if save_config is not None:
+        Path(save_config).write_text(cli.parser.dump(cli.config, skip_none=False))
+    cli.trainer.callbacks.extend(callbacks)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    best = best_checkpoint(cli.trainer).best_model_path
+    result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    return float(result[0]["test/acc"]), best

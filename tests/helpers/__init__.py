@@ -1,0 +1,91 @@
+"""What the tests share: one trainer factory, one tiny network, teacher files and method builders.
+
+Tests import from here (never from each other); ``conftest.py`` holds only the fixtures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS_SHAPE = (1, 8, 8)
+TINY_CNN = {"name": "small_cnn", "width": 4}
+# Arguments that let a method's default constructor finish a 2-epoch digits run in both stages.
+SHORT_RUN_ARGS = {"FSP": {"stage1_fraction": 0.5}, "IEKD": {"stage1_fraction": 0.5}}
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
+
+
+def trainer(tmp_path: Optional[Path] = None, **kwargs) -> pl.Trainer:
+    """A CPU Trainer for short test fits: 1 epoch of 2 batches, no validation, logger, checkpoints,
+    progress bar or summary; any Trainer argument overrides these."""
+    options = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", devices=1,
+                   logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   enable_checkpointing=False, default_root_dir=tmp_path)
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def save_teacher(path: Path, spec, num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> str:
+    """Build a (randomly initialised) network and save it as a plain state_dict file."""
+    from lightning_kd.models import build_network
+
+    torch.manual_seed(seed)
+    torch.save(build_network(spec, num_classes, in_channels).state_dict(), path)
+    return str(path)
+
+
+def teacher_methods() -> list[str]:
+    """Names in ``lightning_kd.methods.__all__`` of the methods that distill from a teacher."""
+    import lightning_kd.methods as methods
+    from lightning_kd.base import DistillationModule
+
+    return [name for name in methods.__all__ if issubclass(getattr(methods, name), DistillationModule)]
+
+
+def build_method(name: str, teacher_ckpt: str, cls=None, **kwargs):
+    """A teacher-based method with its default arguments on digits: small_cnn width 4 student and
+    teacher (equal widths, which FSP needs), plus :data:`SHORT_RUN_ARGS`."""
+    import lightning_kd.methods as methods
+
+    args = dict(student=TINY_CNN, teacher=TINY_CNN, teacher_ckpt=teacher_ckpt, num_classes=10,
+                input_shape=DIGITS_SHAPE, **SHORT_RUN_ARGS.get(name, {}))
+    args.update(kwargs)
+    return (cls or getattr(methods, name))(**args)
+
+
+def ie_loss_by_hand(factor: torch.Tensor, target: torch.Tensor) -> float:
+    """IE-KD's inheritance loss written out sample by sample, element by element, in float64: the mean
+    absolute difference of the per-sample L2-normalised, flattened factors."""
+    total, count = 0.0, 0
+    for f, t in zip(factor.double(), target.double()):
+        f, t = f.flatten(), t.flatten()
+        f, t = f / f.pow(2).sum().sqrt(), t / t.pow(2).sum().sqrt()
+        total += float((f - t).abs().sum())
+        count += f.numel()
+    return total / count
+
+
+def snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def assert_same_state(a, b, what: str = "state") -> None:
+    """Equal nested dicts/lists of tensors and plain values, tensors bit for bit."""
+    assert type(a) is type(b), what
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for k in a:
+            assert_same_state(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{what}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), what
+    else:
+        assert a == b, what
