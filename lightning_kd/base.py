@@ -31,6 +31,14 @@ def accuracy(num_classes: int, top_k: int = 1) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes, top_k=min(top_k, num_classes), average="micro")
 
 
+def attached_trainer(module: pl.LightningModule) -> Optional[pl.Trainer]:
+    """The module's Trainer, or None outside a fit (unit tests call methods on a bare module)."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
+
+
 class StudentModule(pl.LightningModule):
     """A network trained on labels: the student, its metrics, optimizer, schedule and export. On its own
     it trains with cross-entropy; subclasses change :meth:`student_losses` and ``loss_weights``.
@@ -128,7 +136,7 @@ class StudentModule(pl.LightningModule):
             optimizer = self.optimizer_factory(params)
         if self.lr_scheduler_factory is None:
             return optimizer, None
-        scheduler = fit_to_run(self.lr_scheduler_factory(optimizer), self._trainer)
+        scheduler = fit_to_run(self.lr_scheduler_factory(optimizer), attached_trainer(self))
         return optimizer, {"scheduler": scheduler, "interval": "epoch"}
 
     def configure_optimizers(self):
@@ -151,10 +159,14 @@ class StudentModule(pl.LightningModule):
                                  f"{attr}={got}: build the model with the datamodule's value (the CLI "
                                  f"links it for you).")
 
-    def evaluate(self, batch, stage: str) -> tuple[NetOutput, Tensor]:
-        """Student top-1/top-5 of a validation or test batch; returns its output and the labels."""
+    def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
+        """The student's output of an evaluation batch (and the teacher's, in DistillationModule)."""
+        return self.student_forward(x), None
+
+    def evaluate(self, batch, stage: str) -> tuple[NetOutput, Optional[NetOutput], Tensor]:
+        """Student top-1/top-5 of a validation or test batch; returns both outputs and the labels."""
         x, y, _ = self.unpack(batch)
-        student = self.student_forward(x)
+        student, teacher = self.evaluation_outputs(x)
         top1, top5 = (self.val_acc, self.val_acc5) if stage == "val" else (self.test_acc, self.test_acc5)
         top1.update(student.logits, y)
         top5.update(student.logits, y)
@@ -162,7 +174,7 @@ class StudentModule(pl.LightningModule):
         self.log(f"{stage}/acc5", top5)
         if stage == "val":
             self.log("val/loss", F.cross_entropy(student.logits.float(), y), batch_size=len(y), sync_dist=True)
-        return student, y
+        return student, teacher, y
 
     def validation_step(self, batch, batch_idx):
         self.evaluate(batch, "val")
@@ -236,16 +248,18 @@ class DistillationModule(StudentModule):
         student = self.student_forward(x) if runs_student else None
         return self.weighted_total(self.distill_losses(student, teacher, (x, y)), len(x))
 
-    def evaluate(self, batch, stage: str) -> tuple[NetOutput, Tensor]:
-        student, y = super().evaluate(batch, stage)
+    def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
+        return self.student_forward(x), self.teacher(x)
+
+    def evaluate(self, batch, stage: str) -> tuple[NetOutput, Optional[NetOutput], Tensor]:
+        student, teacher, y = super().evaluate(batch, stage)
         if stage == "val":
-            teacher = self.teacher(self.unpack(batch)[0])
             self.teacher_acc.update(teacher.logits, y)
             self.agreement.update(student.logits, teacher.logits.argmax(1))
             self.log("teacher/acc", self.teacher_acc)
             self.log("val/agreement", self.agreement)
             self.validation_extras(student, teacher, y)
-        return student, y
+        return student, teacher, y
 
     def validation_extras(self, student: NetOutput, teacher: NetOutput, y: Tensor) -> None:
         """Method-specific logs from the outputs of a validation batch (none here)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from lightning_kd.base import DistillationModule
+from lightning_kd.base import DistillationModule, attached_trainer
 from lightning_kd.schedules import epoch_of
 
 
@@ -39,7 +39,7 @@ class TwoStageDistillation(DistillationModule):
     @property
     def stage(self) -> int:
         """1 during the first ``stage1_epochs`` epochs of a fit, else 2 (1 outside a fit)."""
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return 1
         return 1 if self.current_epoch < self.stage1_epochs else 2
 

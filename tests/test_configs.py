@@ -133,3 +133,19 @@ def test_max_epochs_shortens_the_whole_recipe(tmp_path, monkeypatch):
     scheduler = cli.model.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert sorted(scheduler.milestones) == [16, 19, 21]
     assert cli.model.stage1_epochs == 3
+
+
+@pytest.mark.parametrize("given", ["configs/quickstart/baseline.yaml", "quickstart/baseline.yaml"])
+def test_shipped_configs_are_found_from_any_directory(given, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the installed package's is used
+    with pytest.raises(SystemExit):
+        make_cli(["fit", "-c", given, "--print_config"])
+    assert "class_path: lightning_kd.methods.Supervised" in capsys.readouterr().out
+    (tmp_path / "configs" / "quickstart").mkdir(parents=True)  # a file of the user's own wins
+    (tmp_path / "configs" / "quickstart" / "baseline.yaml").write_text(
+        (CONFIG_ROOT / "quickstart" / "baseline.yaml").read_text().replace("../_base", str(CONFIG_ROOT / "_base"))
+        + "model.init_args.student: {name: small_cnn, width: 7}\n")
+    if given.startswith("configs/"):
+        with pytest.raises(SystemExit):
+            make_cli(["fit", "-c", given, "--print_config"])
+        assert "width: 7" in capsys.readouterr().out

@@ -197,7 +197,7 @@ class DML(StudentModule):
 
     # ----------------------------------------------------------------- evaluation and export
     def validation_step(self, batch, batch_idx):
-        student, y = self.evaluate(batch, "val")  # peer 0: val/acc, val/acc5, val/loss
+        student, _, y = self.evaluate(batch, "val")  # peer 0: val/acc, val/acc5, val/loss
         x = self.unpack(batch)[0]
         for i, metric in enumerate(self.peer_val_acc):
             metric.update(student.logits if i == 0 else self.peer_forward(i, x).logits, y)

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.base import DistillationModule, StudentModule
-from lightning_kd.features import NetOutput
 from lightning_kd.losses import batch_hard_triplet_loss
 from lightning_kd.methods.rkd import check_angle_batch_size, relation_losses
 
@@ -55,18 +54,17 @@ def embedding_layer(net: nn.Module, layer: Optional[str], side: str) -> str:
 
 class RetrievalEvaluation:
     """Validation and test by Recall@K (``val/recall@1`` ... ``val/recall@8``) over the whole split,
-    from :meth:`embeddings` of each batch; under DDP the retrieval set is gathered from all processes
-    (the distributed sampler may repeat up to ``world_size - 1`` samples to even out the shards)."""
-
-    recall_ks: tuple[int, ...] = (1, 2, 4, 8)
-
-    def embeddings(self, x: Tensor) -> list[tuple[str, Tensor]]:
-        """``[(log prefix, embeddings)]`` of a batch; the student's comes first (prefix ``None``)."""
-        raise NotImplementedError
+    from the embeddings (the ``student_layer``, and the ``teacher_layer`` where there is a teacher) of
+    the base's evaluation outputs; under DDP the retrieval set is gathered from all processes (the
+    distributed sampler may repeat up to ``world_size - 1`` samples to even out the shards)."""
 
     def collect(self, batch) -> None:
         x, y, _ = self.unpack(batch)
-        self._retrieval.append((y, self.embeddings(x)))
+        student, teacher = self.evaluation_outputs(x)
+        sides = [(None, student.features[self.student_layer].flatten(1))]
+        if teacher is not None:
+            sides.append(("teacher", teacher.features[self.teacher_layer].flatten(1)))
+        self._retrieval.append((y, sides))
 
     def log_recalls(self, stage: str) -> None:
         batches, self._retrieval = self._retrieval, []
@@ -126,14 +124,9 @@ class MetricLearning(RetrievalEvaluation, StudentModule):
         self.loss_weights = {"triplet": 1.0}
         self._retrieval: list = []
 
-    def student_embedding(self, output: NetOutput) -> Tensor:
-        return output.features[self.student_layer].flatten(1)
-
-    def embeddings(self, x):
-        return [(None, self.student_embedding(self.student_forward(x)))]
-
     def student_losses(self, student, batch):
-        return {"triplet": batch_hard_triplet_loss(self.student_embedding(student), batch[1], self.margin)}
+        embeddings = student.features[self.student_layer].flatten(1)
+        return {"triplet": batch_hard_triplet_loss(embeddings, batch[1], self.margin)}
 
 
 class MetricRKD(RetrievalEvaluation, DistillationModule):
@@ -179,10 +172,6 @@ class MetricRKD(RetrievalEvaluation, DistillationModule):
         super().setup(stage)
         if stage == "fit":
             check_angle_batch_size(self, self.global_relations)
-
-    def embeddings(self, x):
-        return [(None, self.student_forward(x).features[self.student_layer].flatten(1)),
-                ("teacher", self.teacher(x).features[self.teacher_layer].flatten(1))]
 
     def distill_losses(self, student, teacher, batch):
         s_emb = student.features[self.student_layer].flatten(1)
