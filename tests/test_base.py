@@ -94,3 +94,15 @@ def test_export_student_is_a_plain_state_dict(supervised_ckpt, tmp_path):
     teacher.export_student(tmp_path / "net.pt")
     state = torch.load(tmp_path / "net.pt", weights_only=True)
     assert state.keys() == teacher.student.state_dict().keys()
+
+
+def test_a_loss_term_without_a_weight_is_an_error(supervised_ckpt):
+    path, _ = supervised_ckpt
+
+    class Unweighted(KD):
+        def distill_losses(self, student, teacher, batch):
+            return {**super().distill_losses(student, teacher, batch), "extra": student.logits.sum() * 0}
+
+    model = Unweighted(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8))
+    with pytest.raises(KeyError, match=r"returned the loss terms \['extra'\] without a weight"):
+        trainer(limit_train_batches=1).fit(model, datamodule=DigitsDataModule(batch_size=16))
