@@ -2,6 +2,7 @@
 wandb never touches the network."""
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -10,6 +11,16 @@ from helpers import TINY_CNN, save_teacher
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def lightning_logs_reach_caplog(monkeypatch):
+    """Lightning stops its loggers' propagation when the root logger had no handler at their import,
+    which depends on the import order; caplog reads the root logger, so let Lightning's INFO messages
+    (stage switches, resume notes) through."""
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
 
 
 @pytest.fixture
