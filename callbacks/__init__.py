@@ -1,9 +1,13 @@
-"""Callbacks, one concern each: RCO's route, mutual-learning alternation, the NaN/Inf check, the RNG
-states in checkpoints and safe checkpoint loading (the last three are added by every method)."""
+"""Callbacks, one concern each: RCO's route and mutual-learning alternation (named in configs), and the
+guarantees every method adds through ``configure_callbacks``: the NaN/Inf check, the RNG states in
+checkpoints, safe checkpoint reading and writing, resume checks and one run per checkpoint folder."""
 from lightning_kd.callbacks.finite import FiniteCheck
 from lightning_kd.callbacks.mutual import MutualAlternation
+from lightning_kd.callbacks.resume import ResumeCheck
 from lightning_kd.callbacks.rng import RNGState
 from lightning_kd.callbacks.route import RouteConstrainedTeacher, RouteRecorder
-from lightning_kd.callbacks.safe_loading import SafeLoading
+from lightning_kd.callbacks.run_folder import OneRunPerFolder
+from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
 
-__all__ = ["FiniteCheck", "MutualAlternation", "RNGState", "RouteConstrainedTeacher", "RouteRecorder", "SafeLoading"]
+__all__ = ["FiniteCheck", "MutualAlternation", "OneRunPerFolder", "RNGState", "ResumeCheck", "RouteConstrainedTeacher",
+           "RouteRecorder", "SafeCheckpoints"]

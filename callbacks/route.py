@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
+from lightning_kd.checkpoints import atomic_save
 from lightning_kd.losses import kd_loss
 from lightning_kd.schedules import check_fractions, epoch_of
 from lightning_kd.teacher import FrozenTeacher
@@ -43,11 +44,9 @@ def write_manifest(dirpath: Union[str, Path], entries: list[dict]) -> Path:
 
 
 def save_anchor(dirpath: Union[str, Path], epoch: int, state: dict[str, Tensor]) -> str:
-    """Save one anchor as a plain state_dict (loads with ``weights_only=True``); returns its name."""
+    """Save one anchor as a plain state_dict (loads with ``weights_only=True``), atomically; returns its name."""
     name = anchor_filename(epoch)
-    tmp = Path(dirpath) / (name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, Path(dirpath) / name)
+    atomic_save({k: v.detach().cpu() for k, v in state.items()}, Path(dirpath) / name)
     return name
 
 
@@ -80,6 +79,11 @@ def read_manifest(route_dir: Union[str, Path]) -> list[dict]:
                          f"entries ({type(err).__name__}: {err}); re-record the route.") from None
     if not entries:
         raise ValueError(f"route manifest {str(path)!r} lists no anchors; re-record the route.")
+    epochs = [int(e["epoch"]) for e in entries]
+    twice = sorted({e for e in epochs if epochs.count(e) > 1})
+    if twice:
+        raise ValueError(f"route manifest {str(path)!r} lists epoch(s) {twice} twice: it mixes two recordings; "
+                         f"re-record the route (train the teacher again into an empty folder).")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"route manifest {str(path)!r} names anchor files that do not exist: "
@@ -161,6 +165,11 @@ class RouteRecorder(Callback):
         if self.dirpath is None:
             root = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
             self.dirpath = Path(root or trainer.default_root_dir) / "route"
+        if not self.entries and (self.dirpath / MANIFEST).is_file():  # a fresh run (a resumed one has entries)
+            raise FileExistsError(
+                f"the route folder {str(self.dirpath)!r} already holds another run's route: a teacher's route "
+                f"and checkpoints come from one run. Resume that run (--ckpt_path), start over with --overwrite, "
+                f"or record into another folder (RouteRecorder dirpath).")
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class TensorBatches(Dataset):
@@ -40,6 +40,45 @@ class TensorBatches(Dataset):
 def keep_batch(batch):
     """collate_fn for TensorBatches: the batch is already stacked."""
     return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """The training order: a new permutation every epoch, drawn as torch's ``RandomSampler`` draws it (one
+    int64 of the global generator seeds a private one), which keeps its seed and the number of its
+    batches trained so far (counted by the datamodule), so that a fit resumed from a checkpoint written
+    in the middle of an epoch continues that epoch in the same order (:class:`ResumableLoader`)."""
+
+    def __init__(self, size: int, batch_size: int):
+        self.size, self.batch_size = size, batch_size
+        self.seed: Optional[int] = None
+        self.trained = 0
+        self.resume: Optional[tuple[int, int]] = None  # (seed, trained batches) of a checkpoint
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        if self.resume is not None:
+            (self.seed, self.trained), self.resume = self.resume, None
+        else:
+            self.seed, self.trained = int(torch.empty((), dtype=torch.int64).random_().item()), 0
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        yield from torch.randperm(self.size, generator=generator)[self.trained * self.batch_size:].tolist()
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader of one process, whose position in the epoch Lightning keeps in checkpoints
+    (``state_dict``) and restores on resume: the rest of the epoch comes in the original order."""
+
+    epoch_batches = None  # callable: the batches of a full epoch (Lightning's count, limit_train_batches included)
+
+    def state_dict(self) -> dict:
+        complete = self.epoch_batches is None or self.sampler.trained >= self.epoch_batches()
+        return {"seed": self.sampler.seed, "trained": 0 if complete else self.sampler.trained}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume = (state["seed"], state["trained"]) if state["trained"] else None
 
 
 def random_crop(images: Tensor, pad: int) -> Tensor:
@@ -101,6 +140,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.return_index = return_index
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.shuffle: Optional[EpochShuffle] = None
 
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Return ``{"train"|"val"|"test": (uint8 images (N, C, H, W), int64 labels (N,))}``."""
@@ -122,15 +162,33 @@ class InMemoryDataModule(pl.LightningDataModule):
             self.mean = train.mean(dim=(0, 2, 3))
             self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-3)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, loader=DataLoader, **kwargs) -> DataLoader:
         x, y = self.splits[split]
         batch = self.batch_size if train else self.eval_batch_size
-        return DataLoader(TensorBatches(x, y, with_index=train and self.return_index), batch_size=batch, shuffle=train,
-                          drop_last=train and len(y) > batch, collate_fn=keep_batch,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        # A loader of its own generator: starting an iteration (every validation, a resumed epoch) then draws
+        # nothing from the global one, so a resume replays the random augmentation exactly.
+        return loader(TensorBatches(x, y, with_index=train and self.return_index), batch_size=batch,
+                      drop_last=train and len(y) > batch, collate_fn=keep_batch, num_workers=self.num_workers,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator(), **kwargs)
 
     def train_dataloader(self):
-        return self._loader("train", True)
+        if self.trainer is not None and self.trainer.world_size > 1:  # Lightning shards it (DistributedSampler)
+            return self._loader("train", True, shuffle=True)
+        self.shuffle = EpochShuffle(len(self.splits["train"][1]), self.batch_size)
+        loader = self._loader("train", True, ResumableLoader, sampler=self.shuffle)
+        loader.epoch_batches = lambda: self.trainer.num_training_batches
+        return loader
+
+    def state_dict(self) -> dict:
+        # Under DDP the position in an epoch is not restorable: say so on resume instead of guessing.
+        trainer = self.trainer
+        return {"mid_epoch_ddp": bool(trainer is not None and trainer.world_size > 1 and not trainer.is_last_batch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mid_epoch_ddp"):
+            raise ValueError("this checkpoint was written in the middle of an epoch of a multi-process (DDP) run, "
+                             "where the position in the epoch cannot be restored exactly: resume from a checkpoint "
+                             "written at an epoch end (for example with val_check_interval: 1.0).")
 
     def val_dataloader(self):
         return self._loader("val", False)
@@ -144,6 +202,8 @@ class InMemoryDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y, *index = batch
         if self.trainer is not None and self.trainer.training:
+            if self.shuffle is not None:
+                self.shuffle.trained += 1  # a training batch: what a resumed epoch skips
             if self.pad:
                 x = random_crop(x, self.pad)
             if self.flip:

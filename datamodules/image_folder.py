@@ -8,24 +8,43 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from lightning_kd.checkpoints import atomic_save
 from lightning_kd.datamodules.base import InMemoryDataModule
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
 
+def to_8bit(img):
+    """16-bit greyscale (PIL modes ``I;16*``, or ``I`` holding values above 255) scaled to 8 bits;
+    PIL's own conversion saturates those to white. Other images pass unchanged."""
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    full = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8), mode="L")
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """All (file, class index) pairs; any other file is an error, not silently skipped."""
+    """All (file, class index) pairs; any other file, or an empty class folder, is an error, not silently
+    skipped."""
     items, strays = [], []
     for label, name in enumerate(classes):
+        found = len(items)
         for f in sorted((split_dir / name).rglob("*")):
             if f.is_dir() or f.name.startswith("."):
                 continue
@@ -33,6 +52,9 @@ def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
                 items.append((f, label))
             else:
                 strays.append(str(f))
+        if (split_dir / name).is_dir() and len(items) == found:
+            raise ValueError(f"the class folder {str(split_dir / name)!r} holds no image: add its images or "
+                             f"remove the folder (an empty class is never predicted right).")
     if strays:
         raise ValueError(f"{len(strays)} non-image file(s) in {str(split_dir)!r}, e.g. {strays[:3]}; "
                          f"remove them (accepted extensions: {sorted(IMAGE_EXTENSIONS)}).")
@@ -42,7 +64,7 @@ def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
 
 
 # Bump when the decoder's output changes (resampling filter, colour conversion): old caches are then ignored.
-DECODE_VERSION = "rgb-bilinear-1"
+DECODE_VERSION = "rgb-bilinear-16bit-2"
 CACHE_FOLDER = ".lightning_kd_cache"
 
 
@@ -52,12 +74,14 @@ def default_cache_dir(root: Path) -> Path:
 
 
 def fingerprint(split_dir: Path, items: list[tuple[Path, int]], classes: list[str], decode: dict) -> str:
-    """Hash of what a decoded split depends on: every file's relative path, size, mtime and label,
-    the class names and the decode settings. Adding, removing or touching an image changes it."""
+    """Hash of what a decoded split depends on: every file's relative path, size, modification and change
+    times and label, the class names and the decode settings. Adding, removing, touching or replacing an
+    image changes it (a replaced file gets a new change time even when its size and mtime are restored)."""
     digest = hashlib.sha256(json.dumps({"classes": classes, "decode": decode}, sort_keys=True).encode())
     for f, label in items:
         stat = f.stat()
-        digest.update(f"{f.relative_to(split_dir).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+        digest.update(f"{f.relative_to(split_dir).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                      f"{stat.st_ctime_ns}\0{label}\n".encode())
     return digest.hexdigest()
 
 
@@ -84,25 +108,14 @@ def load_cache(path: Path, key: str, shape: tuple[int, ...]) -> Optional[tuple[t
 
 
 def save_cache(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
-    """Write atomically: a unique temporary file in the same folder, then ``os.replace``.
-
-    Under DDP every process may get here; each writes its own temporary file and the replaces
-    are atomic, and all of them hold the same content, so readers never see a partial file.
-    A failed write only warns: the run goes on with the decoded images.
-    """
-    tmp = None
+    """Write atomically (:func:`~lightning_kd.checkpoints.atomic_save`): under DDP every process may get
+    here, all with the same content, so readers never see a partial file. A failed write only warns:
+    the run goes on with the decoded images."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"fingerprint": key, "images": images, "labels": labels, "classes": classes}, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the dataset's other users may read it too
-        os.replace(tmp, path)
+        atomic_save({"fingerprint": key, "images": images, "labels": labels, "classes": classes}, path)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
         warnings.warn(f"could not write the decode cache {str(path)!r}: {err}; set data.init_args.cache_dir "
                       f"to a writable folder (or cache: false).", stacklevel=2)
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class ImageFolderDataModule(InMemoryDataModule):
@@ -144,10 +157,19 @@ class ImageFolderDataModule(InMemoryDataModule):
                                         f"does not exist; expected {self.root}/<split>/<class>/<image> "
                                         f"(set data.init_args.root / {split}_dir).")
         train = self.root / train_dir
-        self.classes = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.classes = class_folders(train)
         if len(self.classes) < 2:
             raise ValueError(f"ImageFolderDataModule: {str(train)!r} has {len(self.classes)} class "
                              f"folder(s); expected one folder per class (at least 2).")
+        for name in dict.fromkeys(self.split_dirs.values()):
+            extra = sorted(set(class_folders(self.root / name)) - set(self.classes))
+            if extra:
+                case = [f"{e!r} differs from train's {c!r} only in case" for e in extra for c in self.classes
+                        if c.lower() == e.lower()]
+                hint = f" ({'; '.join(case)})"
+                raise ValueError(f"ImageFolderDataModule: {str(self.root / name)!r} has class folder(s) {extra} "
+                                 f"that the train folder lacks{hint if case else ''}: their "
+                                 f"images would be dropped. Rename them to train's class names or add them to train.")
         self.num_classes = len(self.classes)
         self.input_shape = (3, image_size, image_size)
         self.image_size, self.decode_threads = image_size, decode_threads
@@ -159,7 +181,7 @@ class ImageFolderDataModule(InMemoryDataModule):
 
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = to_8bit(img).convert("RGB")
                 if img.size != (self.image_size, self.image_size):
                     img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)

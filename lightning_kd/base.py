@@ -16,12 +16,15 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.callbacks.finite import FiniteCheck
+from lightning_kd.callbacks.resume import ResumeCheck
 from lightning_kd.callbacks.rng import RNGState
-from lightning_kd.callbacks.safe_loading import SafeLoading
+from lightning_kd.callbacks.run_folder import OneRunPerFolder
+from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
-from lightning_kd.schedules import fit_to_run
+from lightning_kd.resume import check_resume
+from lightning_kd.schedules import check_schedule, fit_to_run
 from lightning_kd.teacher import FrozenTeacher
 
 NetSpec = Union[str, dict[str, Any]]
@@ -123,7 +126,7 @@ class StudentModule(pl.LightningModule):
         return total
 
     def configure_callbacks(self):  # guarantees of every method, whatever Trainer runs it
-        return [self.finite_check, RNGState(), SafeLoading()]
+        return [self.finite_check, RNGState(), SafeCheckpoints(), ResumeCheck(), OneRunPerFolder()]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -136,8 +139,10 @@ class StudentModule(pl.LightningModule):
             optimizer = self.optimizer_factory(params)
         if self.lr_scheduler_factory is None:
             return optimizer, None
-        scheduler = fit_to_run(self.lr_scheduler_factory(optimizer), attached_trainer(self))
-        return optimizer, {"scheduler": scheduler, "interval": "epoch"}
+        trainer = attached_trainer(self)
+        epochs = trainer.max_epochs if trainer is not None else None
+        check_schedule(self.lr_scheduler_factory, optimizer, epochs)
+        return optimizer, {"scheduler": fit_to_run(self.lr_scheduler_factory(optimizer), epochs), "interval": "epoch"}
 
     def configure_optimizers(self):
         optimizer, scheduler = self.make_optimizer(self.trainable_parameters())
@@ -145,6 +150,9 @@ class StudentModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data_fits()
+        if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
+            raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
+                             f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
         if self.channels_last:  # before the strategy moves the module, so the format travels along
             self.to(memory_format=torch.channels_last)
         if stage == "fit" and self.compile_networks:
@@ -185,6 +193,11 @@ class StudentModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(1)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.state.fn == "fit":  # a resume continues its run (lightning_kd.resume)
+            check_resume(checkpoint, type(self), dict(self.hparams), f"ckpt_path {str(trainer.ckpt_path)!r}")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):

@@ -1,29 +1,60 @@
-"""Safe weight loading: Lightning ``.ckpt``, ``.pt`` files and plain state_dicts.
+"""Checkpoint files: safe and strict reading of network weights in the common formats, atomic writing.
 
-Every file goes through ``torch.load(weights_only=True)``: a checkpoint that would run code
-when unpickled is refused, never executed.
+Every file goes through ``torch.load(weights_only=True)``: a checkpoint that would run code when
+unpickled is refused, never executed. A file that is not a checkpoint is reported as what it is.
+Network weights are found in a Lightning ``.ckpt`` (ours keep the network under ``student.``), a
+plain state_dict, or the wrappers of the KD repositories (``{"state_dict": ...}``, ``{"model":
+...}``, ``{"net": ...}``, ``{"module": ...}``), with the ``module.`` (DDP) and ``_orig_mod.``
+(``torch.compile``) prefixes in any combination; keys must then match the network exactly.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
-# Prefixes under which a network's weights sit in the checkpoints we know:
-# our own modules ("student."), DDP ("module."), common wrappers ("model.", "net.").
-KNOWN_PREFIXES = ("student.", "model.", "module.", "net.")
+WRAPPERS = ("state_dict", "model", "net", "module")  # dict keys that hold a state_dict
+NETWORK_PREFIXES = ("student.", "model.", "net.")  # a Lightning module's network attribute
+PICKLE_PROTOCOL = b"\x80"  # torch's legacy (non-zip) format starts with a pickle protocol opcode
+ZIP_MAGIC = b"PK\x03\x04"
+FILE_KINDS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+              b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip archive"}
 
 
 class UnsafeCheckpointError(RuntimeError):
     """The file holds objects other than tensors and plain containers, so it was not loaded."""
 
 
+def file_kind(head: bytes) -> str:
+    """What a file that torch did not write is, from its first bytes."""
+    for magic, kind in FILE_KINDS.items():
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"not a file torch.save wrote (it starts with the bytes {head[:8]!r})"
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    if re.match(r"^[\w.\-]+:(\s|$)", first):
+        return f"a YAML/text file (it starts with {first!r}), perhaps a config rather than a checkpoint"
+    return f"a text file (it starts with {first!r})"
+
+
 def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict:
     """Load a checkpoint dictionary with ``weights_only=True`` and turn failures into clear errors."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt")) + sorted(p.name for p in path.glob("*.pt"))
+        raise IsADirectoryError(f"{what} {str(path)!r} is a folder, not a checkpoint file: name a file in it"
+                                + (f" (it holds {found[:4]})." if found else " (it holds no .ckpt or .pt file)."))
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist. Point it at a Lightning .ckpt "
                                 f"(e.g. <checkpoint.dirpath>/best.ckpt from a Supervised run) or a "
@@ -31,6 +62,11 @@ def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict:
     if path.stat().st_size == 0:
         raise ValueError(f"{what} {str(path)!r} is empty (0 bytes): the save was interrupted; "
                          f"use another checkpoint, e.g. last.ckpt, or retrain.")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTOCOL)):
+        raise ValueError(f"{what} {str(path)!r} is {file_kind(head)}, not a checkpoint: point it at a file "
+                         f"written by torch.save (a Lightning .ckpt or a state_dict .pt/.pth).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -50,32 +86,55 @@ def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict:
     return obj
 
 
-def extract_state_dict(obj: dict, expected: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Find the weights of a network with the ``expected`` keys in a checkpoint dict (Lightning or plain)."""
-    state = obj.get("state_dict", obj)
-    wanted = set(expected)
-    if wanted <= set(state):
-        return {k: state[k] for k in wanted}
-    for prefix in KNOWN_PREFIXES:
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if stripped and wanted <= set(stripped):
-            return stripped
-    # Nothing matches completely: return the best-matching candidate so the caller can report it.
-    candidates = [state] + [{k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in KNOWN_PREFIXES]
-    return max(candidates, key=lambda c: len(wanted & set(c)))
+def normalized_key(key: str) -> str:
+    """A parameter name without ``torch.compile``'s ``_orig_mod.`` and DDP's leading ``module.``."""
+    key = key.replace("_orig_mod.", "")
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key
+
+
+def unwrap(obj: dict) -> dict[str, Any]:
+    """The state_dict inside the wrappers of Lightning and the KD repositories, keys normalized."""
+    while True:
+        inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict) and obj[k]), None)
+        if inner is None or all(isinstance(v, Tensor) for v in obj.values()):
+            break
+        obj = inner
+    return {normalized_key(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def network_candidates(state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """The state itself and its sub-dicts under a Lightning module's network prefixes."""
+    candidates = [state]
+    for prefix in NETWORK_PREFIXES:
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if inner:
+            candidates.append(inner)
+    return candidates
 
 
 def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "checkpoint",
                  network: str = "the network") -> dict[str, Tensor]:
-    """The weights in ``path`` for the ``network`` whose ``state_dict()`` is ``expected``; any mismatch
-    of keys or shapes raises an error that names it."""
-    state = extract_state_dict(load_checkpoint_file(path, what), expected)
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ValueError(
-            f"{what} {str(path)!r} does not fit {network}: {len(missing)} of its "
-            f"{len(expected)} tensors are missing (e.g. {missing[:3]}). Is it a checkpoint of "
-            f"another architecture? Check the network spec against the checkpoint.")
+    """The weights in ``path`` for the ``network`` whose ``state_dict()`` is ``expected``; any missing or
+    unexpected key, or any shape that differs, raises an error that names them and the likely cause."""
+    candidates = network_candidates(unwrap(load_checkpoint_file(path, what)))
+    wanted = set(expected)
+    state = next((c for c in candidates if set(c) == wanted),
+                 max(candidates, key=lambda c: (len(wanted & set(c)), -len(set(c) - wanted))))
+    missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if missing or unexpected:
+        if not missing:
+            cause = ("a bigger network of the same family (e.g. a deeper or wider one: resnet32x4 weights for "
+                     "resnet8x4)?")
+        elif not unexpected:
+            cause = "a smaller network of the same family (e.g. a shallower one)?"
+        else:
+            cause = "another architecture?"
+        parts = [f"{len(missing)} of its {len(expected)} tensors are missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} tensors are not in it (e.g. {unexpected[:3]})" if unexpected else ""]
+        raise ValueError(f"{what} {str(path)!r} does not fit {network}: " + "; ".join(p for p in parts if p)
+                         + f". Is it a checkpoint of {cause} Check the network spec against the checkpoint.")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
@@ -102,16 +161,53 @@ def classifier_key(state: dict[str, Tensor]) -> str | None:
     return matrices[-1] if matrices else None
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, but resuming (``fit(ckpt_path=...)``) never unpickles code.
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``, on any filesystem: the data goes to a
+    temporary file in the destination folder, is flushed to disk, then renamed over ``path`` (an atomic
+    rename within one filesystem). A kill at any moment leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is shared like any written file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed over an hour ago
+        try:  # (a younger one may be another process's write in progress)
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except FileNotFoundError:
+            pass
+    try:  # the rename itself reaches the disk with the folder's entry
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
-    Lightning passes ``weights_only=None`` to ``torch.load`` by default, which means "unsafe"
-    on torch < 2.6 and under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``. Here every local file goes
-    through :func:`load_checkpoint_file` (``weights_only=True``, clear errors for missing,
-    empty, truncated and unsafe files) whatever the caller asked for.
-    """
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, reading with ``weights_only=True`` whatever the caller asks for (with
+    :func:`load_checkpoint_file`'s clear errors) and writing atomically on any filesystem
+    (:func:`atomic_save`; Lightning's own writer stages the file in ``$TMPDIR`` and moves it, which is a
+    copy, not an atomic rename, when the checkpoint folder is on another filesystem)."""
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         if "://" in str(path):  # remote (fsspec) paths: Lightning's reader, still weights_only
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return load_checkpoint_file(path, what="ckpt_path")
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)

@@ -7,7 +7,9 @@ never states them twice. Checkpoints: two stock ``ModelCheckpoint``s in ``checkp
 """
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from pytorch_lightning.loggers import WandbLogger
 
 import lightning_kd.configs
 from lightning_kd.base import StudentModule
+from lightning_kd.callbacks.run_folder import run_files
 from lightning_kd.checkpoints import load_checkpoint_file
+from lightning_kd.resume import SPEED_OPTIONS, check_method, check_resume, imported
 
 #: The configs shipped with the package (``configs/`` of the repository).
 SHIPPED_CONFIGS = Path(lightning_kd.configs.__file__).resolve().parent
@@ -61,16 +65,42 @@ class KDCLI(LightningCLI):
             "last_checkpoint.enable_version_counter": False,
             "trainer.logger": DEFAULT_LOGGER,
         })
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: start over in a checkpoint folder that holds another run's checkpoints "
+                                 "(its *.ckpt files and route/ are deleted first)")
 
     def parse_arguments(self, parser, args) -> None:
         # `args` is the command line, as a list when built from Python (make_cli).
         self.config = parser.parse_args(args)
-        # LightningCLI reads --ckpt_path's hyperparameters next; read the file with our loader first,
-        # for a clear error on a missing, empty, truncated or unsafe file.
+        self.kept = {}
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and "://" not in str(ckpt_path) and ckpt_path not in ("best", "last"):
-            load_checkpoint_file(ckpt_path, what="ckpt_path")
+        if not ckpt_path or "://" in str(ckpt_path) or ckpt_path in ("best", "last"):
+            return
+        # LightningCLI replaces the model's config with --ckpt_path's hyperparameters next (its
+        # _parse_ckpt_path); check them against what was asked for first, and keep the safe changes.
+        checkpoint = load_checkpoint_file(ckpt_path, what="ckpt_path")
+        model = self.config[subcommand].model
+        method, where = imported(model.class_path), f"ckpt_path {ckpt_path!r}"
+        hparams = model.init_args.as_dict() if model.get("init_args") else {}
+        if subcommand == "fit":
+            check_resume(checkpoint, method, hparams, where)
+        elif method is not None:
+            check_method(checkpoint, method, where)
+        self.kept = {k: copy.deepcopy(model.init_args[k]) for k in (*SPEED_OPTIONS, "teacher_ckpt", "optimizer")
+                     if k in hparams}
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        for key, value in self.kept.items():  # the safe changes of a resume (see lightning_kd.resume)
+            config.model.init_args[key] = value
+        if subcommand == "fit" and config.get("overwrite") and config.checkpoint.dirpath:
+            folder = Path(config.checkpoint.dirpath)
+            resumed = config.ckpt_path and Path(config.ckpt_path).resolve().parent == folder.resolve()
+            if folder.is_dir() and not resumed:  # --overwrite: this run starts over in its folder
+                for path in run_files(folder):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def config_path(path: str | Path) -> Path:

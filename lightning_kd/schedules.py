@@ -7,13 +7,13 @@ after building it. Any torch scheduler still works in a config; it then keeps it
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Optional, Sequence
 
-import pytorch_lightning as pl
-
+import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, ReduceLROnPlateau
 
 
 def check_fractions(values: Sequence[float], what: str) -> list[float]:
@@ -64,11 +64,35 @@ class RelativeCosineAnnealingLR(CosineAnnealingLR):
         self.T_max = epoch_of(self.fraction, epochs)
 
 
-def fit_to_run(scheduler, trainer: Optional[pl.Trainer]):
+def fit_to_run(scheduler, epochs: Optional[int]):
     """``scheduler``, told the run's length when it is one of these relative schedules."""
     if hasattr(scheduler, "set_epochs"):
-        epochs = trainer.max_epochs if trainer is not None else None
         if not epochs or epochs < 1:
             raise ValueError(f"{type(scheduler).__name__} spans fractions of the run: set trainer.max_epochs.")
         scheduler.set_epochs(epochs)
     return scheduler
+
+
+def check_schedule(factory, optimizer: Optimizer, epochs: Optional[int]) -> None:
+    """Step the configured schedule through the whole run on a stand-in optimizer, before training, so a
+    schedule that cannot work (``T_max: 0``, a negative or non-finite learning rate) fails now, with its
+    epoch, instead of after an epoch of training."""
+    if not epochs or epochs < 1:
+        return
+    stand_in = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]}
+                                for g in optimizer.param_groups])
+    scheduler = fit_to_run(factory(stand_in), epochs)
+    if isinstance(scheduler, ReduceLROnPlateau):  # steps on a metric: nothing to replay
+        return
+    name = type(scheduler).__name__
+    for epoch in range(epochs):
+        try:
+            stand_in.step()
+            scheduler.step()
+        except (ArithmeticError, ValueError, TypeError) as err:
+            raise ValueError(f"lr_scheduler {name} fails at the end of epoch {epoch} ({type(err).__name__}: {err}) "
+                             f"and would stop the run there: check its arguments (e.g. T_max >= 1).") from None
+        bad = [g["lr"] for g in stand_in.param_groups if not (math.isfinite(g["lr"]) and g["lr"] >= 0)]
+        if bad:
+            raise ValueError(f"lr_scheduler {name} gives the learning rate {bad[0]} after epoch {epoch}: check "
+                             f"its arguments.")

@@ -21,6 +21,10 @@ from lightning_kd.features import FeatureHooks, NetOutput
 from lightning_kd.models import build_network
 
 NetSpec = Union[str, dict[str, Any]]
+# The teacher's weights under each precision: bf16-mixed runs it in bfloat16 (it needs no float32
+# master weights, having no gradients); the "true" precisions feed it inputs of their dtype.
+TEACHER_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-true": torch.float16,
+                  "64-true": torch.float64}
 
 
 class TeacherLogitCache:
@@ -127,17 +131,18 @@ class FrozenTeacher:
     # ----------------------------------------------------------------- fit-time options
     def setup(self, stage: str, trainer, channels_last: bool = False, compile: bool = False,
               cache: bool = False) -> None:
-        """The module's options, from its ``setup``: channels_last memory format; for a fit also bfloat16
-        weights under ``precision: bf16-mixed`` (it runs without autograd, so nothing is lost in
-        training), the logit cache (checked against the data first) and ``torch.compile`` (in place,
-        so the watched layers' hooks stay attached)."""
+        """The module's options, from its ``setup``: channels_last memory format; weights in the dtype the
+        precision calls for (:data:`TEACHER_DTYPES`; bfloat16 under ``bf16-mixed``: it runs without
+        autograd, so nothing is lost in training); for a fit also the logit cache (checked against the
+        data first) and ``torch.compile`` (in place, so the watched layers' hooks stay attached)."""
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        dtype = TEACHER_DTYPES.get(str(trainer.precision))
+        if dtype is not None and self._originals is None:
+            self._originals = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.net.to(dtype)
         if stage != "fit":
             return
-        if str(trainer.precision) == "bf16-mixed":
-            self._originals = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-            self.net.to(torch.bfloat16)
         if cache:
             check_cacheable(trainer.datamodule, self.layers)
             self.cache = TeacherLogitCache(len(trainer.datamodule.train_dataloader().dataset))

@@ -1,11 +1,13 @@
-"""A catalogue of bad inputs: configs, checkpoints, data and methods.
+"""A catalogue of bad inputs and faults: configs, checkpoints, resumes, data and methods.
 
-Each case must raise an error of the expected type whose message names the problem (a regex),
-before the first optimizer step, and must leave an existing checkpoint folder (``last.ckpt`` of
-an earlier run, where the failing run would write its own) byte for byte as it was.
+Each case must raise an error of the expected type whose message names the problem (a regex), before
+the first optimizer step (the few that need training to show are listed in ``AFTER_STEPS``), must
+leave the checkpoint folder of an earlier run byte for byte as it was, and must write no checkpoint
+into its own, fresh folder.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
@@ -20,7 +23,11 @@ from helpers import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, save_teacher, tr
 from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError
 from lightning_kd.cli import make_cli
-from lightning_kd.methods import DML, KD
+from lightning_kd.callbacks import RouteConstrainedTeacher, RouteRecorder
+from lightning_kd.callbacks.route import write_route
+from lightning_kd.methods import DML, KD, Supervised
+from lightning_kd.models import build_network
+from lightning_kd.schedules import RelativeCosineAnnealingLR
 
 WIDE = {"name": "small_cnn", "width": 8}
 
@@ -35,25 +42,37 @@ class StepCounter(Callback):
 
 @dataclass
 class Env:
-    """What a case may use: a temporary folder, a digits teacher file and a checkpoint folder."""
+    """What a case may use: a temporary folder, a digits teacher file, the checkpoint folder of an earlier
+    run (``ckpt_dir``) and a fresh folder for the failing run's own checkpoints (``new_dir``)."""
 
     tmp: Path
     teacher: str
     ckpt_dir: Path
     steps: list = field(default_factory=list)
 
-    def fit(self, model, data=None, ckpt_path=None, **trainer_kwargs):
-        callbacks = [ModelCheckpoint(self.ckpt_dir, save_last=True), StepCounter(self.steps)]
+    @property
+    def new_dir(self) -> Path:
+        return self.tmp / "new_run"
+
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.ckpt"
+
+    def fit(self, model, data=None, ckpt_path=None, folder=None, callbacks=(), **trainer_kwargs):
+        """A fit into ``folder``: by default the earlier run's when resuming from it, else a fresh one."""
+        resumes_earlier = ckpt_path is not None and Path(ckpt_path).parent == self.ckpt_dir
+        folder = folder or (self.ckpt_dir if resumes_earlier else self.new_dir)
+        callbacks = [ModelCheckpoint(folder, save_last=True), StepCounter(self.steps), *callbacks]
         trainer = quick_trainer(self.tmp, enable_checkpointing=True, callbacks=callbacks, **trainer_kwargs)
         trainer.fit(model, datamodule=data or DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
 
     def kd(self, teacher_ckpt: str | None = None, **kwargs):
         return build_method("KD", teacher_ckpt or self.teacher, **kwargs)
 
-    def cli(self, *args):
-        make_cli(["fit", "-c", str(ROOT / "configs/quickstart/kd.yaml"), "--trainer.logger=false",
-                  f"--model.init_args.teacher_ckpt={self.teacher}", "--model.init_args.teacher=small_cnn",
-                  f"--checkpoint.dirpath={self.ckpt_dir}", "--trainer.max_epochs=1", *args])
+    def cli(self, *args, config="kd.yaml", folder=None):
+        make_cli(["fit", "-c", str(ROOT / "configs/quickstart" / config), "--trainer.logger=false",
+                  f"--model.init_args.teacher_ckpt={self.teacher}", f"--model.init_args.teacher={json.dumps(TINY_CNN)}",
+                  f"--checkpoint.dirpath={folder or self.new_dir}", "--trainer.max_epochs=1", *args])
 
     def file(self, name: str, data: bytes) -> str:
         path = self.tmp / name
@@ -67,8 +86,9 @@ def earlier_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("earlier")
     teacher = save_teacher(root / "teacher.pt", TINY_CNN, 10, 1, seed=1)
     env = Env(root, teacher, root / "ckpt")
-    env.fit(env.kd(), limit_train_batches=1)
-    assert env.steps == [0] and (env.ckpt_dir / "last.ckpt").is_file()
+    model = env.kd(lr_scheduler=RelativeCosineAnnealingLR)
+    env.fit(model, folder=env.ckpt_dir, limit_train_batches=1)
+    assert env.steps == [0] and env.last.is_file()
     return root
 
 
@@ -110,6 +130,46 @@ def truncated(env: Env, source: str | Path, name: str) -> str:
 
 def teacher_of(env: Env, spec, num_classes: int = 10, in_channels: int = 1) -> str:
     return save_teacher(env.tmp / "other_teacher.pt", spec, num_classes, in_channels)
+
+
+def other_teacher_file(env: Env, name: str = "teacher_copy.pt") -> str:
+    """The earlier run's teacher, moved: same weights, another file."""
+    return env.file(name, Path(env.teacher).read_bytes())
+
+
+def image_file(path: Path) -> str:
+    png(path)
+    return str(path)
+
+
+def tree(root: Path, splits: dict[str, list[str]], empty: tuple[str, ...] = ()) -> str:
+    """An image tree: ``{split: [class folders]}``, one image per folder except the ``empty`` ones."""
+    for split, classes in splits.items():
+        for cls in classes:
+            if f"{split}/{cls}" in empty:
+                (root / split / cls).mkdir(parents=True)
+            else:
+                png(root / split / cls / "0.png")
+    return str(root)
+
+
+def duplicated_route(env: Env) -> str:
+    files = write_route(env.tmp / "route", [build_network(TINY_CNN, 10, 1).state_dict()] * 2)
+    manifest = env.tmp / "route" / "route.json"
+    manifest.write_text(manifest.read_text().replace('"epoch": 1', '"epoch": 0'))
+    return str(files[0].parent)
+
+
+def used_route_folder(env: Env) -> Path:
+    write_route(env.tmp / "used_route", [build_network(TINY_CNN, 10, 1).state_dict()])
+    return env.tmp / "used_route"
+
+
+def diverging_kd(env: Env):
+    """KD whose learning rate is so high that the weights (BatchNorm statistics) overflow while every
+    loss term stays finite: one batch per epoch, the whole training split."""
+    pl.seed_everything(0)
+    return env.kd(student=TINY_CNN, optimizer=partial(torch.optim.SGD, lr=1e6))
 
 
 def unsafe_teacher(env: Env) -> str:
@@ -167,7 +227,7 @@ CASES = [
      lambda e: e.fit(e.kd(), ckpt_path=truncated(e, e.ckpt_dir / "last.ckpt", "half.ckpt"))),
     ("cli-truncated-resume-ckpt", ValueError, r"ckpt_path '.*half.ckpt' is corrupt or truncated",
      lambda e: e.cli(f"--ckpt_path={truncated(e, e.ckpt_dir / 'last.ckpt', 'half.ckpt')}")),
-    ("resume-into-another-width", RuntimeError, r"size mismatch for student\.",
+    ("resume-into-another-width", ValueError, r"other settings than this one \(student.width: 4 in the checkpoint, 8 now\)",
      lambda e: e.fit(e.kd(student=WIDE), ckpt_path=e.ckpt_dir / "last.ckpt")),
     # data
     ("missing-data-folder", FileNotFoundError, r"train folder '.*nowhere/train' does not exist",
@@ -210,16 +270,82 @@ CASES = [
      lambda e: e.kd(check_finite_every_n_steps=0)),
     ("batch-too-small-for-rkd-angle", ValueError, r"RKD angle loss needs at least 3 samples",
      lambda e: e.fit(build_method("RKD", e.teacher), DigitsDataModule(batch_size=2))),
+    # non-finite weights never reach disk
+    ("weights-diverge-before-a-checkpoint", FloatingPointError,
+     r"refused to write a checkpoint at epoch \d+, global step \d+: \d+ of its \d+ tensors hold NaN/Inf.*the weights "
+     r"diverged.*(the last good checkpoint on disk is .*new_run/.*: resume from it|No checkpoint of this run)",
+     lambda e: e.fit(diverging_kd(e), DigitsDataModule(batch_size=1257), max_epochs=3, limit_train_batches=None,
+                     limit_val_batches=1)),
+    # teacher files: a wrong network never loads, a file that is not a checkpoint says what it is
+    ("teacher-ckpt-of-a-deeper-network", ValueError,
+     r"does not fit CifarResNet: \d+ tensors are not in it.*a bigger network of the same family",
+     lambda e: e.kd(teacher="resnet20", teacher_ckpt=teacher_of(e, "resnet56"))),
+    ("teacher-ckpt-is-a-text-file", ValueError, r"teacher_ckpt '.*notes.txt' is a text file \(it starts with 'best",
+     lambda e: e.kd(teacher_ckpt=e.file("notes.txt", b"best teacher so far, 97%\n"))),
+    ("teacher-ckpt-is-a-config", ValueError, r"is a YAML/text file \(it starts with 'seed_everything: 0'\)",
+     lambda e: e.kd(teacher_ckpt=e.file("teacher.yaml", b"seed_everything: 0\ntrainer: {}\n"))),
+    ("teacher-ckpt-is-an-image", ValueError, r"teacher_ckpt '.*teacher.png' is a PNG image, not a checkpoint",
+     lambda e: e.kd(teacher_ckpt=image_file(e.tmp / "teacher.png"))),
+    ("teacher-ckpt-is-a-folder", IsADirectoryError, r"is a folder, not a checkpoint file: name a file in it \(it holds \[",
+     lambda e: e.kd(teacher_ckpt=str(e.ckpt_dir))),
+    # a resume is the run it names
+    ("resume-a-checkpoint-of-another-method", ValueError,
+     r"is a checkpoint of lightning_kd.methods.kd.KD, but this run trains lightning_kd.methods.fitnet.FitNet",
+     lambda e: e.fit(build_method("FitNet", e.teacher), ckpt_path=e.last)),
+    ("cli-resume-a-checkpoint-of-another-method", ValueError, r"is a checkpoint of .*KD, but this run trains .*FitNet",
+     lambda e: e.cli(f"--ckpt_path={e.last}", config="fitnet.yaml", folder=e.ckpt_dir)),
+    ("resume-with-another-setting", ValueError, r"other settings than this one \(temperature: 4.0 in the checkpoint, 1.5",
+     lambda e: e.fit(e.kd(temperature=1.5), ckpt_path=e.last)),
+    ("cli-resume-with-another-setting", ValueError, r"other settings than this one \(.*temperature: 4.0 in the checkpoint",
+     lambda e: e.cli(f"--ckpt_path={e.last}", "--model.init_args.temperature=1.5", folder=e.ckpt_dir)),
+    ("resume-with-another-teacher", ValueError, r"still on disk, but this run names .*other_teacher.pt', another file",
+     lambda e: e.fit(e.kd(teacher_ckpt=teacher_of(e, TINY_CNN)), ckpt_path=e.last)),
+    ("resume-with-another-schedule-length", ValueError,
+     r"another LR schedule than this run's \(T_max: 1 in the checkpoint, 3 now",
+     lambda e: e.fit(e.kd(lr_scheduler=RelativeCosineAnnealingLR), ckpt_path=e.last, max_epochs=3)),
+    # one run per folder
+    ("second-run-into-a-used-folder", FileExistsError,
+     r"already holds another run's files \(\['epoch=0-step=1.ckpt', 'last.ckpt'\]\).*--ckpt_path.*--overwrite",
+     lambda e: e.fit(e.kd(), folder=e.ckpt_dir)),
+    ("cli-second-run-into-a-used-folder", FileExistsError, r"already holds another run's files",
+     lambda e: e.cli(folder=e.ckpt_dir)),
+    ("route-recorder-into-a-used-route", FileExistsError, r"route folder '.*used_route' already holds another run's route",
+     lambda e: e.fit(Supervised(student=TINY_CNN, input_shape=DIGITS_SHAPE),
+                     callbacks=[RouteRecorder(num_anchors=1, at_milestones=False, dirpath=used_route_folder(e))])),
+    # image folders whose content would be dropped or misread
+    ("test-class-missing-from-train", ValueError, r"'.*d/test' has class folder\(s\) \['bird'\] that the train folder lacks",
+     lambda e: ImageFolderDataModule(tree(e.tmp / "d", {"train": ["cat", "dog"], "test": ["bird", "cat"]}))),
+    ("class-differs-only-in-case", ValueError, r"\['Cat'\].*'Cat' differs from train's 'cat' only in case",
+     lambda e: ImageFolderDataModule(tree(e.tmp / "d", {"train": ["cat", "dog"], "test": ["Cat", "dog"]}))),
+    ("empty-class-folder", ValueError, r"class folder '.*train/dog' holds no image",
+     lambda e: e.fit(e.kd(), ImageFolderDataModule(tree(e.tmp / "d", {"train": ["cat", "dog"], "test": ["cat"]},
+                                                        empty=("train/dog",)), image_size=8, batch_size=2))),
+    # configs that cannot work
+    ("lr-schedule-that-divides-by-zero", ValueError, r"lr_scheduler CosineAnnealingLR fails at the end of epoch 0 "
+     r"\(ZeroDivisionError",
+     lambda e: e.fit(e.kd(lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=0)), max_epochs=2)),
+    ("all-loss-weights-zero", ValueError, r"loss weights must be >= 0 and not all 0, got \{'ce': 0, 'kd': 0\}",
+     lambda e: e.fit(e.kd(ce_weight=0, kd_weight=0))),
+    ("negative-loss-weight", ValueError, r"loss weights must be >= 0 and not all 0, got \{'ce': 0.1, 'kd': -1\}",
+     lambda e: e.fit(e.kd(kd_weight=-1))),
+    ("fsp-stage-1-covers-the-run", ValueError, r"max_epochs=2 leaves no epoch for stage 2",
+     lambda e: e.fit(build_method("FSP", e.teacher, stage1_fraction=0.9), max_epochs=2)),
+    ("route-manifest-lists-an-epoch-twice", ValueError, r"lists epoch\(s\) \[0\] twice",
+     lambda e: RouteConstrainedTeacher(duplicated_route(e))),
 ]
+AFTER_STEPS = {"weights-diverge-before-a-checkpoint"}  # the input is fine until training diverges
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_a_clear_error_before_training(case, env, capsys):
-    _, error, message, call = case
+    name, error, message, call = case
     before = {p.name: p.read_bytes() for p in env.ckpt_dir.iterdir()}
     with pytest.raises(error) as info:
         call(env)
     text = capsys.readouterr().err if error is SystemExit else str(info.value)
     assert re.search(message, text, flags=re.S), text
-    assert env.steps == [], "an optimizer step ran before the error"
-    assert {p.name: p.read_bytes() for p in env.ckpt_dir.iterdir()} == before, "the checkpoint folder changed"
+    if name not in AFTER_STEPS:
+        assert env.steps == [], "an optimizer step ran before the error"
+    assert {p.name: p.read_bytes() for p in env.ckpt_dir.iterdir()} == before, "the earlier run's folder changed"
+    written = sorted(p.name for p in env.new_dir.rglob("*.ckpt")) if env.new_dir.is_dir() else []
+    assert name in AFTER_STEPS or written == [], f"the failing run wrote {written}"
     assert not (env.tmp / "payload_ran").exists()

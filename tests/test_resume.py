@@ -7,6 +7,7 @@ passes the weights_only loaders; DML through ``trainer.fit(ckpt_path=...)``.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
@@ -14,7 +15,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from helpers import DIGITS_SHAPE, ROOT, TINY_CNN, assert_same_state, save_teacher, trainer as quick_trainer
+from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, Interrupted, RecordLR, assert_same_state, save_teacher,
+                     trainer as quick_trainer)
 from lightning_kd.cli import make_cli
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.methods import DML
@@ -79,3 +81,57 @@ def test_dml_resume_is_exact_for_every_peer_and_optimizer(tmp_path):
     assert_same_training_state(full_model, full_trainer, resumed_model, resumed_trainer)
     for i, peer in enumerate(half_model.peers):
         assert any(not torch.equal(v, full_model.peers[i].state_dict()[k]) for k, v in peer.state_dict().items())
+
+
+def test_a_resume_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path):
+    """Validation (and last.ckpt) twice per epoch; the run is killed right after the mid-epoch checkpoint
+    of epoch 1 and resumed from it: the rest of the epoch comes in the same order, with the same random
+    augmentation, and the run ends exactly like the uninterrupted one."""
+    mid_epoch = ("--trainer.limit_train_batches=6", "--trainer.val_check_interval=0.5")
+    full = kd_cli("full", 2, *mid_epoch)
+    with pytest.raises(Interrupted):  # epoch 1's mid-epoch checkpoint is at global step 9
+        kd_cli("half", 2, *mid_epoch, '--trainer.callbacks=[{"class_path": "helpers.KillAtStep", '
+                                      '"init_args": {"step": 9}}]')
+    saved = torch.load(tmp_path / "half" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (1, 9)
+    resumed = kd_cli("half", 2, *mid_epoch, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1")
+    assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
+
+
+def test_a_moved_teacher_file_is_followed_by_a_resume_and_a_test(kd_cli, tmp_path):
+    kd_cli("run", 2, "--trainer.max_steps=3")
+    moved = tmp_path / "moved" / "teacher.pt"
+    moved.parent.mkdir()
+    (tmp_path / "teacher.pt").rename(moved)
+    last = tmp_path / "run" / "last.ckpt"
+    resumed = kd_cli("run", 2, f"--ckpt_path={last}", f"--model.init_args.teacher_ckpt={moved}")
+    assert resumed.trainer.global_step == 6 and resumed.model.hparams.teacher_ckpt == str(moved)
+    tested = make_cli(["test", "-c", str(ROOT / "configs/quickstart/kd.yaml"), "--trainer.logger=false",
+                       f"--checkpoint.dirpath={tmp_path / 'run'}", f"--ckpt_path={last}",
+                       f"--model.init_args.teacher_ckpt={moved}", "--trainer.limit_test_batches=1"])
+    assert 0 <= float(tested.trainer.callback_metrics["test/acc"]) <= 1
+
+
+def test_a_lower_learning_rate_given_with_a_resume_is_applied(kd_cli, tmp_path, caplog):
+    kd_cli("run", 2, "--trainer.max_steps=3")
+    RecordLR.seen.clear()
+    with caplog.at_level("INFO"):
+        resumed = kd_cli("run", 2, f"--ckpt_path={tmp_path / 'run' / 'last.ckpt'}",
+                         "--model.init_args.optimizer.init_args.lr=0.004",
+                         '--trainer.callbacks=[{"class_path": "helpers.RecordLR"}]')
+    assert "Resuming with lr=0.004" in caplog.text and "the checkpoint's run used 0.05" in caplog.text
+    # The cosine schedule of 2 epochs continues from the new initial LR: epoch 1 trains at half of it.
+    assert RecordLR.seen == {1: pytest.approx(0.004 * (1 + math.cos(math.pi / 2)) / 2)}
+    assert resumed.trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.004
+
+
+def test_overwrite_starts_over_in_a_used_folder(kd_cli, tmp_path):
+    first = kd_cli("run", 1)
+    before = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["state_dict"]
+    with pytest.raises(FileExistsError, match="already holds another run's files"):
+        kd_cli("run", 1)
+    second = kd_cli("run", 1, "--overwrite=true", "--seed_everything=5")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.ckpt", "last.ckpt"]
+    after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(after[f"student.{k}"], v) for k, v in second.model.student.state_dict().items())
+    assert not torch.equal(after["student.fc.weight"], before["student.fc.weight"]) and first is not second

@@ -230,8 +230,7 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
            f"--trainer.max_epochs={start + batches}", "--trainer.limit_val_batches=0",
            "--trainer.num_sanity_val_steps=0", "--trainer.logger=false",
            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-           f"--trainer.precision={args.precision}", f"--checkpoint.dirpath={folder / 'ckpt'}",
-           "--checkpoint.save_last=false", f"--data.batch_size={args.batch_size}"]
+           f"--trainer.precision={args.precision}", f"--data.batch_size={args.batch_size}"]
     if args.data_root:
         out += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={args.data_root}"]
     else:  # one epoch holds every timed batch, so no epoch boundary falls inside the timing
@@ -256,7 +255,7 @@ def bench_config(config: Path, args, folder: Path, datamodules: dict, ceiling: d
     row = Row(config.name, batch=args.batch_size)
     try:
         cfg = resolve(config)
-        cli = build(config, *overrides(cfg, args, folder))
+        cli = build(config, *overrides(cfg, args, folder), f"--checkpoint.dirpath={folder / 'ckpt' / config.stem}")
         row.method = type(cli.model).__name__
         # The decoded images are shared between configs (the same data, decoded once).
         datamodule = datamodules.setdefault(type(cli.datamodule).__name__, cli.datamodule)

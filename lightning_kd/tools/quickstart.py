@@ -20,7 +20,8 @@ def main(argv=None) -> dict[str, float]:
                         help="folder with teacher/baseline/kd.yaml")
     parser.add_argument("--max_epochs", type=int, default=None, help="override every run's epochs")
     args = parser.parse_args(argv)
-    extra = [] if args.max_epochs is None else [f"--trainer.max_epochs={args.max_epochs}"]
+    # The quickstart starts over in its own folders (runs/quickstart/...) every time it runs.
+    extra = ["--overwrite=true", *([] if args.max_epochs is None else [f"--trainer.max_epochs={args.max_epochs}"])]
     teacher_acc, teacher_ckpt = fit_and_test(args.configs / "teacher.yaml", *extra)
     baseline_acc, _ = fit_and_test(args.configs / "baseline.yaml", *extra)
     kd_acc, _ = fit_and_test(args.configs / "kd.yaml", *extra, f"--model.init_args.teacher_ckpt={teacher_ckpt}")

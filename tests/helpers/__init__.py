@@ -89,3 +89,28 @@ def assert_same_state(a, b, what: str = "state") -> None:
         assert torch.equal(a, b), what
     else:
         assert a == b, what
+
+
+class Interrupted(Exception):
+    """A simulated kill of the process."""
+
+
+class KillAtStep(pl.Callback):
+    """Raises :class:`Interrupted` when a training batch starts at ``global_step == step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Interrupted(f"killed at global step {self.step}")
+
+
+class RecordLR(pl.Callback):
+    """The learning rate every training epoch starts with, by epoch (``RecordLR.seen``, a class attribute,
+    so that a test can read what a callback built by the CLI saw)."""
+
+    seen: dict = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        RecordLR.seen[trainer.current_epoch] = trainer.optimizers[0].param_groups[0]["lr"]

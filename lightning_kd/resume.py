@@ -1,0 +1,99 @@
+"""What a resumed run may change: a resume continues the run it names, so its settings are compared with
+the checkpoint's, applied where that is safe and refused with a message otherwise; never dropped.
+
+Safe to change on a resume: the teacher file's location (the same teacher moved), the speed options
+(``compile``, ``channels_last``, ``check_finite_every_n_steps``) and the optimizer's settings (e.g. a
+lower learning rate after a divergence: applied to the restored optimizer). Anything else (the
+method, the networks, the loss weights, the LR schedule, a relative schedule's run length) is the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from typing import Any, Optional
+
+SPEED_OPTIONS = ("compile", "channels_last", "check_finite_every_n_steps")
+LINKED = ("num_classes", "input_shape")  # linked from the data by the CLI; checked against the data itself
+
+
+def method_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def imported(class_path: str) -> Optional[type]:
+    """The class a dotted path names (``lightning_kd.methods.KD``), or None if it does not import."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def plain(value: Any) -> Any:
+    """Config values in one form: tuples as lists, recursively."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def differences(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` wherever two (nested) configs differ, over the keys both
+    have (a checkpoint written without the CLI holds no optimizer or scheduler config, for instance)."""
+    found = []
+    for key in sorted(set(saved) & set(current)):
+        a, b = plain(saved[key]), plain(current[key])
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def file_digest(path: str | Path) -> Optional[str]:
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def check_teacher_file(saved: Optional[str], current: Optional[str]) -> None:
+    """A resumed run may read its teacher from a new place, but not another teacher: refuse when the
+    checkpoint's teacher file is still there and differs from the one given now."""
+    if not saved or not current or saved == current:
+        return
+    old = file_digest(saved)
+    if old is not None and old != file_digest(current):
+        raise ValueError(
+            f"the checkpoint's run distilled from teacher_ckpt {saved!r}, which is still on disk, but this "
+            f"run names {current!r}, another file: a resumed run keeps its teacher. Drop the teacher_ckpt "
+            f"override to resume, or start a new run (without ckpt_path) to distill from another teacher.")
+
+
+def saved_method(checkpoint: dict) -> Optional[str]:
+    """The class path of the method that wrote a checkpoint (ours record it; the CLI's hparams too)."""
+    return checkpoint.get("lightning_kd_method") or checkpoint.get("hyper_parameters", {}).get("_class_path")
+
+
+def check_method(checkpoint: dict, method: type, where: str) -> None:
+    """Refuse a checkpoint that another method wrote."""
+    saved = saved_method(checkpoint)
+    if saved and imported(saved) is not method:
+        raise ValueError(f"{where} is a checkpoint of {saved}, but this run trains {method_name(method)}: "
+                         f"resume or test a run with the config it was started with, or start a new run "
+                         f"without ckpt_path.")
+
+
+def check_resume(checkpoint: dict, method: type, hparams: dict, where: str) -> None:
+    """Refuse to resume a checkpoint of another method, or with other settings than the ones it was
+    written with; the safe changes pass (see the module docstring)."""
+    check_method(checkpoint, method, where)
+    saved_hparams = checkpoint.get("hyper_parameters", {})
+    check_teacher_file(saved_hparams.get("teacher_ckpt"), hparams.get("teacher_ckpt"))
+    ignored = (*SPEED_OPTIONS, *LINKED, "teacher_ckpt", "optimizer", "_class_path", "_instantiator")
+    changed = [d for d in differences(saved_hparams, hparams) if d[0].split(".")[0] not in ignored]
+    if changed:
+        listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in changed[:6])
+        raise ValueError(f"{where} was written by a run with other settings than this one ({listed}). A resumed "
+                         f"run keeps its settings: drop those overrides to resume, or start a new run "
+                         f"(without ckpt_path) to change them.")
