@@ -5,11 +5,23 @@ Every loss computes in float32 whatever the autocast dtype.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def in_float32(fn):
+    """Run ``fn`` on float32 inputs with autocast off. Autocast would run its matrix products in
+    bfloat16 (8-bit mantissa), and Gram matrices, distances and cosines built from them lose too
+    much there: a distance from the Gram matrix is a difference of nearly equal numbers."""
+    @functools.wraps(fn)
+    def run(*tensors: Tensor) -> Tensor:
+        with torch.autocast(tensors[0].device.type, enabled=False):
+            return fn(*(t.float() for t in tensors))
+    return run
 
 
 # ----------------------------------------------------------------------------- logits
@@ -74,13 +86,14 @@ def fitnet_loss(regressed_student: Tensor, teacher: Tensor) -> Tensor:
     return F.mse_loss(regressed_student.float(), teacher.float())
 
 
+@in_float32
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
     """``(N, C1, C2)`` Gram matrix between two maps, averaged over the ``H*W`` positions (Yim et al., 2017).
 
     ``first.flatten(2) @ second.flatten(2).transpose(1, 2) / (H*W)``, after the larger map is
     average-pooled to the smaller one's spatial size.
     """
-    first, second = pool_to_common_size(first.float(), second.float())
+    first, second = pool_to_common_size(first, second)
     positions = first.shape[-2] * first.shape[-1]
     return first.flatten(2) @ second.flatten(2).transpose(1, 2) / positions
 
@@ -107,6 +120,7 @@ def check_embeddings(student: Tensor, teacher: Tensor, min_batch: int, what: str
                          f"increase the batch size (data.init_args.batch_size).")
 
 
+@in_float32
 def pairwise_distances(embeddings: Tensor) -> Tensor:
     """``(N, N)`` Euclidean distances from the Gram matrix (memory N^2, not N^2 * D).
 
@@ -126,6 +140,7 @@ def normalized_distances(embeddings: Tensor) -> Tensor:
     return distances / distances.mean().clamp_min(1e-12)
 
 
+@in_float32
 def triplet_cosines(embeddings: Tensor) -> Tensor:
     """``cos angle(e_i, e_j, e_k) = <unit(e_i - e_j), unit(e_k - e_j)>`` (vertex ``e_j``) for the
     ``N (N - 1) (N - 2)`` ordered triplets of distinct indices."""

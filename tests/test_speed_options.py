@@ -118,3 +118,21 @@ def test_channels_last_networks_and_inputs(tmp_path):
              if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2] > 1]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
                          for w in convs)
+
+
+@pytest.mark.parametrize("name", ["fsp_matrix", "pairwise_distances", "triplet_cosines"])
+def test_gram_based_relations_compute_in_float32_under_bf16_autocast(name):
+    from lightning_kd import losses
+
+    fn = getattr(losses, name)
+    torch.manual_seed(0)
+    # Nearly equal embeddings: their distances come from differences of nearly equal Gram entries.
+    base = torch.randn(1, 16) * 10
+    x = base + 1e-2 * torch.randn(6, 16)
+    args = (x[None, :, :, None].repeat(2, 1, 1, 3), x[None, :, :, None].flip(1).repeat(2, 1, 1, 3)) \
+        if name == "fsp_matrix" else (x,)
+    rounded = [a.bfloat16().float() for a in args]  # inputs as a bf16 network hands them over
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = fn(*rounded)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, fn(*rounded), rtol=1e-6, atol=1e-6)  # as without autocast
