@@ -156,6 +156,9 @@ class StudentModule(pl.LightningModule):
         if self.channels_last:  # before the strategy moves the module, so the format travels along
             self.to(memory_format=torch.channels_last)
         if stage == "fit" and self.compile_networks:
+            # Dynamo does not guard on module hooks: code compiled by an earlier fit in this process
+            # (another method's watched layers) would be reused and this fit's hooks never run.
+            torch.compiler.reset()
             self.student.compile()
 
     def check_data_fits(self) -> None:

@@ -114,6 +114,12 @@ class DML(StudentModule):
         """Every peer, peer 0 (the student) first."""
         return (self.student, *self.other_peers)
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # compiles peer 0 (the student) when asked
+        if stage == "fit" and self.compile_networks:
+            for peer in self.other_peers:
+                peer.compile()
+
     def watch_peer_layers(self, layers: Sequence[str]) -> list[dict[str, Tensor]]:
         """Make :meth:`peer_forward` of peer ``i`` return the features of ``layers[i]``; returns
         each peer's features for one :meth:`example_input` (eval mode)."""
