@@ -86,6 +86,28 @@ class ThroughputTimer(Callback):
         return self.images / self.seconds
 
 
+class ProfileSteps(ThroughputTimer):
+    """Runs :mod:`torch.profiler` over the batches ThroughputTimer would time and keeps its table of
+    the operators that cost most (self device time on GPU, self CPU time on CPU)."""
+
+    def __init__(self, warmup: int, steps: int, start_epoch: int = 0, rows: int = 12):
+        super().__init__(warmup, steps, start_epoch)
+        self.rows, self.profiler, self.table = rows, None, ""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.batches == self.warmup and self.profiler is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        elif self.seconds is not None and self.profiler is not None and not self.table:
+            self.profiler.__exit__(None, None, None)
+            key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            self.table = self.profiler.key_averages().table(sort_by=key, row_limit=self.rows)
+
+
 @dataclass
 class Row:
     config: str
@@ -96,6 +118,7 @@ class Row:
     ceiling_step: str = "n/a"
     ratio: Optional[float] = None
     error: str = ""
+    profile: str = ""
 
     def cells(self) -> list[str]:
         if self.error:
@@ -259,13 +282,14 @@ def bench_config(config: Path, args, folder: Path, datamodules: dict, ceiling: d
         row.method = type(cli.model).__name__
         # The decoded images are shared between configs (the same data, decoded once).
         datamodule = datamodules.setdefault(type(cli.datamodule).__name__, cli.datamodule)
-        timer = ThroughputTimer(args.warmup, args.steps, student_stage_start(cfg))
+        timer = (ProfileSteps if args.profile else ThroughputTimer)(args.warmup, args.steps, student_stage_start(cfg))
         cli.trainer.callbacks.append(timer)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         cli.trainer.fit(cli.model, datamodule=datamodule)
         row.images_per_s, row.peak_mib = timer.images_per_second, peak_memory_mib()
+        row.profile = getattr(timer, "table", "")
         step = "kd_step" if getattr(cli.model, "teacher", None) is not None else "student_step"
         mode = ceiling_mode(args.precision, args.channels_last, args.compile)
         reference = ceiling.get("imgs_per_s", {}).get(mode, {}).get(step)
@@ -292,6 +316,10 @@ def report(rows: list[Row], args, ceiling: dict, command: str) -> str:
              f"{args.channels_last}, compile {args.compile}; {args.warmup} warm-up + {args.steps} timed "
              f"training batches per config; data: {data}. Memory column: {memory}.",
              "", markdown_table(rows), ""]
+    if args.profile:
+        parts[2] += " Profiled (--profile): the images/s include the profiler's overhead."
+        parts += [f"{row.config}: the operators that cost most\n\n```\n{row.profile.strip()}\n```\n"
+                  for row in rows if row.profile]
     if ceiling:
         source = args.ceiling or "--raw-reference"
         parts.append(f"Ceiling (`{source}`, batch {args.batch_size}): `{json.dumps(ceiling)}`")
@@ -332,6 +360,9 @@ def parse_args(argv=None):
     p.add_argument("--raw-reference", action="store_true",
                    help="instead of --ceiling: time the same fp32 student/KD steps in plain PyTorch "
                         "here (works on CPU; compare at --precision 32-true)")
+    p.add_argument("--profile", action="store_true",
+                   help="run torch.profiler over the timed batches and add each config's costliest operators "
+                        "to the report (its images/s then include the profiler's overhead)")
     p.add_argument("--out", help="markdown file to write the table into (e.g. docs/BENCHMARKS.md)")
     p.add_argument("--section", default="latest",
                    help="name of the marked section of --out that this run replaces")
