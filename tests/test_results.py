@@ -238,3 +238,22 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
     (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
     _, _, fitted, printed = invoke("--epochs", "2", capsys=capsys)
     assert fitted == ["kd"] and "KD seed 0: running (no record yet; its unfinished run had other settings: starting afresh)" in printed
+
+
+def test_jobs_run_the_table_in_processes_and_match_the_sequential_table(tmp_path):
+    def table(run_dir, *extra):
+        return results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "1", "--epochs", "1",
+                             "--limit-train-batches", "2", "--only", "kd", "dml", "--out", str(run_dir / "R.md"),
+                             "--run-dir", str(run_dir), *extra])
+
+    sequential, parallel = table(tmp_path / "one"), table(tmp_path / "three", "--jobs", "3")
+    # The same runs in the table's order, whichever finished first.
+    assert [(r.key, r.seed) for r in parallel] == [(r.key, r.seed) for r in sequential] == \
+        [("teacher", 0), ("baseline", 0), ("baseline", 1), ("kd", 0), ("kd", 1), ("dml", 0), ("dml", 1)]
+    assert [r.test_acc for r in parallel] == [r.test_acc for r in sequential]
+    teacher = parallel[0]
+    for run in parallel[1:]:  # KD read the finished teacher; the baseline and DML needed none
+        assert run.teacher_finished == (teacher.finished if run.key == "kd" else "")
+        assert Path(run.best_ckpt).is_file() and str(tmp_path / "three") in run.best_ckpt
+    with pytest.raises(SystemExit):
+        results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--jobs", "0"])

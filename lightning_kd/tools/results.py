@@ -26,6 +26,7 @@ import datetime
 import fnmatch
 import hashlib
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -33,6 +34,7 @@ import statistics
 import sys
 import tarfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
@@ -390,6 +392,28 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     return run
 
 
+def run_all(teacher_job: tuple, students: list[tuple], jobs: int, rerun: bool) -> list[Run]:
+    """The teacher's run, then the students' (``(key, config, seed, overrides, run folder, uses the
+    teacher)``) in the given order. With ``jobs > 1`` they run in that many processes at once: the
+    teacher beside the students that need none, the others as soon as the teacher has finished."""
+    def student_args(job, teacher_finished: str):
+        *args, uses_teacher = job
+        return (*args, teacher_finished if uses_teacher else "", rerun)
+
+    if jobs == 1:
+        teacher = run_one(*teacher_job, rerun=rerun)
+        return [teacher] + [run_one(*student_args(job, teacher.finished)) for job in students]
+    # Spawned, not forked: each run initialises its own CUDA context.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        teacher_future = pool.submit(run_one, *teacher_job, rerun=rerun)
+        pending = {i: pool.submit(run_one, *student_args(job, ""))
+                   for i, job in enumerate(students) if not job[-1]}
+        teacher = teacher_future.result()
+        pending.update({i: pool.submit(run_one, *student_args(job, teacher.finished))
+                        for i, job in enumerate(students) if job[-1]})
+        return [teacher] + [pending[i].result() for i in range(len(students))]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", type=Path, default=Path("configs/quickstart"),
@@ -413,6 +437,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="extra CLI override for every run, e.g. --override=--trainer.precision=bf16-mixed")
     parser.add_argument("--note", default="", help="a paragraph placed under the report's header")
     parser.add_argument("--wandb", action="store_true", help="keep the configs' wandb logger (default: no logger)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own process (several small runs share one GPU): the "
+                             "teacher beside the configs that need no teacher, then the others")
     parser.add_argument("--rerun", action="store_true",
                         help="train every run again (default: reuse the recorded runs of unchanged config + overrides)")
     args = parser.parse_args(argv)
@@ -420,6 +447,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--data-root (ImageFolder) and --cifar-root (torchvision CIFAR) exclude each other; pick one.")
     if not args.configs.is_dir():
         parser.error(f"--configs {args.configs} is not a folder.")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}.")
     return args
 
 
@@ -453,16 +482,15 @@ def main(argv=None) -> list[Run]:
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")
         return extra + common
 
-    teacher = run_one("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir,
-                      rerun=args.rerun)
-    runs = [teacher]
+    students = []  # (key, config, seed, overrides, run folder, uses the teacher)
     for config in [baseline_cfg, *method_cfgs]:
         overrides = overrides_for(config)
         # A student that reads the teacher's checkpoint or route is stale once the teacher is retrained.
         uses_teacher = any(str(checkpoint_dir(teacher_dir)) in o for o in overrides)
-        for seed in args.seeds:
-            runs.append(run_one(method_key(config), config, seed, overrides, args.run_dir / config.stem / f"seed{seed}",
-                                teacher.finished if uses_teacher else "", args.rerun))
+        students += [(method_key(config), config, seed, overrides, args.run_dir / config.stem / f"seed{seed}",
+                      uses_teacher) for seed in args.seeds]
+    teacher_job = ("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)
+    runs = run_all(teacher_job, students, args.jobs, args.rerun)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot = args.out.with_suffix(".png")
     plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")
