@@ -136,3 +136,12 @@ def test_gram_based_relations_compute_in_float32_under_bf16_autocast(name):
         mixed = fn(*rounded)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, fn(*rounded), rtol=1e-6, atol=1e-6)  # as without autocast
+
+
+def test_compile_covers_every_dml_peer():
+    from lightning_kd.methods import DML
+
+    model = DML(peers=[STUDENT, STUDENT, STUDENT], input_shape=SHAPE, compile=True)
+    assert not any(getattr(p, "_compiled_call_impl", None) for p in model.peers)
+    trainer(max_steps=0).fit(model, datamodule=data())  # setup runs; compiling itself is lazy, at the first call
+    assert all(getattr(p, "_compiled_call_impl", None) is not None for p in model.peers)
