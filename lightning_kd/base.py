@@ -98,8 +98,13 @@ class StudentModule(pl.LightningModule):
         return NetOutput(logits, {} if self.student_hooks is None else self.student_hooks.pop())
 
     def unpack(self, batch) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """``(x, y, sample indices or None)``; ``x`` in channels_last when asked."""
+        """``(x, y, sample indices or None)``; ``x`` in the dtype of a "true" precision (``bf16-true``,
+        ``64-true``: Lightning converts the batch before the transfer, while it is still uint8, and the
+        datamodules normalize to float32 after it) and in channels_last when asked."""
         x, y, *index = batch
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            x = trainer.precision_plugin.convert_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, index[0] if index else None

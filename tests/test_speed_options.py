@@ -95,12 +95,18 @@ class DtypeProbe(pl.Callback):
                            next(pl_module.student.parameters()).dtype)
 
 
-def test_bf16_teacher_weights_during_fit_and_exact_originals_after(teacher_ckpt):
+@pytest.mark.parametrize("precision, teacher_dtype, student_dtype", [
+    ("bf16-mixed", torch.bfloat16, torch.float32),  # teacher cast, student trained in fp32 under autocast
+    ("bf16-true", torch.bfloat16, torch.bfloat16),  # the "true" precisions feed inputs of their dtype
+    ("64-true", torch.float64, torch.float64)])
+def test_teacher_weights_take_the_precision_during_fit_and_exact_originals_after(teacher_ckpt, precision,
+                                                                                  teacher_dtype, student_dtype):
     model = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE)
     before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-    trainer(max_steps=2, limit_val_batches=1, precision="bf16-mixed", callbacks=[DtypeProbe()]).fit(
-        model, data(return_index=False))
-    assert model.probe == (torch.bfloat16, torch.float32)  # teacher cast, student trained in fp32
+    fit = trainer(max_steps=2, limit_val_batches=1, precision=precision, callbacks=[DtypeProbe()])
+    fit.fit(model, data(return_index=False))
+    assert model.probe == (teacher_dtype, student_dtype)
+    assert torch.isfinite(fit.callback_metrics["train/loss"])
     after = model.teacher.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
