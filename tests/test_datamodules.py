@@ -183,6 +183,33 @@ def test_image_folder_cache_is_invalidated_by_a_changed_file_list(tmp_path, monk
     assert torch.equal(decoded_splits(tmp_path)["train"][0], x)
 
 
+def test_image_folder_cache_sees_a_file_replaced_with_the_same_size_and_mtime(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    dog0 = tmp_path / "train" / "dog" / "0.png"
+    rng = np.random.default_rng(1)
+    # Uncompressed PNGs: the byte size depends on the image's dimensions only.
+    Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)).save(dog0, compress_level=0)
+    decoded_splits(tmp_path)
+    before = dog0.stat()
+    Image.fromarray(np.full((5, 5, 3), 7, dtype=np.uint8)).save(dog0, compress_level=0)
+    os.utime(dog0, ns=(before.st_atime_ns, before.st_mtime_ns))  # as a copy tool that keeps times would
+    after = dog0.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    x, _ = decoded_splits(tmp_path)["train"]
+    assert bool((x[3] == 7).all()), "the stale decoded image was served"
+
+
+def test_image_folder_scales_16_bit_images_to_8_bits(tmp_path):
+    make_tree(tmp_path)
+    values = np.array([0, 257, 32768, 40000, 65535] * 5, dtype=np.uint16).reshape(5, 5)
+    Image.fromarray(values).save(tmp_path / "train" / "dog" / "0.png")  # a 16-bit greyscale PNG
+    assert Image.open(tmp_path / "train" / "dog" / "0.png").mode.startswith("I")
+    x, _ = decoded_splits(tmp_path)["train"]
+    expected = torch.from_numpy(np.rint(values * 255.0 / 65535).astype(np.uint8))
+    assert all(torch.equal(x[3][c], expected) for c in range(3))  # grey: the same in R, G and B
+    assert x[3].max() == 255 and x[3][0, 0, 2] == 128  # 65535 -> 255, 32768 -> 128 (not saturated to white)
+
+
 def test_image_folder_cache_is_keyed_on_the_image_size(tmp_path, monkeypatch):
     make_tree(tmp_path)
     decoded_splits(tmp_path)

@@ -169,6 +169,40 @@ def test_the_last_good_checkpoint_stays_loadable(tiny_teacher, tmp_path):
     assert not all_finite(model.student), "the nan did reach the live weights (interval check)"
 
 
+class PoisonBatchNormBeforeValidation(Callback):
+    """At the end of epoch 1's training, one BatchNorm running variance becomes inf: every loss term
+    of the epoch was finite, yet the weights about to be checkpointed are not."""
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            bn = next(m for m in pl_module.student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var[0] = math.inf
+
+
+def test_non_finite_weights_never_reach_disk_and_the_error_names_the_last_good_checkpoint(tiny_teacher, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    trainer = quick_trainer(tmp_path, max_epochs=3, limit_train_batches=3, limit_val_batches=1,
+                            enable_checkpointing=True,
+                            callbacks=[ModelCheckpoint(ckpt_dir, filename="{epoch}", save_last=True),
+                                       PoisonBatchNormBeforeValidation()])
+    model = build_method("KD", tiny_teacher)
+    saved = {}
+
+    class Snapshot(Callback):  # the folder's bytes when epoch 1 starts: epoch 0's good checkpoints
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                saved.update({p.name: p.read_bytes() for p in ckpt_dir.iterdir()})
+
+    trainer.callbacks.append(Snapshot())
+    with pytest.raises(FloatingPointError) as info:
+        trainer.fit(model, datamodule=digits())
+    message = str(info.value)
+    assert message.startswith("refused to write a checkpoint at epoch 1, global step 6: 1 of its ")
+    assert "['student.stem.1.running_var']" in message and "the weights diverged" in message
+    assert f"the last good checkpoint on disk is '{ckpt_dir}" in message and "(epoch 0, global step 3)" in message
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == saved and set(saved) == {"epoch=0.ckpt", "last.ckpt"}
+
+
 class PoisonedDML(DML):
     def peer_losses(self, i, output, others, batch):
         losses = super().peer_losses(i, output, others, batch)
