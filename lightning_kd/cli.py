@@ -23,6 +23,7 @@ import lightning_kd.configs
 from lightning_kd.base import StudentModule
 from lightning_kd.callbacks.run_folder import run_files
 from lightning_kd.checkpoints import load_checkpoint_file
+from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
 from lightning_kd.resume import SPEED_OPTIONS, check_method, check_resume, imported
 
 #: The configs shipped with the package (``configs/`` of the repository).
@@ -139,13 +140,28 @@ def make_cli(args=None, run: bool = True) -> KDCLI:
         auto_configure_optimizers=False,
         save_config_callback=SaveConfigToRun,
         save_config_kwargs={"save_to_log_dir": False},
+        parser_class=KDArgumentParser,
+        parser_kwargs={"prog": "lightning-kd",
+                       "description": "Knowledge distillation with Lightning. `lightning-kd list` names the "
+                                       "methods, networks, datamodules and shipped configs."},
         args=args,
         run=run,
     )
 
 
 def main(args=None) -> None:
-    make_cli(args)
+    """The ``lightning-kd`` command: ``list``, or a LightningCLI subcommand whose library errors are
+    printed alone (see :mod:`lightning_kd.cli_messages`)."""
+    args = sys.argv[1:] if args is None else list(args)
+    if is_list_command(args):
+        print(catalogue())
+        return
+    try:
+        make_cli(args)
+    except Exception as err:  # noqa: BLE001 - only the library's own errors are shortened
+        if not report(err):
+            raise
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""What the shell shows: `lightning-kd list`, one-line parse errors with a suggestion, library errors alone."""
+from __future__ import annotations
+
+import pytest
+
+import lightning_kd.methods as methods
+from lightning_kd.cli import SHIPPED_CONFIGS, main
+from lightning_kd.cli_messages import TRACEBACK_VARIABLE, raised_by_library, root_cause
+from lightning_kd.models import MODELS, build_network
+
+
+def run(args, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_list_names_every_method_network_and_shipped_config(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in methods.__all__)
+    assert ", ".join(MODELS) in out
+    for folder in (p for p in SHIPPED_CONFIGS.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        assert f"  {folder.name}/: " + ", ".join(sorted(p.name for p in folder.glob("*.yaml"))) in out
+
+
+@pytest.mark.parametrize("args, shown, hint", [
+    (["--model.init_args.temprature=1.5"], "Option 'temprature' is not accepted", "Did you mean 'temperature'?"),
+    (["--trainer.max_epohcs=3"], "unrecognized arguments: --trainer.max_epohcs", "Did you mean '--trainer.max_epochs'"),
+    (["--model=KDD"], "KDD", "Did you mean 'KD'"),
+    (["--data.init_args.batch_sise=3"], "Option 'batch_sise' is not accepted", "Did you mean 'batch_size'"),
+])
+def test_a_bad_command_line_is_one_line_with_the_closest_option(args, shown, hint, capsys):
+    code, err = run(["fit", "-c", "configs/quickstart/kd.yaml", *args], capsys)
+    first, *rest = err.strip().splitlines()
+    assert code == 2 and first.startswith("lightning-kd fit: error: ") and shown in first and hint in first
+    assert "usage:" not in err and "Given value" not in err and "NoneType" not in err and len(rest) == 1
+
+
+def test_a_library_error_is_printed_alone_and_the_variable_brings_the_traceback(tmp_path, capsys, monkeypatch):
+    args = ["fit", "-c", "configs/quickstart/kd.yaml", f"--model.init_args.teacher_ckpt={tmp_path / 'nope.ckpt'}",
+            f"--checkpoint.dirpath={tmp_path / 'run'}"]
+    code, err = run(args, capsys)
+    assert code == 1
+    assert err.splitlines() == [f"lightning-kd: FileNotFoundError: teacher_ckpt '{tmp_path / 'nope.ckpt'}' does not exist. "
+                                f"Point it at a Lightning .ckpt (e.g. <checkpoint.dirpath>/best.ckpt from a Supervised "
+                                f"run) or a state_dict saved with torch.save(model.state_dict(), path).",
+                                f"({TRACEBACK_VARIABLE}=1 shows the traceback.)"]
+    monkeypatch.setenv(TRACEBACK_VARIABLE, "1")
+    with pytest.raises(Exception) as info:
+        main(args)
+    assert isinstance(root_cause(info.value), FileNotFoundError)
+
+
+def test_only_errors_raised_in_the_library_are_shortened():
+    with pytest.raises(ValueError) as ours:
+        build_network("resnet9000", 10)
+    assert raised_by_library(ours.value)
+    with pytest.raises(ZeroDivisionError) as elsewhere:
+        1 / 0
+    assert not raised_by_library(elsewhere.value)  # a bug keeps its traceback
