@@ -106,6 +106,19 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (images.float() / 255.0 - mean.to(images.device)[:, None, None]) / std.to(images.device)[:, None, None]
 
 
+def per_class_subset(images: Tensor, labels: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
+    """The first ``per_class`` samples of every class, in their order; a class with fewer is an error."""
+    keep = []
+    for label in labels.unique().tolist():
+        found = (labels == label).nonzero().flatten()
+        if len(found) < per_class:
+            raise ValueError(f"train_per_class={per_class}, but class {label} has only {len(found)} training "
+                             f"images: lower train_per_class.")
+        keep.append(found[:per_class])
+    keep = torch.cat(keep).sort().values
+    return images[keep], labels[keep]
+
+
 class InMemoryDataModule(pl.LightningDataModule):
     """Base of the small-data modules. Subclasses set ``num_classes``/``input_shape`` in
     ``__init__`` (the CLI links them into the model) and implement ``load_splits``.
@@ -119,6 +132,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers (0 is right for in-memory tensors).
         return_index: training batches are ``(x, y, sample index)``; what a teacher-output cache
             (``cache_teacher_outputs`` of the methods) keys on.
+        train_per_class: keep only the first this many training images of each class (in the split's
+            order), for small-data runs; validation and test splits are untouched. None keeps all.
     """
 
     num_classes: int
@@ -126,8 +141,11 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 128, eval_batch_size: Optional[int] = None, pad: int = 4,
                  flip: bool = True, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, num_workers: int = 0, return_index: bool = False):
+                 std: Optional[Sequence[float]] = None, num_workers: int = 0, return_index: bool = False,
+                 train_per_class: Optional[int] = None):
         super().__init__()
+        if train_per_class is not None and train_per_class < 1:
+            raise ValueError(f"train_per_class must be >= 1 (or null for every image), got {train_per_class}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if pad < 0:
@@ -139,6 +157,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         self.num_workers = num_workers
         self.return_index = return_index
+        self.train_per_class = train_per_class
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.shuffle: Optional[EpochShuffle] = None
 
@@ -156,6 +175,8 @@ class InMemoryDataModule(pl.LightningDataModule):
                                  f"(N, {', '.join(map(str, self.input_shape))}), got {x.dtype} {tuple(x.shape)}")
             if len(x) != len(y):
                 raise ValueError(f"{type(self).__name__}.{name}: {len(x)} images but {len(y)} labels")
+        if self.train_per_class is not None:
+            splits["train"] = per_class_subset(*splits["train"], self.train_per_class)
         self.splits = splits
         if self.mean is None or self.std is None:
             train = splits["train"][0].float() / 255.0

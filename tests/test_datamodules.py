@@ -254,3 +254,18 @@ def test_image_folder_cache_dir_option_and_read_only_root_fallback(tmp_path, mon
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only dataset folder (root ignores chmod)
     assert ImageFolderDataModule(root=str(tmp_path / "data")).cache_dir == tmp_path / "home" / ".cache" / "lightning_kd"
+
+
+def test_train_per_class_keeps_the_first_images_of_every_class_and_leaves_val_and_test():
+    full, small = DigitsDataModule(), DigitsDataModule(train_per_class=20)
+    full.setup(), small.setup()
+    (x, y), (fx, fy) = small.splits["train"], full.splits["train"]
+    assert torch.bincount(y).tolist() == [20] * 10
+    expected = torch.cat([(fy == c).nonzero().flatten()[:20] for c in range(10)]).sort().values
+    assert torch.equal(x, fx[expected]) and torch.equal(y, fy[expected])  # the first 20 of each, in split order
+    for split in ("val", "test"):
+        assert torch.equal(small.splits[split][0], full.splits[split][0])
+    with pytest.raises(ValueError, match=r"train_per_class=500, but class \d has only \d+ training images"):
+        DigitsDataModule(train_per_class=500).setup()
+    with pytest.raises(ValueError, match="train_per_class must be >= 1"):
+        DigitsDataModule(train_per_class=0)
