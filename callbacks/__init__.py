@@ -1,8 +1,10 @@
 """Callbacks, one concern each: RCO's route and mutual-learning alternation (named in configs), and the
 guarantees every method adds through ``configure_callbacks``: the NaN/Inf check, the RNG states in
-checkpoints, safe checkpoint reading and writing, resume checks and one run per checkpoint folder."""
+checkpoints, safe checkpoint reading and writing, resume checks and one run per checkpoint folder; and
+RunReport, which the CLI adds (metrics.csv, predictions.csv, the summaries)."""
 from lightning_kd.callbacks.finite import FiniteCheck
 from lightning_kd.callbacks.mutual import MutualAlternation
+from lightning_kd.callbacks.report import RunReport
 from lightning_kd.callbacks.resume import ResumeCheck
 from lightning_kd.callbacks.rng import RNGState
 from lightning_kd.callbacks.route import RouteConstrainedTeacher, RouteRecorder
@@ -10,4 +12,4 @@ from lightning_kd.callbacks.run_folder import OneRunPerFolder
 from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
 
 __all__ = ["FiniteCheck", "MutualAlternation", "OneRunPerFolder", "RNGState", "ResumeCheck", "RouteConstrainedTeacher",
-           "RouteRecorder", "SafeCheckpoints"]
+           "RouteRecorder", "RunReport", "SafeCheckpoints"]

@@ -21,6 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 import lightning_kd.configs
 from lightning_kd.base import StudentModule
+from lightning_kd.callbacks.report import RunReport
 from lightning_kd.callbacks.run_folder import run_files
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
@@ -66,9 +67,18 @@ class KDCLI(LightningCLI):
             "last_checkpoint.enable_version_counter": False,
             "trainer.logger": DEFAULT_LOGGER,
         })
+        parser.add_argument("--summary", type=bool, default=True,
+                            help="print a summary at the end of fit and test (metrics.csv and predict's "
+                                 "predictions.csv beside the checkpoints are written either way)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: start over in a checkpoint folder that holds another run's checkpoints "
                                  "(its *.ckpt files and route/ are deleted first)")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer.callbacks.append(RunReport(print_summary=config.get("summary", True)))
+        return trainer
 
     def parse_arguments(self, parser, args) -> None:
         # `args` is the command line, as a list when built from Python (make_cli).
@@ -96,9 +106,18 @@ class KDCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else self.config
         for key, value in self.kept.items():  # the safe changes of a resume (see lightning_kd.resume)
             config.model.init_args[key] = value
-        if subcommand == "fit" and config.get("overwrite") and config.checkpoint.dirpath:
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            # wandb's service process outlives a run: given a relative save_dir, a later run of this
+            # process started from another working directory loses its event file. Anchor it here.
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and init_args.get("save_dir"):
+                init_args.save_dir = str(Path(init_args.save_dir).absolute())
+        # No subcommand: built by the tools (run=False), which fit it.
+        if subcommand in ("fit", None) and config.get("overwrite") and config.checkpoint.dirpath:
             folder = Path(config.checkpoint.dirpath)
-            resumed = config.ckpt_path and Path(config.ckpt_path).resolve().parent == folder.resolve()
+            ckpt_path = config.get("ckpt_path")
+            resumed = ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()
             if folder.is_dir() and not resumed:  # --overwrite: this run starts over in its folder
                 for path in run_files(folder):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -131,7 +131,8 @@ def test_overwrite_starts_over_in_a_used_folder(kd_cli, tmp_path):
     with pytest.raises(FileExistsError, match="already holds another run's files"):
         kd_cli("run", 1)
     second = kd_cli("run", 1, "--overwrite=true", "--seed_everything=5")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.ckpt", "last.ckpt", "metrics.csv"]
+    assert (tmp_path / "run" / "metrics.csv").read_text().count(",val/acc,") == 1  # the second run's epoch only
     after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(after[f"student.{k}"], v) for k, v in second.model.student.state_dict().items())
     assert not torch.equal(after["student.fc.weight"], before["student.fc.weight"]) and first is not second

@@ -33,7 +33,6 @@ import shutil
 import statistics
 import sys
 import tarfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,11 +40,10 @@ from typing import Optional, Sequence
 
 import torch
 import yaml
-from pytorch_lightning import Callback
 
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.tools.bench import device_name
-from lightning_kd.tools.runner import fit_and_test, resolve
+from lightning_kd.tools.runner import ValAccHistory, fit_and_test, resolve
 
 # Row order of the table; configs are discovered from the folder, their file name's first word is the key.
 METHOD_ORDER = ["teacher", "baseline", "kd", "fitnet", "at", "fsp", "rkd", "rco", "dml", "iekd", "iedml"]
@@ -54,36 +52,6 @@ LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fit
 # RepDistiller (Tian et al., CRD, ICLR 2020, Table 1), CIFAR-100 resnet32x4 -> resnet8x4, top-1 %.
 REPDISTILLER_CIFAR100 = {"teacher": 79.42, "baseline": 72.50, "kd": 73.33, "fitnet": 73.50, "at": 73.44,
                          "fsp": 72.62, "rkd": 71.90}
-
-
-class ValAccHistory(Callback):
-    """Keeps ``val/acc`` after every validation epoch (sanity checks excluded) and the run's wall
-    time. Both travel in the checkpoints, so a fit resumed from ``last.ckpt`` continues them."""
-
-    def __init__(self):
-        self.history: list[float] = []
-        self.seconds_before = 0.0  # time spent by earlier, interrupted invocations of this run
-        self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.start
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
-            self.history.append(float(trainer.callback_metrics["val/acc"]))
-
-    def state_dict(self) -> dict:
-        return {"history": list(self.history), "seconds": self.seconds()}
-
-    def load_state_dict(self, state: dict) -> None:
-        # Lightning also restores callbacks for `test(ckpt_path=best)`, which must not rewind the
-        # fit's history to the best epoch: only a resumed fit takes the saved state over.
-        self.restored = state
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if getattr(self, "restored", None) is not None:
-            self.history, self.seconds_before = list(self.restored["history"]), float(self.restored["seconds"])
-            self.start, self.restored = time.perf_counter(), None
 
 
 @dataclass
@@ -460,7 +428,7 @@ def main(argv=None) -> list[Run]:
     if args.only is not None:
         method_cfgs = [c for c in method_cfgs if method_key(c) in args.only]
     data_root = None if args.data_root is None else prepare_data_root(args.data_root, args.run_dir)
-    common = ["--trainer.enable_progress_bar=false", *args.override]
+    common = ["--trainer.enable_progress_bar=false", "--summary=false", *args.override]
     if not args.wandb:
         common.append("--trainer.logger=false")
     if args.limit_train_batches is not None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import WandbLogger
 
 from lightning_kd.cli import KDCLI, config_path, make_cli
 
@@ -28,6 +30,36 @@ def resolve(config: str | Path, *overrides: str) -> dict:
     with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
         make_cli(["-c", str(config_path(config)), *overrides, "--print_config"], run=False)
     return yaml.safe_load(printed.getvalue())
+
+
+class ValAccHistory(Callback):
+    """Keeps ``val/acc`` after every validation epoch (sanity checks excluded) and the run's wall
+    time. Both travel in the checkpoints, so a fit resumed from ``last.ckpt`` continues them."""
+
+    def __init__(self):
+        self.history: list[float] = []
+        self.seconds_before = 0.0  # time spent by earlier, interrupted invocations of this run
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
+            self.history.append(float(trainer.callback_metrics["val/acc"]))
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning also restores callbacks for `test(ckpt_path=best)`, which must not rewind the
+        # fit's history to the best epoch: only a resumed fit takes the saved state over.
+        self.restored = state
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if getattr(self, "restored", None) is not None:
+            self.history, self.seconds_before = list(self.restored["history"]), float(self.restored["seconds"])
+            self.start, self.restored = time.perf_counter(), None
 
 
 def best_checkpoint(trainer: Trainer) -> ModelCheckpoint:
@@ -52,4 +84,7 @@ def fit_and_test(config: str | Path, *overrides: str, callbacks: Sequence[Callba
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     best = best_checkpoint(cli.trainer).best_model_path
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    for logger in cli.trainer.loggers:  # one wandb run per fit: the next fit in this process must not join it
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
     return float(result[0]["test/acc"]), best
