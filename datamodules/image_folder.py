@@ -64,13 +64,38 @@ def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
 
 
 # Bump when the decoder's output changes (resampling filter, colour conversion): old caches are then ignored.
-DECODE_VERSION = "rgb-bilinear-16bit-2"
-CACHE_FOLDER = ".lightning_kd_cache"
+DECODE_VERSION = "bilinear-16bit-channels-3"
 
 
-def default_cache_dir(root: Path) -> Path:
-    """``root/.lightning_kd_cache`` when ``root`` is writable, else ``~/.cache/lightning_kd``."""
-    return root / CACHE_FOLDER if os.access(root, os.W_OK) else Path.home() / ".cache" / "lightning_kd"
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lightning_kd`` (``~/.cache/lightning_kd``): the dataset folder is never written."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning_kd"
+
+
+def image_format(path: Path) -> tuple[int, int, int]:
+    """``(channels, height, width)`` the decoder gives ``path``: 1 channel for greyscale images, else 3."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        grey = img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16")
+        return (1 if grey else 3, img.height, img.width)
+
+
+def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out) indices: ``round(fraction * n_c)`` of each class's ``n_c`` images (at least one), drawn
+    with ``seed``; both sorted."""
+    generator, held = torch.Generator().manual_seed(seed), []
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        take = max(1, round(fraction * len(members)))
+        if take >= len(members):
+            raise ValueError(f"val_fraction={fraction} would hold out all {len(members)} training image(s) of "
+                             f"class {label}: lower val_fraction, add images, or give a val_dir.")
+        held.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    held = torch.cat(held).sort().values
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    kept[held] = False
+    return kept.nonzero().flatten(), held
 
 
 def fingerprint(split_dir: Path, items: list[tuple[Path, int]], classes: list[str], decode: dict) -> str:
@@ -119,43 +144,53 @@ def save_cache(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor,
 
 
 class ImageFolderDataModule(InMemoryDataModule):
-    """Images in torchvision's ImageFolder layout, resized to ``image_size`` and kept as uint8.
+    """Images in torchvision's ImageFolder layout (``root/<split>/<class>/<image>``), kept as uint8 in memory.
 
-    Meant for datasets that fit in memory (for example the CIFAR-10 JPEG tree:
-    ``root=cifar10``, splits ``train`` and ``test``). Class names are the sorted folder names of
-    the train split.
+    Defaults are for your own data: validation is a stratified ``val_fraction`` of ``train`` (the
+    best checkpoint is never chosen on test images), images keep their own size and channels (a
+    greyscale set stays 1 channel), and there is no random augmentation (a flip or a 4-pixel shift
+    can change what a small image shows); switch it on with ``pad``/``flip``. The CIFAR-10 JPEG tree
+    with the KD papers' convention: ``val_dir: test, pad: 4, flip: true`` (the results command's
+    ``--data-root`` keeps a CIFAR config's settings). Class names are the sorted folder names of train.
 
-    Decoding is cached: after a split is decoded, its uint8 images, labels and class names are
-    saved to ``<cache_dir>/<split>-<size>px-<hash of the split path>.pt``, and the next run loads that file instead of
-    decoding (CIFAR-10 on 2 cores: setup takes about 3 s instead of 18-30 s; reading the cache is
-    0.1 s, listing the files and the train mean/std take the rest). The file is used
-    only while its fingerprint matches: every image's relative path, size and modification time,
-    the class names and the decode settings (``image_size``, RGB, bilinear resize). Adding,
-    removing or changing an image therefore re-decodes and rewrites it; so does a corrupt cache
-    file (with a warning). Delete the folder to reclaim the disk space.
+    Decoding is cached: a decoded split's uint8 images, labels and class names are saved to
+    ``<cache_dir>/<split>-<size>px-<hash of the split path>.pt`` and read back while their
+    fingerprint matches (every image's relative path, size, modification and change times, the
+    class names and the decode settings); otherwise the split is decoded again and the file
+    rewritten. Under DDP ``prepare_data`` decodes once per node and every rank reads the cache.
 
     Args:
         root: dataset folder.
-        train_dir, val_dir, test_dir: split folder names under ``root``.
-        image_size: side of the square images after resizing.
+        train_dir, test_dir: split folder names under ``root``.
+        val_dir: a folder of validation images; None (default) holds out ``val_fraction`` of train.
+        val_fraction: share of each class's training images held out for validation (seeded by
+            ``split_seed``) when ``val_dir`` is None.
+        image_size: side of the square images after resizing; None keeps the first training image's
+            size (square images; others are resized to it).
+        channels: 1 (greyscale) or 3 (RGB); None follows the first training image.
         decode_threads: threads decoding files.
         cache: keep decoded splits on disk (``False``: decode every run, write nothing).
-        cache_dir: where the cache files go; default ``root/.lightning_kd_cache`` if ``root`` is
-            writable, else ``~/.cache/lightning_kd``.
-        **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule`.
+        cache_dir: where the cache files go; default ``$XDG_CACHE_HOME/lightning_kd`` (``~/.cache/lightning_kd``).
+        **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule` (here ``pad: 0``,
+            ``flip: false`` by default).
     """
 
-    def __init__(self, root: str, train_dir: str = "train", val_dir: str = "test", test_dir: str = "test",
-                 image_size: int = 32, decode_threads: int = 8, cache: bool = True,
-                 cache_dir: Optional[str] = None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, root: str, train_dir: str = "train", val_dir: Optional[str] = None, test_dir: str = "test",
+                 val_fraction: float = 0.1, split_seed: int = 0, image_size: Optional[int] = None,
+                 channels: Optional[int] = None, decode_threads: int = 8, cache: bool = True,
+                 cache_dir: Optional[str] = None, pad: int = 0, flip: bool = False, **kwargs):
+        super().__init__(pad=pad, flip=flip, **kwargs)
         self.root = Path(root)
-        self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.split_dirs = {"train": train_dir, "val": val_dir or train_dir, "test": test_dir}
         for split, name in self.split_dirs.items():
             if not (self.root / name).is_dir():
                 raise FileNotFoundError(f"ImageFolderDataModule: {split} folder {str(self.root / name)!r} "
                                         f"does not exist; expected {self.root}/<split>/<class>/<image> "
                                         f"(set data.init_args.root / {split}_dir).")
+        if val_dir is None and not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}; or give a val_dir.")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1, 3 or null (follow the images), got {channels}.")
         train = self.root / train_dir
         self.classes = class_folders(train)
         if len(self.classes) < 2:
@@ -170,43 +205,58 @@ class ImageFolderDataModule(InMemoryDataModule):
                 raise ValueError(f"ImageFolderDataModule: {str(self.root / name)!r} has class folder(s) {extra} "
                                  f"that the train folder lacks{hint if case else ''}: their "
                                  f"images would be dropped. Rename them to train's class names or add them to train.")
+        self.val_dir, self.val_fraction, self.split_seed = val_dir, val_fraction, split_seed
+        if image_size is None or channels is None:
+            first = list_images(train, self.classes)[0][0]
+            found_channels, height, width = image_format(first)
+            if image_size is None and height != width:
+                raise ValueError(f"ImageFolderDataModule: {str(first)!r} is {width}x{height}, not square: set "
+                                 f"data.init_args.image_size (images are resized to squares of that side).")
+            image_size = image_size or height
+            channels = channels or found_channels
         self.num_classes = len(self.classes)
-        self.input_shape = (3, image_size, image_size)
-        self.image_size, self.decode_threads = image_size, decode_threads
+        self.input_shape = (channels, image_size, image_size)
+        self.image_size, self.channels, self.decode_threads = image_size, channels, decode_threads
         self.cache = cache
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(self.root)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+    def prepare_data(self) -> None:
+        if self.cache:  # once per node, before setup on every rank: the ranks then read the cache
+            for name in dict.fromkeys(self.split_dirs.values()):
+                self._load_split(self.root / name)
 
     def _decode(self, path: Path) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as img:
-                img = to_8bit(img).convert("RGB")
+                img = to_8bit(img).convert("L" if self.channels == 1 else "RGB")
                 if img.size != (self.image_size, self.image_size):
                     img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot decode image {str(path)!r}: {err}; remove or replace the file.") from None
-        return data.view(self.image_size, self.image_size, 3).permute(2, 0, 1)
+        return data.view(self.image_size, self.image_size, self.channels).permute(2, 0, 1)
 
     def load_splits(self):
-        decoded = {}
-        for split, name in self.split_dirs.items():
-            if name in decoded:
-                continue
-            decoded[name] = self._load_split(self.root / name)
-        return {split: decoded[name] for split, name in self.split_dirs.items()}
+        decoded = {name: self._load_split(self.root / name) for name in dict.fromkeys(self.split_dirs.values())}
+        splits = {split: decoded[name] for split, name in self.split_dirs.items()}
+        if self.val_dir is None:
+            images, labels = splits["train"]
+            kept, held = stratified_holdout(labels, self.val_fraction, self.split_seed)
+            splits["train"], splits["val"] = (images[kept], labels[kept]), (images[held], labels[held])
+        return splits
 
     def _cache_file(self, split_dir: Path) -> Path:
         # One file per (split folder, image size): a changed tree overwrites its own file
         # instead of piling up new ones; the fingerprint inside decides whether it is current.
-        where = hashlib.sha256(f"{split_dir.resolve()}\0{self.image_size}".encode()).hexdigest()[:12]
+        where = hashlib.sha256(f"{split_dir.resolve()}\0{self.image_size}\0{self.channels}".encode()).hexdigest()[:12]
         return self.cache_dir / f"{split_dir.name}-{self.image_size}px-{where}.pt"
 
     def _load_split(self, split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         items = list_images(split_dir, self.classes)
         if self.cache:
-            decode = {"image_size": self.image_size, "version": DECODE_VERSION}
+            decode = {"image_size": self.image_size, "channels": self.channels, "version": DECODE_VERSION}
             key = fingerprint(split_dir, items, self.classes, decode)
             path = self._cache_file(split_dir)
             cached = load_cache(path, key, (len(items), *self.input_shape))

@@ -23,6 +23,12 @@ def lightning_logs_reach_caplog(monkeypatch):
         monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """The default decode cache of ImageFolderDataModule ($XDG_CACHE_HOME/lightning_kd) inside the test's folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def digits_teacher(tmp_path) -> str:
     """A state_dict file of a SmallCNN(width=16) teacher for the digits data."""

@@ -107,7 +107,7 @@ def make_tree(root, classes=("cat", "dog"), per_class=3, size=5):
 
 def test_image_folder_loads_uint8_tensors_with_sorted_classes(tmp_path):
     make_tree(tmp_path, size=4)
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=4, batch_size=2)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=4, batch_size=2, val_dir="test")
     assert dm.classes == ["cat", "dog"] and dm.num_classes == 2 and dm.input_shape == (3, 4, 4)
     dm.setup()
     x, y = dm.splits["train"]
@@ -125,13 +125,12 @@ def test_image_folder_missing_root(tmp_path):
 def test_image_folder_rejects_stray_files(tmp_path):
     make_tree(tmp_path)
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=5)
     with pytest.raises(ValueError, match="non-image file"):
-        dm.setup()
+        ImageFolderDataModule(root=str(tmp_path), image_size=5).setup()
 
 
 def decoded_splits(root, **kwargs):
-    dm = ImageFolderDataModule(root=str(root), image_size=5, **kwargs)
+    dm = ImageFolderDataModule(root=str(root), **{"image_size": 5, "val_dir": "test", **kwargs})
     dm.setup()
     return dm.splits
 
@@ -145,7 +144,7 @@ def forbid_decoding(monkeypatch):
 def test_image_folder_second_setup_loads_the_cache_without_decoding(tmp_path, monkeypatch):
     make_tree(tmp_path)
     first = decoded_splits(tmp_path)
-    files = sorted(p.name for p in (tmp_path / ".lightning_kd_cache").iterdir())
+    files = sorted(p.name for p in (tmp_path / "cache" / "lightning_kd").iterdir())
     assert len(files) == 2 and files[0].startswith("test-5px-") and files[1].startswith("train-5px-")
     forbid_decoding(monkeypatch)
     second = decoded_splits(tmp_path)
@@ -222,7 +221,7 @@ def test_image_folder_cache_is_keyed_on_the_image_size(tmp_path, monkeypatch):
 def test_image_folder_corrupt_cache_warns_and_is_rewritten(tmp_path, monkeypatch, damage):
     make_tree(tmp_path)
     first = decoded_splits(tmp_path)
-    cache = next((tmp_path / ".lightning_kd_cache").glob("train-*.pt"))
+    cache = next((tmp_path / "cache" / "lightning_kd").glob("train-*.pt"))
     if damage == "garbage":
         cache.write_bytes(b"not a torch file")
     elif damage == "truncated":
@@ -246,14 +245,62 @@ def test_image_folder_cache_false_writes_nothing(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_image_folder_cache_dir_option_and_read_only_root_fallback(tmp_path, monkeypatch):
+def test_image_folder_cache_dir_option_and_the_default_never_writes_into_the_dataset(tmp_path):
     make_tree(tmp_path / "data")
     decoded_splits(tmp_path / "data", cache_dir=str(tmp_path / "mine"))
     assert len(list((tmp_path / "mine").glob("*.pt"))) == 2
-    assert not (tmp_path / "data" / ".lightning_kd_cache").exists()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only dataset folder (root ignores chmod)
-    assert ImageFolderDataModule(root=str(tmp_path / "data")).cache_dir == tmp_path / "home" / ".cache" / "lightning_kd"
+    before = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
+    decoded_splits(tmp_path / "data")
+    assert len(list((tmp_path / "cache" / "lightning_kd").glob("*.pt"))) == 2  # $XDG_CACHE_HOME/lightning_kd
+    assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == before
+
+
+def test_image_folder_defaults_for_your_own_data_hold_out_validation_from_train(tmp_path):
+    make_tree(tmp_path, per_class=10)
+    dm = ImageFolderDataModule(root=str(tmp_path))
+    assert dm.input_shape == (3, 5, 5) and dm.pad == 0 and not dm.flip  # the images' own size, no augmentation
+    dm.setup()
+    (tx, ty), (vx, vy), (sx, _) = dm.splits["train"], dm.splits["val"], dm.splits["test"]
+    assert torch.bincount(vy).tolist() == [1, 1] and torch.bincount(ty).tolist() == [9, 9]  # 10% of each class
+    full = decoded_splits(tmp_path, val_dir="test")["train"][0]
+    rows = {tuple(img.flatten().tolist()) for img in full}
+    seen_train, seen_val = ({tuple(img.flatten().tolist()) for img in x} for x in (tx, vx))
+    assert seen_train | seen_val == rows and not seen_train & seen_val  # a partition of train
+    assert len(sx) == 20  # the test folder stays the test split
+    again = ImageFolderDataModule(root=str(tmp_path))
+    again.setup()
+    assert torch.equal(again.splits["val"][0], vx)  # seeded (split_seed)
+    other = ImageFolderDataModule(root=str(tmp_path), split_seed=1)
+    other.setup()
+    assert not torch.equal(other.splits["val"][0], vx)
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        ImageFolderDataModule(root=str(tmp_path), val_fraction=1.0)
+
+
+def test_image_folder_keeps_greyscale_as_one_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8), mode="L").save(tmp_path / split / c / f"{i}.png")
+    dm = ImageFolderDataModule(root=str(tmp_path), val_dir="test")
+    assert dm.input_shape == (1, 6, 6)
+    dm.setup()
+    first = np.asarray(Image.open(tmp_path / "train" / "a" / "0.png"))
+    assert torch.equal(dm.splits["train"][0][0, 0], torch.from_numpy(first))
+    rgb = ImageFolderDataModule(root=str(tmp_path), val_dir="test", channels=3, cache=False)
+    rgb.setup()
+    assert rgb.splits["train"][0].shape[1:] == (3, 6, 6)
+
+
+def test_image_folder_prepare_data_decodes_once_and_setup_reads_the_cache(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    ImageFolderDataModule(root=str(tmp_path)).prepare_data()  # what one process per node runs under DDP
+    forbid_decoding(monkeypatch)
+    dm = ImageFolderDataModule(root=str(tmp_path))
+    dm.setup()  # every rank
+    assert len(dm.splits["train"][1]) + len(dm.splits["val"][1]) == 6
 
 
 def test_train_per_class_keeps_the_first_images_of_every_class_and_leaves_val_and_test():

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from lightning_kd.tools.results import (REPDISTILLER_CIFAR100, Run, data_overrides, discover_configs, markdown_table,
-                                        mean_std, network_name, prepare_data_root, summarize)
+from lightning_kd.tools.results import (REPDISTILLER_CIFAR100, Run, discover_configs, markdown_table, mean_std,
+                                        network_name, prepare_data_root, summarize)
+from lightning_kd.tools.runner import data_overrides
 from lightning_kd.tools.results import main as results_main
 
 
@@ -109,9 +110,24 @@ def test_data_root_archive_is_extracted_once_and_wired(tmp_path):
     assert root == tmp_path / "out" / "data" / "cifar10" and (root / "train" / "cat" / "0001.jpg").is_file()
     assert prepare_data_root(archive, tmp_path / "out") == root  # the second call reuses the folder
     assert prepare_data_root(root, tmp_path / "elsewhere") == root  # a folder is used as it is
-    assert data_overrides(root, None, False) == [
+    assert data_overrides(root, None, False) == [  # no config data given: nothing carried
         "--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={root}"]
     assert data_overrides(None, "data", True) == ["--data.init_args.root=data", "--data.init_args.download=true"]
+
+
+def test_a_cifar_config_on_an_image_tree_keeps_the_papers_settings(tmp_path):
+    from lightning_kd.tools.runner import resolve
+
+    config = ROOT / "configs" / "cifar10" / "kd_resnet32x4_resnet8x4.yaml"
+    overrides = data_overrides(tmp_path / "cifar10", None, False, resolve(config)["data"])
+    assert overrides[2:] == ["--data.init_args.batch_size=64", "--data.init_args.pad=4", "--data.init_args.flip=true",
+                             "--data.init_args.val_dir=test"]
+    data = resolve(config, *overrides)["data"]
+    assert data["class_path"] == "lightning_kd.datamodules.ImageFolderDataModule"
+    assert (data["init_args"]["val_dir"], data["init_args"]["pad"], data["init_args"]["flip"],
+            data["init_args"]["batch_size"]) == ("test", 4, True, 64)  # validate on test, pad-crop 4, flip, batch 64
+    quickstart = resolve(ROOT / "configs" / "quickstart" / "kd.yaml")["data"]  # digits: its own validation split
+    assert not any("val_dir" in o for o in data_overrides(tmp_path, None, False, quickstart))
 
 
 def resumable_setup(tmp_path, monkeypatch):

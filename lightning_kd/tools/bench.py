@@ -38,7 +38,7 @@ from lightning_kd.callbacks.route import write_route
 from lightning_kd.cli import SHIPPED_CONFIGS
 from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
-from lightning_kd.tools.runner import build, resolve
+from lightning_kd.tools.runner import build, data_overrides, resolve
 COLUMNS = ["config", "method", "batch", "images/s", "peak memory (MiB)", "ceiling step", "ratio to ceiling"]
 
 
@@ -255,7 +255,7 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
            f"--trainer.precision={args.precision}", f"--data.batch_size={args.batch_size}"]
     if args.data_root:
-        out += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={args.data_root}"]
+        out += data_overrides(Path(args.data_root), None, False, cfg["data"])
     else:  # one epoch holds every timed batch, so no epoch boundary falls inside the timing
         out += ["--data=lightning_kd.datamodules.SyntheticDataModule", "--data.num_classes=10",
                 "--data.input_shape=[3, 32, 32]", f"--data.train_size={args.batch_size * batches}",

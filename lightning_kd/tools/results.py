@@ -43,7 +43,7 @@ import yaml
 
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.tools.bench import device_name
-from lightning_kd.tools.runner import ValAccHistory, fit_and_test, resolve
+from lightning_kd.tools.runner import ValAccHistory, data_overrides, fit_and_test, resolve
 
 # Row order of the table; configs are discovered from the folder, their file name's first word is the key.
 METHOD_ORDER = ["teacher", "baseline", "kd", "fitnet", "at", "fsp", "rkd", "rco", "dml", "iekd", "iedml"]
@@ -108,19 +108,6 @@ def discover_configs(folder: Path, skip: Sequence[str] = ()) -> tuple[Path, Path
     methods = [c for c in configs if method_key(c) not in ("teacher", "baseline")]
     methods.sort(key=lambda c: (rank.get(method_key(c), len(rank)), c.name))
     return found["teacher"][0], found["baseline"][0], methods
-
-
-def data_overrides(data_root: Optional[Path], cifar_root: Optional[str], download: bool) -> list[str]:
-    """Point a config at the data the user has: an ImageFolder tree, or a torchvision CIFAR folder.
-    A new data class keeps the init_args it shares with the config's (the batch size)."""
-    args = []
-    if data_root is not None:
-        args += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={data_root}"]
-    if cifar_root is not None:
-        args.append(f"--data.init_args.root={cifar_root}")
-    if download:
-        args.append("--data.init_args.download=true")
-    return args
 
 
 def prepare_data_root(data_root: Path, out_dir: Path) -> Path:
@@ -443,8 +430,9 @@ def main(argv=None) -> list[Run]:
     teacher_dir = args.run_dir / teacher_cfg.stem / f"seed{args.seeds[0]}"
 
     def overrides_for(config: Path) -> list[str]:
-        extra = data_overrides(data_root, args.cifar_root, args.download)
-        configured = resolve(config)["model"]["init_args"].get("teacher_ckpt")
+        resolved = resolve(config)
+        extra = data_overrides(data_root, args.cifar_root, args.download, resolved["data"])
+        configured = resolved["model"]["init_args"].get("teacher_ckpt")
         if configured:  # the file the config names (best.ckpt or last.ckpt) of this run's teacher
             name = Path(configured).name if Path(configured).name in ("best.ckpt", "last.ckpt") else "best.ckpt"
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")

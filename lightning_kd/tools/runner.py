@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,6 +17,32 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from lightning_kd.cli import KDCLI, config_path, make_cli
+
+
+# The data settings a config's datamodule shares with ImageFolderDataModule.
+CARRIED_DATA_ARGS = ("batch_size", "eval_batch_size", "pad", "flip", "train_per_class")
+
+
+def data_overrides(data_root: Optional[Path], cifar_root: Optional[str], download: bool,
+                   config_data: Optional[dict] = None) -> list[str]:
+    """Point a config at the data the user has: an ImageFolder tree, or a torchvision CIFAR folder.
+    The tree keeps the config's batch sizes and augmentation (``CARRIED_DATA_ARGS``); a config that validates on the test split (``val_size: 0``, CIFAR: the KD papers' convention)
+    keeps doing so on the tree (``val_dir: test``), where ImageFolder would hold out part of train."""
+    args = []
+    if data_root is not None:
+        args += ["--data=lightning_kd.datamodules.ImageFolderDataModule", f"--data.root={data_root}"]
+        init_args = (config_data or {}).get("init_args") or {}
+        # Said explicitly: a class change keeps only the init_args a config states, not its class's
+        # defaults (CIFAR's pad 4 and flips would silently become ImageFolder's none).
+        args += [f"--data.init_args.{key}={json.dumps(init_args[key])}" for key in CARRIED_DATA_ARGS
+                 if init_args.get(key) is not None]
+        if init_args.get("val_size") == 0:
+            args.append("--data.init_args.val_dir=test")
+    if cifar_root is not None:
+        args.append(f"--data.init_args.root={cifar_root}")
+    if download:
+        args.append("--data.init_args.download=true")
+    return args
 
 
 def build(config: str | Path, *overrides: str) -> KDCLI:
