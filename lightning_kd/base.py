@@ -228,7 +228,9 @@ class DistillationModule(StudentModule):
     Args:
         teacher: the teacher network, same forms as ``student``.
         teacher_ckpt: the teacher's weights: a Lightning ``.ckpt`` of a ``Supervised`` run or a
-            plain state_dict file, read with ``weights_only=True``.
+            plain state_dict file, read with ``weights_only=True``. May be left out for a teacher spec
+            with published weights whose head already has the data's classes (e.g. an ImageNet
+            teacher on ImageNet-class data); one with a new head needs fine-tuned weights here.
         cache_teacher_outputs: compute the teacher's logits once per training sample and reuse them
             in later epochs. Only without random augmentation (data ``pad: 0``, ``flip: false``,
             ``return_index: true``) and for methods that read only logits; else refused before training.
@@ -239,10 +241,9 @@ class DistillationModule(StudentModule):
     def __init__(self, student: NetSpec, teacher: Optional[NetSpec] = None, teacher_ckpt: Optional[str] = None,
                  cache_teacher_outputs: bool = False, **kwargs):
         super().__init__(student=student, **kwargs)
-        if teacher is None or not teacher_ckpt:
-            raise ValueError(f"{type(self).__name__} distills from a teacher: set both `teacher` (the network "
-                             f"spec) and `teacher_ckpt` (its trained weights, e.g. best.ckpt of a "
-                             f"Supervised run).")
+        if teacher is None:
+            raise ValueError(f"{type(self).__name__} distills from a teacher: set `teacher` (the network spec) and "
+                             f"`teacher_ckpt` (its trained weights, e.g. best.ckpt of a Supervised run).")
         self.teacher = FrozenTeacher(teacher, teacher_ckpt, self.num_classes, self.input_shape[0])
         self.cache_teacher_outputs = cache_teacher_outputs
         self.teacher_acc, self.agreement = accuracy(self.num_classes), accuracy(self.num_classes)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_kd.checkpoints import load_network_weights, read_weights
 from lightning_kd.features import FeatureHooks, NetOutput
-from lightning_kd.models import build_network
+from lightning_kd.models import build_network, is_pretrained
 
 NetSpec = Union[str, dict[str, Any]]
 # The teacher's weights under each precision: bf16-mixed runs it in bfloat16 (it needs no float32
@@ -85,9 +85,18 @@ class FrozenTeacher:
         in_channels: input channels of the network.
     """
 
-    def __init__(self, spec: NetSpec, checkpoint: Union[str, Path], num_classes: int, in_channels: int):
+    def __init__(self, spec: NetSpec, checkpoint: Optional[Union[str, Path]], num_classes: int, in_channels: int):
         self.net = build_network(spec, num_classes, in_channels)
-        load_network_weights(self.net, checkpoint, what="teacher_ckpt")
+        if checkpoint:
+            load_network_weights(self.net, checkpoint, what="teacher_ckpt")
+        elif not is_pretrained(spec):
+            raise ValueError("the teacher needs trained weights: set `teacher_ckpt` (e.g. best.ckpt of a Supervised "
+                             "run), or give a teacher spec with published weights (torchvision `weights:`, timm "
+                             "`pretrained: true`).")
+        elif getattr(self.net, "new_head", False):
+            raise ValueError(f"the teacher's published weights classify other classes than the data's {num_classes}: "
+                             f"its head would be untrained. Fine-tune it on this data first (a Supervised run with "
+                             f"`student: {spec}`) and give that run's best.ckpt as `teacher_ckpt`.")
         self.net.requires_grad_(False).eval()
         self.hooks: Optional[FeatureHooks] = None
         self.cache: Optional[TeacherLogitCache] = None

@@ -241,8 +241,10 @@ CASES = [
      lambda e: e.fit(e.kd(), ImageFolderDataModule(image_folder(e.tmp / "data", {"test/dog/broken.png": b"\x89PNG"}),
                                                    image_size=8, batch_size=2))),
     # methods
-    ("teacher-method-without-teacher", ValueError, r"KD distills from a teacher: set both `teacher`",
+    ("teacher-method-without-teacher", ValueError, r"KD distills from a teacher: set `teacher`",
      lambda e: KD(student=TINY_CNN, input_shape=DIGITS_SHAPE)),
+    ("teacher-without-weights", ValueError, r"the teacher needs trained weights: set `teacher_ckpt`",
+     lambda e: KD(student=TINY_CNN, teacher=TINY_CNN, input_shape=DIGITS_SHAPE)),
     ("teacherless-method-given-a-teacher", SystemExit, r"lightning_kd.methods.Supervised.*Option 'teacher_ckpt' is not accepted",
      lambda e: make_cli(["fit", "-c", str(ROOT / "configs/quickstart/baseline.yaml"), "--trainer.logger=false",
                          f"--checkpoint.dirpath={e.ckpt_dir}", f"--model.init_args.teacher_ckpt={e.teacher}"])),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,29 @@ def test_dict_without_name_is_rejected():
 def test_dict_with_conflicting_num_classes_is_rejected():
     with pytest.raises(ValueError, match="num_classes"):
         build_network({"name": "resnet20", "num_classes": 5}, num_classes=10)
+
+
+def test_published_weights_load_from_the_local_cache_and_the_head_fits_the_data(tmp_path, monkeypatch):
+    import torchvision
+
+    from lightning_kd.teacher import FrozenTeacher
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an offline hub cache holding the weights file
+    published = torchvision.models.resnet18()  # stands in for the downloaded ImageNet weights
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(published.state_dict(), cache / Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name)
+    spec = {"name": "torchvision.models.resnet18", "weights": "IMAGENET1K_V1"}
+    reference = published.state_dict()
+
+    student = build_network(spec, num_classes=10)  # fine-tuning: the published backbone, a new 10-class head
+    weights = student.state_dict()
+    assert all(torch.equal(weights[k], reference[k]) for k in reference if not k.startswith("fc."))
+    assert student.fc.out_features == 10 and student.fc.in_features == 512 and student.new_head
+
+    teacher = FrozenTeacher(spec, None, 1000, 3)  # its own head fits the data: no teacher_ckpt needed
+    assert all(torch.equal(v, reference[k]) for k, v in teacher.net.state_dict().items())
+    with pytest.raises(ValueError, match="classify other classes than the data's 10"):
+        FrozenTeacher(spec, None, 10, 3)  # an untrained head cannot teach
+    with pytest.raises(ValueError, match="the teacher needs trained weights: set `teacher_ckpt`"):
+        FrozenTeacher("resnet20", None, 10, 3)

@@ -26,6 +26,7 @@ from .wrn import WideBlock, WideResNet, wrn_16_2, wrn_40_2
 __all__ = [
     "MODELS",
     "build_network",
+    "is_pretrained",
     "BasicBlock",
     "CifarResNet",
     "CifarVGG",
@@ -97,7 +98,9 @@ def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int
         spec: A key of :data:`MODELS` (e.g. ``"resnet8x4"``), a dotted path to any callable
             returning an ``nn.Module`` (e.g. ``"torchvision.models.resnet18"``), or a dict with
             a ``"name"`` key holding either of those plus extra constructor keyword arguments.
-        num_classes: Number of output logits, always passed as ``num_classes=``.
+        num_classes: Number of output logits, passed as ``num_classes=``; for a spec with published
+            weights (:func:`is_pretrained`) the network is built with its own head, which is replaced
+            by a fresh ``nn.Linear`` of ``num_classes`` outputs when the sizes differ.
         in_channels: Number of input channels, passed as ``in_channels=`` only if the
             constructor's signature has that parameter.
 
@@ -134,7 +137,39 @@ def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int
             f"Network {name!r} has no `in_channels` parameter: it only takes 3-channel input, "
             f"but in_channels={in_channels} was requested."
         )
-    model = constructor(num_classes=num_classes, **kwargs)
+    if not is_pretrained(kwargs):
+        model = constructor(num_classes=num_classes, **kwargs)
+    else:  # the published weights fix the head's size: build it so, then fit the head to the data
+        model = constructor(**kwargs)
+        if output_classes(model) != num_classes:
+            replace_head(model, num_classes)
+            model.new_head = True  # read by FrozenTeacher: a teacher with an untrained head needs teacher_ckpt
     if not isinstance(model, nn.Module):
         raise TypeError(f"Network {name!r} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def is_pretrained(spec: str | dict[str, Any]) -> bool:
+    """Whether a spec asks for published weights: torchvision's ``weights:`` (not null) or timm's
+    ``pretrained: true``. They are read from the local cache (``$TORCH_HOME/hub``, the Hugging Face
+    cache); without a network they must be there."""
+    return isinstance(spec, dict) and (spec.get("weights") is not None or spec.get("pretrained") is True)
+
+
+def classifier(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The last ``nn.Linear`` of ``model`` (its classification head), with its dotted name."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear head to fit to the data's classes.")
+    return heads[-1]
+
+
+def output_classes(model: nn.Module) -> int:
+    return classifier(model)[1].out_features
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """A fresh ``nn.Linear`` head with ``num_classes`` outputs in place of the last one (fine-tuning)."""
+    name, head = classifier(model)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
