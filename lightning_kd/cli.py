@@ -20,6 +20,8 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 import lightning_kd.configs
+import lightning_kd.datamodules  # noqa: F401 - imported, their classes answer to short names (--model KD)
+import lightning_kd.methods  # noqa: F401
 from lightning_kd.base import StudentModule
 from lightning_kd.callbacks.report import RunReport
 from lightning_kd.callbacks.run_folder import run_files

@@ -74,7 +74,7 @@ def suggestion(message: str, parser) -> str:
         wrong, known = unknown.group(1), [s for s in getattr(parser, "_option_string_actions", {}) if s.startswith("--")]
     else:
         return ""
-    close = difflib.get_close_matches(wrong, list(dict.fromkeys(known)), n=2, cutoff=0.6)
+    close = [c for c in difflib.get_close_matches(wrong, list(dict.fromkeys(known)), n=2, cutoff=0.6) if c != wrong]
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
