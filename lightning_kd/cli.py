@@ -149,10 +149,29 @@ def with_shipped_configs(args: list[str]) -> list[str]:
     return out
 
 
+HELP_PACKAGES = {"--model.help": lightning_kd.methods, "--data.help": lightning_kd.datamodules}
+
+
+def with_full_help_names(args: list[str]) -> list[str]:
+    """``--model.help KD`` -> ``--model.help lightning_kd.methods.KD`` (jsonargparse wants the import path)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        flag, _, value = arg.partition("=")
+        package = HELP_PACKAGES.get(flag)
+        if package is None:
+            continue
+        if not value and i + 1 < len(out):
+            i, value = i + 1, out[i + 1]
+            flag = ""
+        if "." not in value and hasattr(package, value):
+            out[i] = (f"{flag}=" if flag else "") + f"{package.__name__}.{value}"
+    return out
+
+
 def make_cli(args=None, run: bool = True) -> KDCLI:
     """Build (and by default run) the CLI; ``args`` as a list replaces ``sys.argv``."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    args = with_shipped_configs(sys.argv[1:] if args is None else list(args))
+    args = with_full_help_names(with_shipped_configs(sys.argv[1:] if args is None else list(args)))
     return KDCLI(
         StudentModule,
         LightningDataModule,

@@ -59,3 +59,11 @@ def test_only_errors_raised_in_the_library_are_shortened():
     with pytest.raises(ZeroDivisionError) as elsewhere:
         1 / 0
     assert not raised_by_library(elsewhere.value)  # a bug keeps its traceback
+
+
+@pytest.mark.parametrize("args, shown", [(["--model.help", "KD"], "--model.temperature TEMPERATURE"),
+                                         (["--data.help=ImageFolderDataModule"], "--data.val_fraction VAL_FRACTION")])
+def test_class_help_takes_short_names(args, shown, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *args])
+    assert info.value.code == 0 and shown in capsys.readouterr().out

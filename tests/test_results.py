@@ -72,22 +72,30 @@ def test_discover_configs_needs_one_teacher(tmp_path):
         discover_configs(tmp_path)
 
 
-def test_tiny_end_to_end_run_writes_report_and_png(tmp_path):
+def test_tiny_end_to_end_run_writes_report_and_png(tmp_path, capsys):
     out = tmp_path / "docs" / "RESULTS.md"
     runs = results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "--epochs", "2",
                          "--limit-train-batches", "2", "--only", "kd", "fsp", "rco", "--out", str(out),
                          "--run-dir", str(tmp_path / "runs")])
-    assert [r.key for r in runs] == ["teacher", "baseline", "kd", "fsp", "rco"]
-    assert [len(r.history) for r in runs] == [2] * 5  # --epochs is every run's max_epochs (FSP: 1 + 1 stage epochs)
+    # FSP's student is as wide as the teacher: a baseline of that network is trained for it.
+    assert [r.key for r in runs] == ["teacher", "baseline", "baseline@small_cnn(width=64)", "kd", "fsp", "rco"]
+    assert [len(r.history) for r in runs] == [2] * 6  # --epochs is every run's max_epochs (FSP: 1 + 1 stage epochs)
     text = out.read_text()
-    body = [r[0] for r in table_rows(text.split("## Runs")[0])[2:]]
-    assert body == ["teacher", "student baseline", "KD", "FSP", "RCO"]
-    networks = [r[2] for r in table_rows(text.split("## Runs")[0])[2:]]
-    assert networks == ["small_cnn(width=64)", "small_cnn(width=4)", "small_cnn(width=4)", "small_cnn(width=64)",
-                        "small_cnn(width=4)"]  # FSP's student is as wide as the teacher: the table says so
+    table = table_rows(text.split("## Runs")[0])[2:]
+    assert [r[0] for r in table] == ["teacher", "student baseline", "student baseline (small_cnn(width=64))", "KD",
+                                     "FSP", "RCO"]
+    assert [r[2] for r in table] == ["small_cnn(width=64)", "small_cnn(width=4)", "small_cnn(width=64)",
+                                     "small_cnn(width=4)", "small_cnn(width=64)", "small_cnn(width=4)"]
+    top1 = {r.key: 100 * r.test_acc for r in runs}
+    deltas = {row[0]: row[4] for row in table}
+    assert deltas["FSP"] == f"{top1['fsp'] - top1['baseline@small_cnn(width=64)']:+.2f}"  # against its own width
+    assert deltas["KD"] == f"{top1['kd'] - top1['baseline']:+.2f}"
+    assert "RepDistiller CIFAR-100 ref." not in text  # digits: the CIFAR-100 reference does not apply
+    printed = capsys.readouterr().out
+    assert printed.count("[results] KD seed 0: epoch ") == 2 and "[results] KD seed 0: epoch 2/2, val/acc " in printed
     # The teacher checkpoint of this run is wired into the students that need one (the file the
     # config names, best.ckpt), and for RCO also the route the teacher recorded next to it.
-    kd, rco = runs[2], runs[4]
+    kd, rco = runs[3], runs[5]
     assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in kd.overrides
     assert f"--model.init_args.teacher_ckpt={runs[0].best_ckpt}" in rco.overrides
     teacher_ckpts = Path(runs[0].best_ckpt).parent
@@ -273,3 +281,17 @@ def test_jobs_run_the_table_in_processes_and_match_the_sequential_table(tmp_path
         assert Path(run.best_ckpt).is_file() and str(tmp_path / "three") in run.best_ckpt
     with pytest.raises(SystemExit):
         results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--jobs", "0"])
+
+
+@pytest.mark.parametrize("data, teacher, applies", [
+    ("lightning_kd.datamodules.CIFAR100DataModule", "resnet32x4", True),
+    ("lightning_kd.datamodules.CIFAR10DataModule", "resnet32x4", False),
+    ("lightning_kd.datamodules.CIFAR100DataModule", "resnet56", False)])
+def test_the_repdistiller_column_appears_only_for_its_own_setting(tmp_path, data, teacher, applies):
+    from lightning_kd.tools.results import reference_applies
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  class_path: {data}\n")
+    runs = [Run("teacher", Path("t.yaml"), 0, [], 0.8, network=teacher, resolved_config=config),
+            Run("baseline", Path("b.yaml"), 0, [], 0.7, network="resnet8x4", resolved_config=config)]
+    assert reference_applies(runs) is applies

@@ -28,6 +28,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -86,6 +87,19 @@ def network_name(cfg: dict) -> str:
     return f"{spec}, peer 0 of {len(peers)}" if peers else str(spec)
 
 
+def student_spec(cfg: dict):
+    """The trained network's spec of a resolved config (peer 0 for mutual learning)."""
+    init_args = cfg["model"].get("init_args") or {}
+    return init_args["peers"][0] if init_args.get("peers") else init_args.get("student")
+
+
+def label(key: str) -> str:
+    """The table's name for a row: ``baseline@<network>`` is the baseline trained on that network."""
+    if key.startswith("baseline@"):
+        return f"student baseline ({key.split('@', 1)[1]})"
+    return LABELS.get(key, key)
+
+
 def method_key(config: Path) -> str:
     """``kd_resnet32x4_resnet8x4.yaml`` -> ``kd``."""
     return config.stem.split("_")[0].lower()
@@ -131,7 +145,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(runs: Sequence[Run]) -> dict[str, dict]:
-    """Per key, in run order: top-1 mean/std in percent, seeds, mean wall time, delta vs the baseline."""
+    """Per key, in run order: top-1 mean/std in percent, seeds, mean wall time, delta vs the baseline of the
+    same student network (None where there is none)."""
     keys = list(dict.fromkeys(r.key for r in runs))
     rows = {}
     for key in keys:
@@ -139,10 +154,17 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict]:
         mean, std = mean_std([100 * r.test_acc for r in mine])
         rows[key] = {"mean": mean, "std": std, "n": len(mine), "wall_s": statistics.fmean(r.wall_s for r in mine),
                      "config": mine[0].config, "network": mine[0].network}
-    base = rows.get("baseline", {}).get("mean")
+    # Each method against the baseline of its own student network (FSP's student may be wider).
+    bases = {plain_network(row["network"]): row["mean"] for key, row in rows.items() if key.split("@")[0] == "baseline"}
     for key, row in rows.items():
-        row["delta"] = None if base is None or key in ("baseline", "teacher") else row["mean"] - base
+        base = bases.get(plain_network(row["network"]))
+        row["delta"] = None if base is None or key == "teacher" or key.startswith("baseline") else row["mean"] - base
     return rows
+
+
+def plain_network(network: str) -> str:
+    """``small_cnn(width=4), peer 0 of 2`` -> ``small_cnn(width=4)``: the network a baseline would train."""
+    return network.split(", peer ")[0]
 
 
 def markdown_table(rows: dict[str, dict], reference: Optional[dict[str, float]] = None) -> str:
@@ -152,7 +174,7 @@ def markdown_table(rows: dict[str, dict], reference: Optional[dict[str, float]] 
         head.append("RepDistiller CIFAR-100 ref.")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for key, row in rows.items():
-        cells = [LABELS.get(key, key), f"`{row['config'].name}`", row["network"], f"{row['mean']:.2f} ± {row['std']:.2f}",
+        cells = [label(key), f"`{row['config'].name}`", row["network"], f"{row['mean']:.2f} ± {row['std']:.2f}",
                  "—" if row["delta"] is None else f"{row['delta']:+.2f}", str(row["n"]), f"{row['wall_s']:.0f} s"]
         if reference:
             cells.append(f"{reference[key]:.2f}" if key in reference else "—")
@@ -175,7 +197,7 @@ def plot_histories(runs: Sequence[Run], path: Path, title: str) -> None:
             continue
         length = min(len(c) for c in curves)
         mean = [100 * statistics.fmean(c[i] for c in curves) for i in range(length)]
-        ax.plot(range(1, length + 1), mean, marker="." if length < 40 else None, label=LABELS.get(key, key),
+        ax.plot(range(1, length + 1), mean, marker="." if length < 40 else None, label=label(key),
                 linestyle="--" if key in ("teacher", "baseline") else "-")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -186,6 +208,18 @@ def plot_histories(runs: Sequence[Run], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def reference_applies(runs: Sequence[Run]) -> bool:
+    """RepDistiller's column belongs to CIFAR-100 runs of resnet32x4 -> resnet8x4 only."""
+    nets = {r.key: r.network for r in runs}
+    if nets.get("teacher") != "resnet32x4" or nets.get("baseline") != "resnet8x4":
+        return False
+    baseline = next(r for r in runs if r.key == "baseline")
+    if baseline.resolved_config is None or not Path(baseline.resolved_config).is_file():
+        return False
+    data = yaml.safe_load(Path(baseline.resolved_config).read_text()).get("data") or {}
+    return str(data.get("class_path", "")).endswith("CIFAR100DataModule")
 
 
 def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, configs: Path, note: str = "") -> str:
@@ -207,17 +241,16 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
     if note:
         parts += [note, ""]
     parts += [
-        "Test top-1 of the best-`val/acc` checkpoint. Δ is the method's mean minus the student "
-        "baseline's mean, in points. The teacher is trained once (first seed); every student run "
+        "Test top-1 of the best-`val/acc` checkpoint. Δ is the method's mean minus the mean of the "
+        "student baseline of the same network (trained for it where a method's student differs), in points. The teacher is trained once (first seed); every student run "
         "distills from it. Wall time covers fit + test of one run. Where the datamodule validates on "
         "the test split (the CIFAR configs, `val_size: 0`, the convention of RepDistiller), this is the "
         "best-epoch test accuracy that the KD papers report.", "",
-        markdown_table(rows, REPDISTILLER_CIFAR100), "",
-        "The last column quotes RepDistiller's published CIFAR-100 numbers for resnet32x4 -> resnet8x4 "
-        "(240 epochs; Tian et al., *Contrastive Representation Distillation*, ICLR 2020, "
-        "https://arxiv.org/abs/1910.10699) as a reference point: they are not measured here and come "
-        "from a different dataset and schedule than this table unless the configs are the CIFAR-100 ones "
-        "at full length.", "",
+        markdown_table(rows, REPDISTILLER_CIFAR100 if reference_applies(runs) else None), "",
+        *(["The last column quotes RepDistiller's published CIFAR-100 numbers for resnet32x4 -> resnet8x4 "
+           "(240 epochs; Tian et al., *Contrastive Representation Distillation*, ICLR 2020, "
+           "https://arxiv.org/abs/1910.10699): not measured here, and from the full 240-epoch schedule.", ""]
+          if reference_applies(runs) else []),
         f"![validation accuracy per epoch]({plot.name})", "",
         "## Runs", "",
         "| method | seed | test top-1 % | best val top-1 % | epochs | wall time |",
@@ -225,7 +258,7 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
     ]
     for r in runs:
         best = f"{100 * max(r.history):.2f}" if r.history else "—"
-        parts.append(f"| {LABELS.get(r.key, r.key)} | {r.seed} | {100 * r.test_acc:.2f} | {best} | "
+        parts.append(f"| {label(r.key)} | {r.seed} | {100 * r.test_acc:.2f} | {best} | "
                      f"{len(r.history)} | {r.wall_s:.1f} s |")
     parts += ["", "## Exact configs", "",
               "Each run is `lightning-kd fit -c <config> <overrides>` followed by a test of its best "
@@ -318,24 +351,24 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     A record in ``run_dir`` of the same config content, overrides and teacher run
     (``teacher_finished``, "" for runs without a teacher) is returned instead, unless ``rerun``.
     """
-    label = f"{LABELS.get(key, key)} seed {seed}"
+    name = f"{label(key)} seed {seed}"
     ckpt_dir = checkpoint_dir(run_dir)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
     config_sha = file_sha256(config)
     record = record_path(run_dir)
     recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
     if recorded is not None:
-        print(f"[results] {label}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
+        print(f"[results] {name}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
         return recorded
     record.unlink(missing_ok=True)  # no record while its checkpoints are being replaced
     started = {"config_sha256": config_sha, "overrides": overrides, "teacher_finished": teacher_finished}
     resume, how = (None, "") if rerun else resume_point(run_dir, started)
-    print(f"[results] {label}: running ({why}{'; ' + how if how else ''})", flush=True)
+    print(f"[results] {name}: running ({why}{'; ' + how if how else ''})", flush=True)
     if resume is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run starts clean, so best.ckpt is this run's
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "started.json").write_text(json.dumps(started))
-    history = ValAccHistory()
+    history = ValAccHistory(progress=f"[results] {name}")
     test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml",
                                   ckpt_path=resume)
     run = Run(key, config, seed, overrides, test_acc, history.seconds(), history.history,
@@ -343,7 +376,7 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
               config_sha,
               teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_name())
     save_record(run, record)
-    print(f"[results] {label}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
+    print(f"[results] {name}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
     return run
 
 
@@ -438,6 +471,15 @@ def main(argv=None) -> list[Run]:
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")
         return extra + common
 
+    wider = []  # baselines of the other student networks the methods train
+    baseline_student = student_spec(resolve(baseline_cfg))
+    for spec in dict.fromkeys(json.dumps(student_spec(resolve(c)), sort_keys=True) for c in method_cfgs):
+        if json.loads(spec) != baseline_student:  # e.g. FSP's student, as wide as its teacher
+            overrides = [*overrides_for(baseline_cfg), f"--model.init_args.student={spec}"]
+            name = network_name({"model": {"init_args": {"student": json.loads(spec)}}})
+            folder = args.run_dir / f"{baseline_cfg.stem}@{re.sub(r'[^A-Za-z0-9_.=-]+', '_', name)}"
+            wider += [(f"baseline@{name}", baseline_cfg, seed, overrides, folder / f"seed{seed}", False)
+                      for seed in args.seeds]
     students = []  # (key, config, seed, overrides, run folder, uses the teacher)
     for config in [baseline_cfg, *method_cfgs]:
         overrides = overrides_for(config)
@@ -445,6 +487,8 @@ def main(argv=None) -> list[Run]:
         uses_teacher = any(str(checkpoint_dir(teacher_dir)) in o for o in overrides)
         students += [(method_key(config), config, seed, overrides, args.run_dir / config.stem / f"seed{seed}",
                       uses_teacher) for seed in args.seeds]
+        if config == baseline_cfg:
+            students += wider
     teacher_job = ("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)
     runs = run_all(teacher_job, students, args.jobs, args.rerun)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,12 +61,17 @@ def resolve(config: str | Path, *overrides: str) -> dict:
 
 class ValAccHistory(Callback):
     """Keeps ``val/acc`` after every validation epoch (sanity checks excluded) and the run's wall
-    time. Both travel in the checkpoints, so a fit resumed from ``last.ckpt`` continues them."""
+    time. Both travel in the checkpoints, so a fit resumed from ``last.ckpt`` continues them.
 
-    def __init__(self):
+    Args:
+        progress: when given, a line starting with it after every validation epoch (long runs).
+    """
+
+    def __init__(self, progress: Optional[str] = None):
         self.history: list[float] = []
         self.seconds_before = 0.0  # time spent by earlier, interrupted invocations of this run
         self.start = time.perf_counter()
+        self.progress = progress
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start
@@ -74,6 +79,9 @@ class ValAccHistory(Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
             self.history.append(float(trainer.callback_metrics["val/acc"]))
+            if self.progress:
+                print(f"{self.progress}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, val/acc "
+                      f"{100 * self.history[-1]:.2f}%, {self.seconds():.0f} s", flush=True)
 
     def state_dict(self) -> dict:
         return {"history": list(self.history), "seconds": self.seconds()}
