@@ -132,6 +132,32 @@ def test_fitnet_regressor_maps_student_to_teacher_shape(digits_teacher):
     assert all(id(p) in trainable for p in model.regressor.parameters())
 
 
+@pytest.mark.parametrize("student_size, teacher_size, conv, kernel, stride", [
+    (8, 8, torch.nn.Conv2d, (1, 1), (1, 1)),           # equal sizes: 1x1
+    (8, 4, torch.nn.Conv2d, (3, 3), (2, 2)),           # twice as large: 3x3, stride 2
+    (4, 8, torch.nn.ConvTranspose2d, (4, 4), (2, 2)),  # half as large: 4x4 transposed, stride 2
+    (8, 2, torch.nn.Conv2d, (7, 7), (1, 1)),           # larger by 6: kernel 7
+])
+def test_fitnet_regressor_is_the_papers_size_matching_conv_with_bias_bn_and_relu(student_size, teacher_size, conv,
+                                                                                 kernel, stride):
+    from lightning_kd.methods.fitnet import hint_regressor
+
+    s, t = torch.randn(2, 4, student_size, student_size), torch.randn(2, 16, teacher_size, teacher_size)
+    regressor = hint_regressor(s, t)
+    first, bn, relu = regressor
+    assert type(first) is conv and first.kernel_size == kernel and first.stride == stride and first.bias is not None
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.num_features == 16 and isinstance(relu, torch.nn.ReLU)
+    out = regressor(s)
+    assert out.shape == t.shape and bool((out >= 0).all())  # compared with a post-ReLU hint
+
+
+def test_fitnet_regressor_refuses_a_smaller_student_map_of_another_ratio():
+    from lightning_kd.methods.fitnet import hint_regressor
+
+    with pytest.raises(ValueError, match="the student's hint map is 2x2 and the teacher's 8x8"):
+        hint_regressor(torch.randn(1, 4, 2, 2), torch.randn(1, 16, 8, 8))
+
+
 def test_sizing_forward_leaves_batchnorm_statistics_alone(digits_teacher):
     model = make(FitNet, digits_teacher)
     bn = model.student.stem[1]

@@ -14,14 +14,26 @@ from lightning_kd.losses import fitnet_loss
 
 
 def hint_regressor(student_feat: Tensor, teacher_feat: Tensor) -> nn.Sequential:
-    """Conv 3x3 + BN from the student's channels to the teacher's; an adaptive average pool
-    first when the spatial sizes differ (a smaller student map is repeated up to size)."""
+    """The hint regressor of the paper and of RepDistiller's benchmark: a convolution with bias that
+    matches the teacher's size, then BatchNorm and ReLU (the hint itself is a post-ReLU map).
+
+    Equal sizes: 1x1 conv. A student map twice as large: 3x3 conv of stride 2; half as large:
+    4x4 transposed conv of stride 2; larger by another amount: a conv whose kernel is the
+    difference plus one. A smaller student map of another ratio is refused.
+    """
     c_s, c_t = student_feat.shape[1], teacher_feat.shape[1]
-    layers: list[nn.Module] = []
-    if student_feat.shape[-2:] != teacher_feat.shape[-2:]:
-        layers.append(nn.AdaptiveAvgPool2d(tuple(teacher_feat.shape[-2:])))
-    layers += [nn.Conv2d(c_s, c_t, 3, padding=1, bias=False), nn.BatchNorm2d(c_t)]
-    return nn.Sequential(*layers)
+    (h_s, w_s), (h_t, w_t) = student_feat.shape[-2:], teacher_feat.shape[-2:]
+    if (h_s, w_s) == (2 * h_t, 2 * w_t):
+        conv = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
+    elif (2 * h_s, 2 * w_s) == (h_t, w_t):
+        conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
+    elif h_s >= h_t and w_s >= w_t:
+        conv = nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t))
+    else:
+        raise ValueError(f"FitNet: the student's hint map is {h_s}x{w_s} and the teacher's {h_t}x{w_t}; the regressor "
+                         f"maps a larger, an equal or a half-size student map only: choose student_layer and "
+                         f"teacher_layer of such sizes.")
+    return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU())
 
 
 class FitNet(DistillationModule):
@@ -30,8 +42,9 @@ class FitNet(DistillationModule):
     "FitNets: Hints for Thin Deep Nets" (Romero et al., ICLR 2015),
     https://arxiv.org/abs/1412.6550. As in the RepDistiller/CRD CIFAR-100 benchmark, the hint
     is trained jointly with the task in one stage (the paper trains the hint first), on the
-    output of the middle stage, with weight 100 and CE weight 1. The regressor (conv + BN) is
-    sized from one example forward and trained with the student.
+    output of the middle stage, with weight 100 and CE weight 1. The regressor (size-matching conv
+    with bias + BN + ReLU, :func:`hint_regressor`) is sized from one example forward and trained
+    with the student.
 
     Args:
         student_layer: dotted name of the student's hinted (guided) layer.
