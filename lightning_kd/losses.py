@@ -6,6 +6,7 @@ Every loss computes in float32 whatever the autocast dtype.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import torch
@@ -162,30 +163,51 @@ def relation_huber(relation, student: Tensor, teacher: Tensor) -> Tensor:
     return F.smooth_l1_loss(relation(student.float()), target, beta=1.0)
 
 
-def rkd_distance_loss(student: Tensor, teacher: Tensor) -> Tensor:
+RKD_NORMALIZERS = ("all_entries", "distinct")
+
+
+def rkd_mean_scale(n: int, order: int, normalizer: str) -> float:
+    """Factor from the mean over distinct pairs (``order`` 2) or triplets (3) of ``n`` samples to the
+    chosen normalizer: ``all_entries`` averages over all ``n^order`` entries as the authors' code
+    does, where the degenerate ones (a repeated index) add zero; ``distinct`` leaves the mean."""
+    if normalizer not in RKD_NORMALIZERS:
+        raise ValueError(f"rkd normalizer must be one of {RKD_NORMALIZERS}, got {normalizer!r}.")
+    if normalizer == "distinct":
+        return 1.0
+    distinct = math.prod(n - i for i in range(order))
+    return distinct / n ** order
+
+
+def rkd_distance_loss(student: Tensor, teacher: Tensor, normalizer: str = "all_entries") -> Tensor:
     """RKD distance-wise loss (Park et al., CVPR 2019): Huber (smooth L1, delta 1) between the
-    student's and the teacher's pair distances, each normalized by its mean over distinct pairs;
-    averaged over the ``N (N - 1)`` ordered distinct pairs. Scale-invariant in either embedding.
+    student's and the teacher's pair distances, each normalized by its mean over distinct pairs.
+    Scale-invariant in either embedding.
 
     Args:
         student: ``(N, D_s)`` student embeddings, ``N >= 2``.
         teacher: ``(N, D_t)`` teacher embeddings (no gradient flows to them).
+        normalizer: ``all_entries`` (default, the authors' code and the normalizer their published
+            weights 25/50 were tuned with): the mean over all ``N^2`` entries of the distance
+            matrix, whose diagonal adds zero; ``distinct``: the mean over the ``N (N - 1)`` ordered
+            distinct pairs (``N / (N - 1)`` times the default).
     """
     check_embeddings(student, teacher, 2, "rkd_distance_loss")
-    return relation_huber(normalized_distances, student, teacher)
+    return relation_huber(normalized_distances, student, teacher) * rkd_mean_scale(len(student), 2, normalizer)
 
 
-def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+def rkd_angle_loss(student: Tensor, teacher: Tensor, normalizer: str = "all_entries") -> Tensor:
     """RKD angle-wise loss: Huber (smooth L1, delta 1) between the cosines of the angles the
-    student's and the teacher's embeddings form, averaged over the ``N (N - 1) (N - 2)`` ordered
-    triplets of distinct samples.
+    student's and the teacher's embeddings form.
 
     Args:
         student: ``(N, D_s)`` student embeddings, ``N >= 3`` (an angle needs three points).
         teacher: ``(N, D_t)`` teacher embeddings (no gradient flows to them).
+        normalizer: ``all_entries`` (default, the authors'): the mean over all ``N^3`` index
+            triplets, whose degenerate ones (a repeated index) add zero; ``distinct``: the mean
+            over the ``N (N - 1) (N - 2)`` ordered triplets of distinct samples.
     """
     check_embeddings(student, teacher, 3, "rkd_angle_loss")
-    return relation_huber(triplet_cosines, student, teacher)
+    return relation_huber(triplet_cosines, student, teacher) * rkd_mean_scale(len(student), 3, normalizer)
 
 
 def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:

@@ -54,6 +54,36 @@ def angle_loss_by_loops(s, t):
     return sum(huber(cosine(s, *tr), cosine(t, *tr)) for tr in triplets) / len(triplets)
 
 
+def distance_loss_authors(s, t):
+    """The authors' procedure, written out: the full N x N distance matrix (0 on the diagonal), each
+    divided by the mean of its positive entries, Huber averaged over all N^2 entries."""
+    n = len(s)
+
+    def matrix(e):
+        d = [[math.dist(e[i].tolist(), e[j].tolist()) for j in range(n)] for i in range(n)]
+        positive = [v for row in d for v in row if v > 0]
+        mu = sum(positive) / len(positive)
+        return [[v / mu for v in row] for row in d]
+
+    ds, dt = matrix(s), matrix(t)
+    return sum(huber(ds[i][j], dt[i][j]) for i in range(n) for j in range(n)) / n ** 2
+
+
+def angle_loss_authors(s, t):
+    """All N^3 (i, j, k): the cosine of unit(e_i - e_j) and unit(e_k - e_j), a zero difference being the
+    zero vector (so degenerate triplets give 0 or 1 on both sides); Huber averaged over N^3."""
+    n = len(s)
+
+    def cosine(e, i, j, k):
+        u, v = (e[i] - e[j]).double(), (e[k] - e[j]).double()
+        u = u / u.norm() if u.norm() > 0 else u
+        v = v / v.norm() if v.norm() > 0 else v
+        return float(u @ v)
+
+    return sum(huber(cosine(s, i, j, k), cosine(t, i, j, k))
+               for i in range(n) for j in range(n) for k in range(n)) / n ** 3
+
+
 SHAPES = [(3, 2, 5), (5, 8, 4), (9, 16, 32)]  # (N, D_student, D_teacher)
 
 
@@ -63,8 +93,10 @@ def test_losses_match_loops(n, d_s, d_t, spread):
     torch.manual_seed(n)
     s, t = torch.randn(n, d_s), torch.randn(n, d_t)
     s = s.mean(0) + spread * (s - s.mean(0)) * torch.rand(n, 1) * 4
-    assert rkd_distance_loss(s, t) == pytest.approx(distance_loss_by_loops(s, t), rel=1e-4, abs=1e-7)
-    assert rkd_angle_loss(s, t) == pytest.approx(angle_loss_by_loops(s, t), rel=1e-4, abs=1e-7)
+    assert rkd_distance_loss(s, t, "distinct") == pytest.approx(distance_loss_by_loops(s, t), rel=1e-4, abs=1e-7)
+    assert rkd_angle_loss(s, t, "distinct") == pytest.approx(angle_loss_by_loops(s, t), rel=1e-4, abs=1e-7)
+    assert rkd_distance_loss(s, t) == pytest.approx(distance_loss_authors(s, t), rel=1e-4, abs=1e-7)
+    assert rkd_angle_loss(s, t) == pytest.approx(angle_loss_authors(s, t), rel=1e-4, abs=1e-7)
 
 
 def test_distance_loss_by_hand():
@@ -72,8 +104,10 @@ def test_distance_loss_by_hand():
     # Teacher 0, 10, 11: distances 10, 1, 11 -> 30/22, 3/22, 33/22. Differences 27/22, 27/22, 0:
     # Huber's linear branch, 27/22 - 1/2 = 16/22 twice, 0 once; mean 16/33.
     s, t = torch.tensor([[0.0], [1.0], [11.0]]), torch.tensor([[0.0], [10.0], [11.0]])
-    assert rkd_distance_loss(s, t) == pytest.approx(16 / 33, rel=1e-5)
+    assert rkd_distance_loss(s, t, normalizer="distinct") == pytest.approx(16 / 33, rel=1e-5)
     assert distance_loss_by_loops(s, t) == pytest.approx(16 / 33)
+    # The authors' normalizer: the same 4 * 16/22 over all 9 entries of the 3x3 matrix (diagonal 0).
+    assert rkd_distance_loss(s, t) == pytest.approx(4 * 16 / 22 / 9, rel=1e-5)
 
 
 @pytest.mark.parametrize("c", [1e-3, 0.5, 7.0, 1e3])
@@ -298,3 +332,8 @@ def test_ddp_student_weights_equal_one_process_on_the_global_batch(ddp_result):
 
 if __name__ == "__main__":
     ddp_run(Path(sys.argv[1]))
+
+
+def test_an_unknown_normalizer_is_refused_before_training():
+    with pytest.raises(ValueError, match=r"rkd normalizer must be one of \('all_entries', 'distinct'\), got 'mean'"):
+        rkd_distance_loss(torch.randn(4, 3), torch.randn(4, 3), normalizer="mean")
