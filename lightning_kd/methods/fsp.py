@@ -31,7 +31,9 @@ class FSP(TwoStageDistillation):
     that feed the listed features receive gradients (the classifier is untouched, optimizers skip
     parameters without a gradient). In stage 2 the loss is the cross-entropy alone and the teacher
     is no longer run. One optimizer and one LR schedule span both stages, so the configs' milestones
-    are fractions of the whole run. Under DDP, stage 1 leaves the classifier without gradients: use
+    are fractions of the whole run; RepDistiller instead gives its 30 initialization epochs an
+    optimizer of their own, so its stage 2 starts without stage 1's momentum (a difference of recipe
+    this class keeps, said here). Under DDP, stage 1 leaves the classifier without gradients: use
     ``strategy: ddp_find_unused_parameters_true``.
 
     Student and teacher must give matrices of the same ``(C1, C2)``: pairs of equal channel
