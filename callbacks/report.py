@@ -103,6 +103,6 @@ class RunReport(Callback):
         with path.open("w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["sample", "label", "predicted", *(f"p{c}" for c in range(probs.shape[1]))])
-            for i, (p, y) in enumerate(zip(probs.tolist(), labels.tolist())):
-                out.writerow([i, y, max(range(len(p)), key=p.__getitem__), *(f"{v:.6g}" for v in p)])
+            rows = zip(probs.tolist(), labels.tolist(), probs.argmax(1).tolist())
+            out.writerows([i, y, predicted, *(f"{v:.6g}" for v in p)] for i, (p, y, predicted) in enumerate(rows))
         print(f"predict done: {len(probs)} predictions (class and probabilities) written to {path}", flush=True)

@@ -15,6 +15,8 @@ from typing import Optional
 
 from pytorch_lightning.cli import LightningArgumentParser
 
+from lightning_kd.resume import imported
+
 TRACEBACK_VARIABLE = "LIGHTNING_KD_TRACEBACK"
 
 
@@ -46,13 +48,9 @@ def report(err: BaseException) -> bool:
 
 def init_parameters(class_path: str) -> list[str]:
     """Every keyword ``class_path``'s constructor accepts, its bases' included (``**kwargs`` chains)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return []
+    cls = imported(class_path)
     names = []
-    for klass in getattr(cls, "__mro__", [cls]):
+    for klass in getattr(cls, "__mro__", []):
         if "__init__" in vars(klass):
             names += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "args", "kwargs")]
     return names

@@ -159,8 +159,8 @@ def relation_huber(relation, student: Tensor, teacher: Tensor) -> Tensor:
     """Huber (smooth L1, delta 1) between ``relation(student)`` and ``relation(teacher)``, the teacher
     side without autograd."""
     with torch.no_grad():
-        target = relation(teacher.detach().float())
-    return F.smooth_l1_loss(relation(student.float()), target, beta=1.0)
+        target = relation(teacher.detach())
+    return F.smooth_l1_loss(relation(student), target, beta=1.0)
 
 
 RKD_NORMALIZERS = ("all_entries", "distinct")
@@ -217,7 +217,7 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
     "In Defense of the Triplet Loss for Person Re-Identification" (Hermans, Beyer, Leibe, 2017),
     https://arxiv.org/abs/1703.07737. A batch without any valid anchor gives 0 (with a graph).
     """
-    distances = pairwise_distances(embeddings.float())
+    distances = pairwise_distances(embeddings)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     positives, negatives = same & ~eye, ~same

@@ -40,17 +40,17 @@ def quietly():
                                               r"exists and is not empty).*")
 
 
-def run(label: str, config: Path, seed: int, *overrides: str) -> float:
-    """Fit + test one config; print one line; return its test top-1."""
+def run(label: str, config: Path, seed: int, *overrides: str) -> tuple[float, str]:
+    """Fit + test one config; print one line; return its test top-1 and best checkpoint."""
     name = f"quickstart-{config.stem}-seed{seed}"
     history = ValAccHistory()
-    acc, _ = fit_and_test(config, *QUIET, f"--seed_everything={seed}", f"--trainer.logger.init_args.name={name}",
+    acc, best_ckpt = fit_and_test(config, *QUIET, f"--seed_everything={seed}", f"--trainer.logger.init_args.name={name}",
                           f"--checkpoint.dirpath=runs/quickstart/{config.stem}/seed{seed}", *overrides,
                           callbacks=[history])
     best = max(range(len(history.history)), key=history.history.__getitem__)
     print(f"{label:<20} seed {seed}: {len(history.history)} epochs, best val {100 * history.history[best]:.2f}% "
           f"(epoch {best}), test {100 * acc:.2f}%, {history.seconds():.0f} s", flush=True)
-    return acc
+    return acc, best_ckpt
 
 
 def main(argv=None) -> dict[str, list[float]]:
@@ -63,12 +63,11 @@ def main(argv=None) -> dict[str, list[float]]:
     quietly()
     extra = [f"--data.init_args.train_per_class={TRAIN_PER_CLASS}",
              *([] if args.max_epochs is None else [f"--trainer.max_epochs={args.max_epochs}"])]
-    teacher = run("teacher", args.configs / "teacher.yaml", SEEDS[0], *extra)
-    teacher_ckpt = Path(f"runs/quickstart/teacher/seed{SEEDS[0]}/best.ckpt")
+    teacher, teacher_ckpt = run("teacher", args.configs / "teacher.yaml", SEEDS[0], *extra)
     rows = {"teacher": [teacher],
-            "student baseline": [run("student baseline", args.configs / "baseline.yaml", s, *extra) for s in SEEDS],
+            "student baseline": [run("student baseline", args.configs / "baseline.yaml", s, *extra)[0] for s in SEEDS],
             "student KD": [run("student KD", args.configs / "kd.yaml", s, *extra,
-                               f"--model.init_args.teacher_ckpt={teacher_ckpt}") for s in SEEDS]}
+                               f"--model.init_args.teacher_ckpt={teacher_ckpt}")[0] for s in SEEDS]}
     print(f"\nTest top-1 on the embedded digits (360 held-out images; {TRAIN_PER_CLASS} training images per class)")
     print(f"| {'run':<16} | {'seeds':<5} | {'test acc (mean ± std)':>21} |\n|{'-' * 18}|{'-' * 7}|{'-' * 23}|")
     for name, accs in rows.items():

@@ -224,7 +224,7 @@ def reference_applies(runs: Sequence[Run]) -> bool:
 
 def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, configs: Path, note: str = "") -> str:
     """The markdown report (returned and written to ``out``)."""
-    rows = summarize(runs)
+    rows, reference = summarize(runs), reference_applies(runs)
     import pytorch_lightning
 
     # Date and device come from the runs' records, so a report of reused runs reads the same.
@@ -246,11 +246,11 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
         "distills from it. Wall time covers fit + test of one run. Where the datamodule validates on "
         "the test split (the CIFAR configs, `val_size: 0`, the convention of RepDistiller), this is the "
         "best-epoch test accuracy that the KD papers report.", "",
-        markdown_table(rows, REPDISTILLER_CIFAR100 if reference_applies(runs) else None), "",
+        markdown_table(rows, REPDISTILLER_CIFAR100 if reference else None), "",
         *(["The last column quotes RepDistiller's published CIFAR-100 numbers for resnet32x4 -> resnet8x4 "
            "(240 epochs; Tian et al., *Contrastive Representation Distillation*, ICLR 2020, "
            "https://arxiv.org/abs/1910.10699): not measured here, and from the full 240-epoch schedule.", ""]
-          if reference_applies(runs) else []),
+          if reference else []),
         f"![validation accuracy per epoch]({plot.name})", "",
         "## Runs", "",
         "| method | seed | test top-1 % | best val top-1 % | epochs | wall time |",
@@ -462,18 +462,19 @@ def main(argv=None) -> list[Run]:
     # next to them, where RouteConstrainedTeacher looks) feed the students.
     teacher_dir = args.run_dir / teacher_cfg.stem / f"seed{args.seeds[0]}"
 
+    resolved = {config: resolve(config) for config in [teacher_cfg, baseline_cfg, *method_cfgs]}  # parsed once
+
     def overrides_for(config: Path) -> list[str]:
-        resolved = resolve(config)
-        extra = data_overrides(data_root, args.cifar_root, args.download, resolved["data"])
-        configured = resolved["model"]["init_args"].get("teacher_ckpt")
+        extra = data_overrides(data_root, args.cifar_root, args.download, resolved[config]["data"])
+        configured = resolved[config]["model"]["init_args"].get("teacher_ckpt")
         if configured:  # the file the config names (best.ckpt or last.ckpt) of this run's teacher
             name = Path(configured).name if Path(configured).name in ("best.ckpt", "last.ckpt") else "best.ckpt"
             extra.append(f"--model.init_args.teacher_ckpt={checkpoint_dir(teacher_dir) / name}")
         return extra + common
 
     wider = []  # baselines of the other student networks the methods train
-    baseline_student = student_spec(resolve(baseline_cfg))
-    for spec in dict.fromkeys(json.dumps(student_spec(resolve(c)), sort_keys=True) for c in method_cfgs):
+    baseline_student = student_spec(resolved[baseline_cfg])
+    for spec in dict.fromkeys(json.dumps(student_spec(resolved[c]), sort_keys=True) for c in method_cfgs):
         if json.loads(spec) != baseline_student:  # e.g. FSP's student, as wide as its teacher
             overrides = [*overrides_for(baseline_cfg), f"--model.init_args.student={spec}"]
             name = network_name({"model": {"init_args": {"student": json.loads(spec)}}})
