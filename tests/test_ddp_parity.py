@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from helpers import save_teacher, trainer as quick_trainer
+from helpers import run_ddp_script, save_teacher, trainer as quick_trainer
 from helpers.nets import tiny_mlp
 from lightning_kd.datamodules import SyntheticDataModule
 from lightning_kd.methods import KD
@@ -96,4 +96,4 @@ def test_ddp_kd_student_equals_one_process_on_the_global_batch(tmp_path):
 
 
 if __name__ == "__main__":
-    ddp_run(Path(sys.argv[1]))
+    run_ddp_script(ddp_run, Path(sys.argv[1]))

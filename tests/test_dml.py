@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 
-from helpers import DIGITS_SHAPE as SHAPE, trainer
+from helpers import DIGITS_SHAPE as SHAPE, run_ddp_script, trainer
 from helpers.nets import tiny_mlp
 from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
@@ -308,4 +308,4 @@ def test_ddp_batchnorm_peers_stay_identical_across_ranks(tmp_path):
 
 
 if __name__ == "__main__":
-    ddp_run(Path(sys.argv[1]), sys.argv[2])
+    run_ddp_script(ddp_run, Path(sys.argv[1]), sys.argv[2])

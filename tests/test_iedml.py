@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
-from helpers import DIGITS_SHAPE as SHAPE, ie_loss_by_hand as by_hand, trainer
+from helpers import DIGITS_SHAPE as SHAPE, run_ddp_script, ie_loss_by_hand as by_hand, trainer
 from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import inheritance_loss
@@ -287,4 +287,4 @@ def test_ddp_ranks_hold_identical_peers_and_encoders(tmp_path):
 
 
 if __name__ == "__main__":
-    ddp_run(Path(sys.argv[1]))
+    run_ddp_script(ddp_run, Path(sys.argv[1]))

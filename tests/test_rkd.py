@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from helpers import trainer as quick_trainer
+from helpers import run_ddp_script, trainer as quick_trainer
 from helpers.nets import TinyMLP
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import rkd_angle_loss, rkd_distance_loss
@@ -331,7 +331,7 @@ def test_ddp_student_weights_equal_one_process_on_the_global_batch(ddp_result):
 
 
 if __name__ == "__main__":
-    ddp_run(Path(sys.argv[1]))
+    run_ddp_script(ddp_run, Path(sys.argv[1]))
 
 
 def test_an_unknown_normalizer_is_refused_before_training():

@@ -429,4 +429,4 @@ def test_ddp_ranks_record_one_route_and_walk_it_together(tmp_path):
 
 
 if __name__ == "__main__":
-    ddp_run(Path(sys.argv[1]), sys.argv[2])
+    helpers.run_ddp_script(ddp_run, Path(sys.argv[1]), sys.argv[2])

@@ -30,6 +30,16 @@ def trainer(tmp_path: Optional[Path] = None, **kwargs) -> pl.Trainer:
     return pl.Trainer(**options)
 
 
+def run_ddp_script(run, *args) -> None:
+    """A DDP test script's body (one process per rank, launched by Lightning), then the gloo process group
+    shut down: a group left to the interpreter's exit has crashed it now and then (exit 134)."""
+    try:
+        run(*args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def save_teacher(path: Path, spec, num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> str:
     """Build a (randomly initialised) network and save it as a plain state_dict file."""
     from lightning_kd.models import build_network
