@@ -12,6 +12,7 @@ from helpers import ie_loss_by_hand as by_hand, trainer
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.methods import IEKD
+from lightning_kd.methods.iekd import FactorAutoencoder
 from lightning_kd.models import build_network
 
 TEACHER = {"name": "small_cnn", "width": 8}
@@ -110,7 +111,7 @@ def digits_trainer(epochs: int, callbacks=()) -> pl.Trainer:
 
 
 def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
-    model = make_iekd(teacher_ckpt, stage1_fraction=0.75)  # 3 of 4 epochs
+    model = make_iekd(teacher_ckpt, stage1_fraction=0.875)  # 7 of 8 epochs (L1 learns slower than MSE)
     data = DigitsDataModule(batch_size=64)
     data.setup("fit")
     x = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)[0]
@@ -124,12 +125,12 @@ def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
     model.train()
     student = copy.deepcopy(model.student.state_dict())
     # A run without stage 2 is refused outside fast_dev_run; train stage 1 + one stage-2 epoch.
-    fit = trainer(max_epochs=4, limit_train_batches=8)
+    fit = trainer(max_epochs=8, limit_train_batches=1.0)
     recorded = []
 
     class AfterStage1(pl.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            if trainer.current_epoch == 2:
+            if trainer.current_epoch == 6:
                 recorded.append(recon_error())
                 recorded.append({k: v.clone() for k, v in pl_module.student.state_dict().items()})
                 pl_module.train()
@@ -137,7 +138,7 @@ def test_stage1_lowers_the_reconstruction_error(teacher_ckpt):
     fit.callbacks.append(AfterStage1())
     fit.fit(model, datamodule=data)
     after, student_after_stage1 = recorded
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.9 * before, (before, after)  # an untrained autoencoder stays at or above before
     assert all(torch.equal(student[k], student_after_stage1[k]) for k in student)
 
 
@@ -188,3 +189,34 @@ def test_bad_stage_settings_are_refused(teacher_ckpt):
     model = make_iekd(teacher_ckpt, stage1_fraction=0.75)  # round(1.5) = 2 stage-1 epochs of 2
     with pytest.raises(ValueError, match="max_epochs=2 leaves no epoch for stage 2"):
         digits_trainer(2).fit(model, datamodule=DigitsDataModule(batch_size=32))
+
+
+def test_autoencoder_is_the_authors_six_conv_layout():
+    ae = FactorAutoencoder(12, 6)
+    for coder, (c_in, c_out) in ((ae.encoder, (12, 6)), (ae.decoder, (6, 12))):
+        convs = [m for m in coder if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.in_channels, c.out_channels) for c in convs] == [(c_in, c_in), (c_in, c_out), (c_out, c_out)]
+        assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in convs)
+        kinds = [type(m).__name__ for m in coder]
+        assert kinds == ["LeakyReLU"] + ["Conv2d", "BatchNorm2d", "LeakyReLU"] * 3
+        assert all(m.negative_slope == 0.1 for m in coder if isinstance(m, torch.nn.LeakyReLU))
+        # He-normal over the fan-out: std sqrt(2 / (9 * out_channels)), within sampling error
+        for c in convs:
+            expected = (2 / (9 * c.out_channels)) ** 0.5
+            assert c.weight.std().item() == pytest.approx(expected, rel=0.25)
+    x = torch.randn(5, 12, 4, 4)
+    assert ae.encoder(x).shape == (5, 6, 4, 4) and ae(x).shape == x.shape
+
+
+@pytest.mark.parametrize("reconstruction", ["l1", "mse"])
+def test_reconstruction_error_is_the_named_norm(reconstruction):
+    torch.manual_seed(3)
+    ae = FactorAutoencoder(8, 4, reconstruction).eval()
+    x = torch.randn(3, 8, 2, 2)
+    with torch.no_grad():
+        diff = (ae.decoder(ae.encoder(x)) - x).flatten()
+        # the IE-KD authors' RecLoss(norm=p): (sum |d|^p / n)^(1/p) for p=1; MSE: sum d^2 / n
+        by_hand = diff.abs().sum() / diff.numel() if reconstruction == "l1" else diff.pow(2).sum() / diff.numel()
+        assert ae.reconstruction_error(x).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reconstruction must be one of"):
+        FactorAutoencoder(8, 4, "l2")

@@ -41,7 +41,8 @@ class IEDML(DML):
       :func:`exploration_loss` between peer ``i``'s inheritance / exploration factor and peer
       ``j``'s factor, which is detached (computed with batch statistics, running statistics
       untouched, as DML computes the other peers' logits);
-    - ``recon``: the mean squared error of peer ``i``'s autoencoder on its own feature.
+    - ``recon``: the reconstruction error (``reconstruction``) of peer ``i``'s autoencoder on its
+      own feature.
 
     The autoencoders train *jointly*, not in a first stage: the peers start from scratch, so an
     autoencoder fitted up front would describe random features that training then leaves
@@ -59,6 +60,7 @@ class IEDML(DML):
             per peer; ``None``: each peer's last stage (``stage_names[-1]``). Each must have an
             even number of channels.
         factor_rate: factor channels of each autoencoder as a fraction of its layer's channels.
+        reconstruction: the autoencoders' error, ``"l1"`` (default, the IE-KD authors') or ``"mse"``.
         inheritance_weight: weight of ``inh``.
         exploration_weight: weight of ``exp``.
         reconstruction_weight: weight of ``recon`` (it only trains the autoencoders).
@@ -69,8 +71,8 @@ class IEDML(DML):
     """
 
     def __init__(self, peers: list[NetSpec], layers: Optional[Union[str, list[str]]] = None,
-                 factor_rate: float = 0.5, inheritance_weight: float = 1.0, exploration_weight: float = 1.0,
-                 reconstruction_weight: float = 1.0, ce_weight: float = 1.0, kl_weight: float = 1.0, **kwargs):
+                 factor_rate: float = 0.5, reconstruction: str = "l1", inheritance_weight: float = 1.0,
+                 exploration_weight: float = 1.0, reconstruction_weight: float = 1.0, ce_weight: float = 1.0, kl_weight: float = 1.0, **kwargs):
         super().__init__(peers=peers, ce_weight=ce_weight, kl_weight=kl_weight, **kwargs)
         self.layers = self.resolve_layers(layers)
         feats = []
@@ -79,7 +81,7 @@ class IEDML(DML):
             check_splittable(features[layer], layer, f"peer {i}")
             feats.append(features[layer])
         self.autoencoders = nn.ModuleList(
-            FactorAutoencoder(f.shape[1], factor_channels_of(f.shape[1], factor_rate)) for f in feats)
+            FactorAutoencoder(f.shape[1], factor_channels_of(f.shape[1], factor_rate), reconstruction) for f in feats)
         factors = [example_factor(ae, f) for ae, f in zip(self.autoencoders, feats)]
         # inheritance_encoders[i][str(j)]: peer i's first channel half -> peer j's factor shape.
         self.inheritance_encoders = nn.ModuleList(self.encoders_of(i, 0, feats, factors) for i in range(len(feats)))

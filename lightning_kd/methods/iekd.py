@@ -14,43 +14,63 @@ from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.stages import TwoStageDistillation
 
 
-def conv_bn_act(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            nn.LeakyReLU(0.1, inplace=True)]
+RECONSTRUCTION_ERRORS = ("l1", "mse")
+
+
+def coder(c_in: int, c_out: int) -> nn.Sequential:
+    """The authors' three-layer coder: LeakyReLU(0.1), then three 3x3 conv-BN-LeakyReLU layers,
+    ``c_in -> c_in -> c_out -> c_out``, at the input's spatial size.
+
+    Convolutions start from He-normal weights over the fan-out and BatchNorm from (1, 0), the
+    initialisation of the IE-KD authors' coder (their ``model/auto_encoder.py``).
+    """
+    layers: list[nn.Module] = [nn.LeakyReLU(0.1)]
+    for a, b in ((c_in, c_in), (c_in, c_out), (c_out, c_out)):
+        conv = nn.Conv2d(a, b, 3, padding=1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        layers += [conv, nn.BatchNorm2d(b), nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers)
 
 
 class FactorAutoencoder(nn.Module):
     """Conv autoencoder of a feature map, the "compact knowledge extraction" of IE-KD.
 
-    ``encoder``: two 3x3 conv-BN-LeakyReLU layers, ``channels -> channels -> factor_channels``
-    (the factor keeps the spatial size); ``decoder``: the mirror image, ending in a plain 3x3
-    conv so the reconstruction can take any sign. The layout follows the paraphraser of Factor
-    Transfer (Kim et al., NeurIPS 2018), which IE-KD builds on.
+    ``encoder`` = :func:`coder` ``(channels -> factor_channels)``, ``decoder`` = :func:`coder`
+    ``(factor_channels -> channels)``: six conv layers in all, the factor at the feature's
+    spatial size, as the IE-KD authors' auto-encoder.
+
+    Args:
+        channels: channels of the feature map.
+        factor_channels: channels of the factor.
+        reconstruction: ``"l1"`` (default, the authors': mean absolute error) or ``"mse"``.
     """
 
-    def __init__(self, channels: int, factor_channels: int):
+    def __init__(self, channels: int, factor_channels: int, reconstruction: str = "l1"):
         super().__init__()
-        self.encoder = nn.Sequential(*conv_bn_act(channels, channels), *conv_bn_act(channels, factor_channels))
-        self.decoder = nn.Sequential(*conv_bn_act(factor_channels, channels),
-                                     nn.Conv2d(channels, channels, 3, padding=1))
+        if reconstruction not in RECONSTRUCTION_ERRORS:
+            raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_ERRORS} (l1: the authors'), "
+                             f"got {reconstruction!r}.")
+        self.reconstruction = reconstruction
+        self.encoder = coder(channels, factor_channels)
+        self.decoder = coder(factor_channels, channels)
 
     def forward(self, feature: Tensor) -> Tensor:
         """The reconstruction of ``feature``."""
         return self.decoder(self.encoder(feature))
 
     def reconstruction_error(self, feature: Tensor) -> Tensor:
-        """Mean squared error of the reconstruction, in float32."""
-        return F.mse_loss(self(feature).float(), feature.float())
+        """Mean absolute (``l1``) or squared (``mse``) error of the reconstruction, in float32."""
+        error = F.l1_loss if self.reconstruction == "l1" else F.mse_loss
+        return error(self(feature).float(), feature.float())
 
 
 def factor_encoder(part: Tensor, factor: Tensor) -> nn.Sequential:
-    """Two 3x3 conv-BN-LeakyReLU layers from a student feature part to the factor's channels,
-    behind an adaptive average pool when the spatial sizes differ."""
-    c_in, c_out = part.shape[1], factor.shape[1]
+    """A :func:`coder` from a student feature part to the factor's channels (the authors' encoder
+    of each half), behind an adaptive average pool when the spatial sizes differ."""
     layers: list[nn.Module] = []
     if part.shape[-2:] != factor.shape[-2:]:
         layers.append(nn.AdaptiveAvgPool2d(tuple(factor.shape[-2:])))
-    return nn.Sequential(*layers, *conv_bn_act(c_in, c_in), *conv_bn_act(c_in, c_out))
+    return nn.Sequential(*layers, *coder(part.shape[1], factor.shape[1]))
 
 
 def split_channels(feature: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,7 +113,7 @@ class IEKD(TwoStageDistillation):
 
     1. The first ``stage1_fraction`` of the epochs (compact knowledge extraction): a
        :class:`FactorAutoencoder` learns to reconstruct the frozen teacher's ``teacher_layer``
-       feature (loss ``recon``, the mean squared error). The student does not train and is not
+       feature (loss ``recon``: ``reconstruction``, the authors' L1 by default). The student does not train and is not
        run (its ``val/acc`` stays at its initial value), so its parameters, BatchNorm
        statistics and optimizer state are untouched.
     2. The rest: the autoencoder is frozen (eval mode, no gradients); the teacher's factor is
@@ -113,9 +133,11 @@ class IEKD(TwoStageDistillation):
         student_layer: dotted name of the student layer to split (an even channel count).
         teacher_layer: dotted name of the teacher layer to encode; ``None``: its last stage.
         stage1_fraction: the share of the epochs that trains the autoencoder, in (0, 1).
-        factor_rate: factor channels as a fraction of the teacher layer's channels.
-        inheritance_weight: weight of ``inh``.
-        exploration_weight: weight of ``exp``.
+        factor_rate: factor channels as a fraction of the teacher layer's channels (the authors'
+            configs: 0.5).
+        reconstruction: the autoencoder's error, ``"l1"`` (default, the authors') or ``"mse"``.
+        inheritance_weight: weight of ``inh`` (the authors' example config: 1).
+        exploration_weight: weight of ``exp`` (the authors' example config: 1).
         ce_weight: weight of the cross-entropy with the labels.
         **kwargs: see :class:`~lightning_kd.base.DistillationModule`.
     """
@@ -125,8 +147,8 @@ class IEKD(TwoStageDistillation):
     stage_names = {1: "stage 1 (autoencoder)", 2: "stage 2 (student)"}
 
     def __init__(self, student_layer: str = "layer3", teacher_layer: str | None = None,
-                 stage1_fraction: float = 0.1111, factor_rate: float = 0.5, inheritance_weight: float = 1.0,
-                 exploration_weight: float = 1.0, ce_weight: float = 1.0, **kwargs):
+                 stage1_fraction: float = 0.1111, factor_rate: float = 0.5, reconstruction: str = "l1",
+                 inheritance_weight: float = 1.0, exploration_weight: float = 1.0, ce_weight: float = 1.0, **kwargs):
         super().__init__(stage1_fraction=stage1_fraction, **kwargs)
         if teacher_layer is None:
             teacher_layer = getattr(self.teacher.net, "stage_names", [None])[-1]
@@ -139,7 +161,8 @@ class IEKD(TwoStageDistillation):
         check_4d(teacher_features, "teacher")
         s_feat, t_feat = student_features[student_layer], teacher_features[teacher_layer]
         check_splittable(s_feat, student_layer, "student")
-        self.autoencoder = FactorAutoencoder(t_feat.shape[1], factor_channels_of(t_feat.shape[1], factor_rate))
+        self.autoencoder = FactorAutoencoder(t_feat.shape[1], factor_channels_of(t_feat.shape[1], factor_rate),
+                                             reconstruction)
         factor = example_factor(self.autoencoder, t_feat)
         inherit, explore = split_channels(s_feat)
         self.inheritance_encoder = factor_encoder(inherit, factor)

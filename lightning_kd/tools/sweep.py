@@ -1,0 +1,106 @@
+"""Sweep config settings on the validation split: every combination x seed is fitted, and only its
+best ``val/acc`` is read; the test split is never touched.
+
+    python -m lightning_kd.tools.sweep -c configs/quickstart/at.yaml \\
+        --set model.init_args.at_weight=0.1,1,10,100 --seeds 0 1 2 --jobs 2
+
+``--set KEY=V1,V2,...`` may repeat (the grid is their product); ``KEY1,KEY2=V1,...`` gives
+several keys the same value (e.g. the inheritance and exploration weights of IE-KD). It prints
+mean +- std of the best validation top-1 per setting and the setting with the highest mean, and
+writes every run to ``<run-dir>/sweep.csv``. Pick with it; report test accuracy with the results
+command afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import multiprocessing
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from lightning_kd.tools.runner import best_checkpoint, build
+
+
+def parse_set(text: str) -> list[tuple[str, str]]:
+    """``"a,b=1,2"`` -> ``[("a,b", "1"), ("a,b", "2")]``: one (keys, value) pair per value."""
+    keys, sep, values = text.partition("=")
+    if not sep or not keys or not values:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=V1,V2,... (e.g. model.init_args.at_weight=1,10), "
+                                         f"got {text!r}")
+    return [(keys, value) for value in values.split(",")]
+
+
+def setting_args(setting: tuple[tuple[str, str], ...]) -> list[str]:
+    return [f"--{key}={value}" for keys, value in setting for key in keys.split(",")]
+
+
+def setting_name(setting: tuple[tuple[str, str], ...]) -> str:
+    return " ".join(f"{keys.split(',')[0].split('.')[-1]}={value}" for keys, value in setting)
+
+
+def best_val_acc(config: str, overrides: list[str]) -> float:
+    """Fit ``config`` and return the best monitored validation score (``val/acc``); no test."""
+    cli = build(config, *overrides)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    score = best_checkpoint(cli.trainer).best_model_score
+    if score is None:
+        raise ValueError(f"{config}: the run recorded no validation score; a sweep needs a validation split.")
+    return float(score)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-c", "--config", required=True, help="the config to sweep")
+    parser.add_argument("--set", type=parse_set, action="append", required=True, metavar="KEY=V1,V2",
+                        help="a setting and its values (repeat for a grid)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/sweep"), help="checkpoints and sweep.csv")
+    parser.add_argument("--override", action="append", default=[], metavar="ARG",
+                        help="extra CLI override for every run, e.g. --override=--trainer.max_epochs=10")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}.")
+
+    settings = list(itertools.product(*args.set))
+    runs = []
+    for setting in settings:
+        for seed in args.seeds:
+            folder = args.run_dir / setting_name(setting).replace(" ", "_") / f"seed{seed}"
+            overrides = [*setting_args(setting), f"--seed_everything={seed}", f"--checkpoint.dirpath={folder}",
+                         "--overwrite=true", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                         "--summary=false", *args.override]
+            runs.append({"setting": setting_name(setting), "seed": seed, "overrides": overrides})
+    def report(run: dict, val_acc: float) -> None:
+        run["val_acc"] = val_acc
+        print(f"[sweep] {run['setting']} seed {run['seed']}: best val top-1 {100 * val_acc:.2f}%", flush=True)
+
+    if args.jobs == 1:
+        for run in runs:
+            report(run, best_val_acc(args.config, run["overrides"]))
+    else:  # spawned, not forked: each run initialises its own torch state (and CUDA context)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(best_val_acc, args.config, run["overrides"]) for run in runs]
+            for run, future in zip(runs, futures):
+                report(run, future.result())
+
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(args.run_dir / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["setting", "seed", "val_acc"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(runs)
+    summary = {}
+    for name in dict.fromkeys(run["setting"] for run in runs):
+        accs = [100 * run["val_acc"] for run in runs if run["setting"] == name]
+        summary[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0)
+    print(f"\n{args.config}: best validation top-1 %, mean +- std over seeds {args.seeds}")
+    for name, (mean, std) in summary.items():
+        print(f"  {name:40s} {mean:6.2f} +- {std:.2f}")
+    print(f"highest mean: {max(summary, key=lambda n: summary[n][0])}")
+    return runs
+
+
+if __name__ == "__main__":
+    main()
