@@ -23,11 +23,12 @@ from torch import Tensor
 
 from lightning_kd.checkpoints import atomic_save
 from lightning_kd.losses import kd_loss
-from lightning_kd.schedules import check_fractions, epoch_of
+from lightning_kd.schedules import check_fractions, epoch_of, fit_to_run
 from lightning_kd.teacher import FrozenTeacher
 
 MANIFEST = "route.json"
 SCHEDULES = ("even", "greedy")
+LR_SCHEDULES = ("per_anchor", "whole_run")
 
 
 def anchor_filename(epoch: int) -> str:
@@ -220,12 +221,23 @@ class RouteConstrainedTeacher(Callback):
     - a list of switch points ``[s_1, ..., s_{n-1}]``, fractions of the run: anchor ``k`` takes over
       at epoch ``round(s_k * max_epochs)``.
     - ``"greedy"``: at each stage end of the even split, the student's KL divergence
-      ``KL(p_anchor || p_student)`` to every later anchor is measured on the first
-      ``greedy_batches`` validation batches, and the teacher moves to the furthest anchor whose
-      divergence is at most ``threshold`` (to the next anchor if none is).
+      ``KL(p_anchor || p_student)`` to every later anchor is measured on ``probe_size`` training
+      images held out of training (not on the validation split, which picks ``best.ckpt``), and the
+      teacher moves to the furthest anchor whose divergence is at most ``threshold`` (to the next
+      anchor if none is).
 
-    The current anchor is logged as ``train/rco_anchor`` and saved in checkpoints; a resumed run
-    continues on the same anchor with the same weights.
+    The LR schedule (``lr_schedule``):
+
+    - ``"per_anchor"`` (default, the paper's Algorithm 1, which optimizes the student fully against
+      each anchor in turn): the configured relative schedule restarts at every stage (the stages of
+      the even split or of the explicit list; greedy's stages are the even split's) and spans that
+      stage's epochs, so every anchor is trained from the initial LR down to the final one. The
+      optimizer's momentum carries over.
+    - ``"whole_run"``: one schedule spans the whole run, so the early anchors are only ever trained
+      at the high LR and the converged teacher only at the low ones.
+
+    The current anchor is logged as ``train/rco_anchor`` and saved in checkpoints, with the stage
+    whose schedule is running; a resumed run continues on the same anchor, weights and LR.
 
     The model's ``teacher_ckpt`` names the teacher run: by default the route is read from the
     ``route`` folder next to it, where :class:`RouteRecorder` writes it (``teacher_ckpt:
@@ -238,20 +250,24 @@ class RouteConstrainedTeacher(Callback):
             ``route`` folder next to the model's ``teacher_ckpt``.
         schedule: ``"even"``, ``"greedy"`` or a list of switch points (fractions of the run).
         threshold: greedy's largest divergence (nats, >= 0) for moving to an anchor.
-        greedy_batches: validation batches greedy measures on.
+        probe_size: training images greedy holds out of training and measures on (needs a
+            datamodule with ``hold_out_of_train``, as every in-memory datamodule of the library).
+        lr_schedule: ``"per_anchor"`` (default, the paper's) or ``"whole_run"``.
     """
 
     def __init__(self, route_dir: Optional[str] = None, schedule: Union[str, list[int]] = "even",
-                 threshold: float = 0.5, greedy_batches: int = 8):
+                 threshold: float = 0.5, probe_size: int = 256, lr_schedule: str = "per_anchor"):
         if isinstance(schedule, str) and schedule not in SCHEDULES:
             raise ValueError(f"RouteConstrainedTeacher schedule must be one of {SCHEDULES} or a list of "
                              f"switch points (fractions of the run), got {schedule!r}.")
         if not threshold >= 0:
             raise ValueError(f"RouteConstrainedTeacher threshold is a KL divergence bound and must be "
                              f">= 0, got {threshold}.")
-        if int(greedy_batches) != greedy_batches or greedy_batches < 1:
-            raise ValueError(f"RouteConstrainedTeacher greedy_batches must be a positive integer, "
-                             f"got {greedy_batches!r}.")
+        if int(probe_size) != probe_size or probe_size < 1:
+            raise ValueError(f"RouteConstrainedTeacher probe_size must be a positive integer, got {probe_size!r}.")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"RouteConstrainedTeacher lr_schedule must be one of {LR_SCHEDULES} (per_anchor: "
+                             f"the paper's), got {lr_schedule!r}.")
         if not isinstance(schedule, str):
             schedule = check_fractions(schedule, "RouteConstrainedTeacher switch points")
             if any(b <= a for a, b in zip(schedule, schedule[1:])) or schedule[-1] >= 1:
@@ -259,12 +275,14 @@ class RouteConstrainedTeacher(Callback):
                                  f"got {schedule}.")
         self.schedule = schedule
         self.threshold = float(threshold)
-        self.greedy_batches = int(greedy_batches)
+        self.probe_size = int(probe_size)
+        self.lr_schedule = lr_schedule
         self.index = 0  # the active anchor (saved in checkpoints)
+        self.schedule_start = -1  # first epoch of the stage whose LR schedule runs (saved in checkpoints)
         self.anchors: list[dict[str, Tensor]] = []
         self.divergences: dict[int, float] = {}  # greedy's last measurement, anchor -> KL
         self._loaded: Optional[int] = None
-        self._held_out: list[Tensor] = []
+        self._probe: Optional[tuple[Tensor, Tensor]] = None
         self.route_dir: Optional[Path] = None
         self.entries: list[dict] = []
         if route_dir is not None:  # checked now; else in setup, once teacher_ckpt is known
@@ -305,9 +323,13 @@ class RouteConstrainedTeacher(Callback):
                 raise ValueError(f"the switch points {self.schedule} fall on epochs {switches} of a "
                                  f"{max_epochs}-epoch run: they need distinct epochs below {max_epochs}; "
                                  f"raise max_epochs or use schedule: even.")
-        if self.schedule == "greedy" and trainer.limit_val_batches == 0:
-            raise ValueError("RouteConstrainedTeacher(schedule='greedy') measures the student on "
-                             "validation batches, but validation is off: enable it or use 'even'.")
+        if self.schedule == "greedy":
+            hold_out = getattr(trainer.datamodule, "hold_out_of_train", None)
+            if hold_out is None:
+                raise ValueError(f"RouteConstrainedTeacher(schedule='greedy') measures the student on training "
+                                 f"images held out of training, but {type(trainer.datamodule).__name__} has no "
+                                 f"hold_out_of_train: use a datamodule of lightning_kd.datamodules, or 'even'.")
+            self._probe = hold_out(self.probe_size)
         # Every anchor is checked against the teacher's architecture before the first step.
         self.anchors = [pl_module.teacher.read_weights(self.route_dir / entry["file"], "RCO route anchor")
                         for entry in self.entries]
@@ -316,6 +338,21 @@ class RouteConstrainedTeacher(Callback):
         pl_module.teacher.load_weights(self.anchors[index])
         self.index = self._loaded = index
 
+    def stage_of(self, epoch: int, max_epochs: int) -> tuple[int, int]:
+        """First epoch and length of the stage (a run of epochs with one scheduled anchor) of ``epoch``."""
+        index = self.scheduled_index(epoch, max_epochs)
+        epochs = [e for e in range(max_epochs) if self.scheduled_index(e, max_epochs) == index]
+        return epochs[0], len(epochs)
+
+    def restart_lr_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int) -> None:
+        """A fresh schedule from the initial LR over the next ``epochs`` epochs."""
+        factory = getattr(pl_module, "lr_scheduler_factory", None)
+        for config in trainer.lr_scheduler_configs if factory is not None else []:
+            optimizer = config.scheduler.optimizer
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+            config.scheduler = fit_to_run(factory(optimizer), epochs)
+
     def scheduled_index(self, epoch: int, max_epochs: int) -> int:
         """The anchor of ``epoch`` under the "even" split or an explicit list."""
         if isinstance(self.schedule, list):
@@ -323,26 +360,37 @@ class RouteConstrainedTeacher(Callback):
         return min(epoch * self.num_anchors // max(max_epochs, 1), self.num_anchors - 1)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.lr_schedule == "per_anchor" and not trainer.fast_dev_run:
+            fixed = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs
+                     if not hasattr(c.scheduler, "set_epochs")]
+            if fixed:
+                raise ValueError(f"RouteConstrainedTeacher(lr_schedule='per_anchor') restarts the LR schedule for "
+                                 f"each anchor's epochs, so it needs a schedule relative to the run "
+                                 f"(lightning_kd.schedules.RelativeMultiStepLR / RelativeCosineAnnealingLR), "
+                                 f"but {fixed} keeps absolute epochs: use a relative one, or lr_schedule: whole_run.")
         # Callback state is restored before this hook, so a resumed run reloads its anchor here.
         self.activate(pl_module, self.index)
+        if self.lr_schedule == "per_anchor" and self.schedule_start >= 0:
+            # A resumed run: the checkpoint holds the running stage's schedule, which loads after this
+            # hook into a scheduler of that stage's length (and ResumeCheck compares the two).
+            self.restart_lr_schedule(trainer, pl_module, self.stage_of(self.schedule_start, trainer.max_epochs)[1])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
         if self.schedule != "greedy":
-            self.index = self.scheduled_index(trainer.current_epoch, trainer.max_epochs)
+            self.index = self.scheduled_index(epoch, trainer.max_epochs)
         if self.index != self._loaded:
             self.activate(pl_module, self.index)
+        if self.lr_schedule == "per_anchor" and not trainer.fast_dev_run:
+            start, length = self.stage_of(epoch, trainer.max_epochs)
+            if start == epoch and self.schedule_start != start:  # a resumed stage keeps its restored schedule
+                self.restart_lr_schedule(trainer, pl_module, length)
+                self.schedule_start = start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         pl_module.log("train/rco_anchor", float(self.index), on_step=True, on_epoch=False, batch_size=1)
 
     # ----------------------------------------------------------------- greedy
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._held_out = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self.schedule == "greedy" and dataloader_idx == 0 and len(self._held_out) < self.greedy_batches:
-            self._held_out.append(batch[0].detach())
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         stage_end = (epoch + 1 < trainer.max_epochs and self.scheduled_index(epoch + 1, trainer.max_epochs)
@@ -356,24 +404,23 @@ class RouteConstrainedTeacher(Callback):
 
     @torch.no_grad()
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[int, float]:
-        """Mean ``KL(p_anchor || p_student)`` over the held-out batches, for every later anchor."""
-        if not self._held_out:
-            raise RuntimeError("RouteConstrainedTeacher(schedule='greedy') found no validation batches "
-                               "to measure on; make sure validation runs before each stage end.")
+        """Mean ``KL(p_anchor || p_student)`` over the held-out training images, for every later anchor."""
+        batches = [trainer.precision_plugin.convert_input(x.to(pl_module.device))
+                   for x in self._probe[0].split(256)]
         student = pl_module.student
         was_training = student.training
         student.eval()
         try:
             with trainer.precision_plugin.forward_context():
-                student_logits = [student(x) for x in self._held_out]
+                student_logits = [student(x) for x in batches]
                 sums = []
                 for j in range(self.index + 1, self.num_anchors):
                     pl_module.teacher.load_weights(self.anchors[j])
                     sums.append(sum(kd_loss(s, pl_module.teacher(x).logits, 1.0) * len(x)
-                                    for s, x in zip(student_logits, self._held_out)))
+                                    for s, x in zip(student_logits, batches)))
         finally:
             student.train(was_training)
-        count = sum(len(x) for x in self._held_out)
+        count = len(self._probe[1])
         totals = torch.stack([s.float() for s in sums] + [sums[0].new_tensor(float(count))])
         totals = trainer.strategy.reduce(totals, reduce_op="sum")  # all ranks agree
         kls = (totals[:-1] / totals[-1]).tolist()
@@ -381,10 +428,11 @@ class RouteConstrainedTeacher(Callback):
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        return {"index": self.index}
+        return {"index": self.index, "schedule_start": self.schedule_start}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.index = int(state_dict["index"])
+        self.schedule_start = int(state_dict.get("schedule_start", -1))
         if not 0 <= self.index < self.num_anchors:
             raise ValueError(f"the checkpoint's RCO anchor {self.index} is not in the route "
                              f"{str(self.route_dir)!r} ({self.num_anchors} anchors): resume with the "

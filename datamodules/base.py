@@ -159,6 +159,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.return_index = return_index
         self.train_per_class = train_per_class
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.held_out: Optional[tuple[Tensor, Tensor]] = None
         self.shuffle: Optional[EpochShuffle] = None
 
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -182,6 +183,28 @@ class InMemoryDataModule(pl.LightningDataModule):
             train = splits["train"][0].float() / 255.0
             self.mean = train.mean(dim=(0, 2, 3))
             self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-3)
+
+    def hold_out_of_train(self, count: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """Remove ``count`` training images (a seeded random choice, the same on every process) from
+        the training split and return them normalized, with their labels: data for callbacks that
+        measure the student on images it never trains on (RCO's greedy anchor choice). Call after
+        ``setup`` and before the training loader is built; a second call returns the same images."""
+        if not self.splits:
+            raise RuntimeError(f"{type(self).__name__}.hold_out_of_train needs the splits: call setup first.")
+        if self.held_out is not None:
+            if len(self.held_out[1]) != count:
+                raise ValueError(f"{len(self.held_out[1])} training images are already held out; cannot hold out "
+                                 f"{count} as well.")
+            return self.held_out
+        x, y = self.splits["train"]
+        if not 0 < count < len(y):
+            raise ValueError(f"cannot hold out {count} of the {len(y)} training images: give a count between 1 and "
+                             f"{len(y) - 1}.")
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        held, kept = order[:count], order[count:].sort().values
+        self.splits["train"] = (x[kept], y[kept])
+        self.held_out = (normalize(x[held], self.mean, self.std), y[held])
+        return self.held_out
 
     def _loader(self, split: str, train: bool, loader=DataLoader, **kwargs) -> DataLoader:
         x, y = self.splits[split]

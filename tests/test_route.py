@@ -27,6 +27,7 @@ from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.datamodules.base import normalize
 from lightning_kd.methods import KD, Supervised
 from lightning_kd.models import build_network
+from lightning_kd.schedules import RelativeMultiStepLR
 
 SHAPE = (1, 8, 8)
 STUDENT, TEACHER = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
@@ -268,9 +269,9 @@ def test_greedy_moves_to_the_furthest_anchor_under_threshold(tmp_path, case):
     files = write_route(tmp_path / "route", route)
     torch.save(student.state_dict(), tmp_path / "student.pt")
 
-    data = digits()
-    data.setup()
-    x = normalize(data.splits["val"][0][: data.eval_batch_size], data.mean, data.std)  # greedy_batches=1
+    probe_data = digits()
+    probe_data.setup()
+    x, _ = probe_data.hold_out_of_train(64)  # the callback's probe: the same seeded choice
     probe = tiny_mlp()
     kls = {}
     for j in (1, 2, 3):
@@ -285,10 +286,21 @@ def test_greedy_moves_to_the_furthest_anchor_under_threshold(tmp_path, case):
     model = KD(student=spec, teacher=spec, teacher_ckpt=str(files[0]), num_classes=10, input_shape=SHAPE,
                optimizer=partial(torch.optim.SGD, lr=0.0))
     model.student.load_state_dict(student.state_dict())
-    rco = RouteConstrainedTeacher(str(tmp_path / "route"), schedule="greedy", threshold=threshold,
-                                  greedy_batches=1)
+    rco = RouteConstrainedTeacher(str(tmp_path / "route"), schedule="greedy", threshold=threshold, probe_size=64)
     watch = TeacherWatch(rco, files)
+    data = digits()
     trainer(tmp_path, 2, [rco, watch]).fit(model, data)  # 4 anchors over 2 epochs: a stage end after epoch 0
+    full = DigitsDataModule()
+    full.setup()
+    rows = {name: normalize(images, data.mean, data.std).flatten(1)
+            for name, images in (("full", full.splits["train"][0]), ("train", data.splits["train"][0]))}
+    assert len(rows["train"]) == 1257 - 64 == len(probe_data.splits["train"][0])
+
+    def copies(among, images):  # how often each probe image occurs among ``images`` (digits has duplicates)
+        return (among[:, None] == images.flatten(1)[None]).all(-1).sum(0)
+
+    # each probe image left the training split: full = train + probe, image by image
+    assert torch.equal(copies(rows["full"], x), copies(rows["train"], x) + copies(x.flatten(1), x))
     assert rco.divergences.keys() == kls.keys()
     assert all(rco.divergences[j] == pytest.approx(kls[j], rel=1e-4, abs=1e-6) for j in kls)
     assert watch.anchors == {0: 0, 1: expected} and all(watch.exact.values())
@@ -302,8 +314,7 @@ def test_resume_after_a_switch_equals_the_uninterrupted_run(tmp_path, schedule):
     def run(folder, kill=None, ckpt_path=None):
         pl.seed_everything(0)
         model = kd_student(files[-1])
-        rco = RouteConstrainedTeacher(str(tmp_path / "route"), schedule=schedule, threshold=0.05,
-                                      greedy_batches=1)
+        rco = RouteConstrainedTeacher(str(tmp_path / "route"), schedule=schedule, threshold=0.05, probe_size=64)
         watch = TeacherWatch(rco, files)
         saver = ModelCheckpoint(dirpath=folder, filename="e{epoch}", save_top_k=-1,
                                 auto_insert_metric_name=False)
@@ -325,6 +336,61 @@ def test_resume_after_a_switch_equals_the_uninterrupted_run(tmp_path, schedule):
         assert [whole_watch.anchors[e] for e in range(4)] == [0, 0, 1, 2]  # switches before and after the kill
     else:
         assert len(set(whole_watch.anchors.values())) > 1  # greedy did move during the run
+    assert all(torch.equal(a, b) for a, b in zip(whole.student.state_dict().values(),
+                                                 resumed.student.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------- LR schedule per anchor
+class LRWatch(Callback):
+    """The LR each epoch trains with (read after RouteConstrainedTeacher's epoch start)."""
+
+    def __init__(self):
+        self.lr = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.lr[trainer.current_epoch] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def kd_with_steps(teacher_ckpt):
+    model = kd_student(teacher_ckpt)
+    model.lr_scheduler_factory = partial(RelativeMultiStepLR, milestones=[0.5], gamma=0.1)
+    return model
+
+
+@pytest.mark.parametrize("lr_schedule, expected", [
+    # 3 anchors over 6 epochs: stages of 2 epochs, each with its own drop at round(0.5 * 2) = 1 epoch in
+    ("per_anchor", [0.1, 0.01, 0.1, 0.01, 0.1, 0.01]),
+    # one drop at round(0.5 * 6) = 3 epochs into the run
+    ("whole_run", [0.1, 0.1, 0.1, 0.01, 0.01, 0.01]),
+])
+def test_lr_schedule_per_anchor_or_whole_run(tmp_path, lr_schedule, expected):
+    files = random_route(tmp_path / "route", 3)
+    watch = LRWatch()
+    rco = RouteConstrainedTeacher(str(tmp_path / "route"), lr_schedule=lr_schedule)
+    trainer(tmp_path, 6, [rco, watch]).fit(kd_with_steps(files[-1]), digits())
+    assert [watch.lr[e] for e in range(6)] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("resume_after", [1, 2])  # at a stage boundary; in the middle of a stage
+def test_per_anchor_resume_equals_the_uninterrupted_run(tmp_path, resume_after):
+    files = random_route(tmp_path / "route", 2)
+
+    def run(folder, kill=None, ckpt_path=None):
+        pl.seed_everything(0)
+        model = kd_with_steps(files[-1])
+        watch = LRWatch()
+        saver = ModelCheckpoint(dirpath=folder, filename="e{epoch}", save_top_k=-1, auto_insert_metric_name=False)
+        callbacks = ([KillAt(kill)] if kill is not None else []) + [RouteConstrainedTeacher(str(tmp_path / "route")),
+                                                                     watch, saver]
+        trainer(folder, 4, callbacks, enable_checkpointing=True).fit(model, digits(), ckpt_path=ckpt_path)
+        return model, watch
+
+    whole, whole_watch = run(tmp_path / "whole")
+    assert [whole_watch.lr[e] for e in range(4)] == pytest.approx([0.1, 0.01, 0.1, 0.01])
+    with pytest.raises(Crash):
+        run(tmp_path / "parts", kill=resume_after + 1)
+    resumed, resumed_watch = run(tmp_path / "parts", ckpt_path=tmp_path / "parts" / f"e{resume_after}.ckpt")
+    assert {e: lr for e, lr in whole_watch.lr.items() if e > resume_after} == pytest.approx(resumed_watch.lr)
     assert all(torch.equal(a, b) for a, b in zip(whole.student.state_dict().values(),
                                                  resumed.student.state_dict().values()))
 
@@ -382,14 +448,25 @@ def test_anchor_of_another_architecture(tmp_path):
     assert fit.global_step == 0 and files
 
 
-def test_route_needs_a_teacher_and_greedy_needs_validation(tmp_path):
+class NoHoldOut(DigitsDataModule):
+    hold_out_of_train = None
+
+
+def test_route_needs_a_teacher_greedy_a_hold_out_and_per_anchor_a_relative_schedule(tmp_path):
     random_route(tmp_path / "route", 2)
     with pytest.raises(TypeError, match="has no teacher"):
         trainer(tmp_path, 2, [RouteConstrainedTeacher(str(tmp_path / "route"))]).fit(supervised(), digits())
     greedy = RouteConstrainedTeacher(str(tmp_path / "route"), schedule="greedy")
-    with pytest.raises(ValueError, match="validation is off"):
-        trainer(tmp_path, 2, [greedy], limit_val_batches=0).fit(kd_student(tmp_path / "route/epoch0000.pt"),
-                                                                digits())
+    with pytest.raises(ValueError, match="NoHoldOut has no hold_out_of_train"):
+        trainer(tmp_path, 2, [greedy]).fit(kd_student(tmp_path / "route/epoch0000.pt"), NoHoldOut())
+    model = kd_student(tmp_path / "route/epoch0000.pt")
+    model.lr_scheduler_factory = partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1])
+    with pytest.raises(ValueError, match=r"\['MultiStepLR'\] keeps absolute epochs"):
+        trainer(tmp_path, 2, [RouteConstrainedTeacher(str(tmp_path / "route"))]).fit(model, digits())
+    for bad, message in (({"probe_size": 0}, "probe_size must be a positive integer"),
+                         ({"lr_schedule": "restart"}, "lr_schedule must be one of")):
+        with pytest.raises(ValueError, match=message):
+            RouteConstrainedTeacher(str(tmp_path / "route"), **bad)
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -403,13 +480,13 @@ def ddp_run(out: Path, phase: str) -> None:
         torch.save({"entries": recorder.entries}, out / f"record_rank{fit.global_rank}.pt")
         return
     files = [out / "route" / anchor_filename(e) for e in range(2)]
-    rco = RouteConstrainedTeacher(str(out / "route"), schedule="greedy", greedy_batches=2)
+    rco = RouteConstrainedTeacher(str(out / "route"), schedule="greedy", probe_size=64)
     watch = TeacherWatch(rco, files)
     model = kd_student(files[-1], teacher=STUDENT)
     fit = trainer(out, 2, [rco, watch], devices=2, strategy="ddp")
     fit.fit(model, digits())
     torch.save({"anchors": watch.anchors, "exact": watch.exact, "divergences": rco.divergences,
-                "held_out": rco._held_out[0], "teacher": model.teacher.state_dict()},
+                "held_out": rco._probe[0], "teacher": model.teacher.state_dict()},
                out / f"distill_rank{fit.global_rank}.pt")
 
 
@@ -421,9 +498,9 @@ def test_ddp_ranks_record_one_route_and_walk_it_together(tmp_path):
     manifest = json.loads((tmp_path / "route" / MANIFEST).read_text())
     assert record[0]["entries"] == record[1]["entries"] == manifest and len(manifest) == 2
     rank0, rank1 = (torch.load(tmp_path / f"distill_rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert not torch.equal(rank0["held_out"], rank1["held_out"])  # each rank measures its own batches...
+    assert torch.equal(rank0["held_out"], rank1["held_out"])  # every rank holds out the same images...
     assert rank0["divergences"].keys() == {1}  # 2 anchors over 2 epochs: one greedy step, after epoch 0
-    assert rank0["divergences"] == rank1["divergences"]  # ...and they agree on the global mean
+    assert rank0["divergences"] == rank1["divergences"]  # ...and they agree on the divergences
     assert rank0["anchors"] == rank1["anchors"] and all(rank0["exact"].values()) and all(rank1["exact"].values())
     assert all(torch.equal(v, rank1["teacher"][k]) for k, v in rank0["teacher"].items())
 
