@@ -116,14 +116,17 @@ class StudentModule(pl.LightningModule):
         x, y, _ = self.unpack(batch)
         return self.weighted_total(self.student_losses(self.student_forward(x), (x, y)), len(x))
 
-    def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "") -> Tensor:
-        """The terms' sum weighted by ``loss_weights``; each term is logged as ``train/<prefix><name>``
-        and the sum as ``train/<prefix>loss``. A term without a weight is an error."""
+    def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "",
+                       scales: Optional[dict[str, Tensor]] = None) -> Tensor:
+        """The terms' sum weighted by ``loss_weights`` (and by ``scales``, where given); each term is
+        logged unscaled as ``train/<prefix><name>`` and the sum as ``train/<prefix>loss``. A term
+        without a weight is an error."""
         unweighted = sorted(set(losses) - set(self.loss_weights))
         if unweighted:
             raise KeyError(f"{type(self).__name__} returned the loss terms {unweighted} without a weight in "
                            f"loss_weights {self.loss_weights}: give every term a weight.")
-        total = sum(self.loss_weights[name] * value for name, value in losses.items())
+        scales = scales or {}
+        total = sum(self.loss_weights[name] * scales.get(name, 1.0) * value for name, value in losses.items())
         self.loss_terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
         self.loss_terms[f"{prefix}loss"] = total.detach()
         self.log_dict({f"train/{name}": value for name, value in self.loss_terms.items()},
@@ -234,13 +237,22 @@ class DistillationModule(StudentModule):
         cache_teacher_outputs: compute the teacher's logits once per training sample and reuse them
             in later epochs. Only without random augmentation (data ``pad: 0``, ``flip: false``,
             ``return_index: true``) and for methods that read only logits; else refused before training.
+        balance: loss balancing: the largest ratio of a distillation term's weighted value to the
+            weighted cross-entropy's in a step; a term above it is scaled down to it by a detached
+            factor (its gradient shrinks, its direction stays), logged as ``train/scale/<term>``.
+            For data where a published weight makes an unreachable feature target swamp the task
+            (a hint loss 10x CE all run); None (default): the published weights as they are.
         **kwargs: see :class:`StudentModule`. Under ``precision: bf16-mixed`` the teacher runs with
             bfloat16 weights, restored exactly after the fit.
     """
 
     def __init__(self, student: NetSpec, teacher: Optional[NetSpec] = None, teacher_ckpt: Optional[str] = None,
-                 cache_teacher_outputs: bool = False, **kwargs):
+                 cache_teacher_outputs: bool = False, balance: Optional[float] = None, **kwargs):
         super().__init__(student=student, **kwargs)
+        if balance is not None and not balance > 0:
+            raise ValueError(f"balance is the largest ratio of a distillation term to the cross-entropy and must "
+                             f"be > 0 (or null: off), got {balance}.")
+        self.balance = balance
         if teacher is None:
             raise ValueError(f"{type(self).__name__} distills from a teacher: set `teacher` (the network spec) and "
                              f"`teacher_ckpt` (its trained weights, e.g. best.ckpt of a Supervised run).")
@@ -268,7 +280,21 @@ class DistillationModule(StudentModule):
         runs_teacher, runs_student = self.forwards()
         teacher = self.teacher(x, index) if runs_teacher else None
         student = self.student_forward(x) if runs_student else None
-        return self.weighted_total(self.distill_losses(student, teacher, (x, y)), len(x))
+        losses = self.distill_losses(student, teacher, (x, y))
+        return self.weighted_total(losses, len(x), scales=self.balance_scales(losses))
+
+    def balance_scales(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Detached factors that bring every term whose weighted size exceeds ``balance`` x the weighted
+        CE down to that bound (see ``balance``); none when balance is off or the step has no CE."""
+        ce_weight = self.loss_weights.get("ce", 0.0)
+        if self.balance is None or "ce" not in losses or ce_weight == 0:
+            return {}
+        bound = self.balance * ce_weight * losses["ce"].detach().abs()
+        scales = {name: (bound / (self.loss_weights.get(name, 1.0) * value.detach().abs()).clamp_min(1e-12)).clamp(max=1.0)
+                  for name, value in losses.items() if name != "ce"}
+        self.log_dict({f"train/scale/{name}": scale for name, scale in scales.items()},
+                      on_step=True, on_epoch=False, batch_size=1)
+        return scales
 
     def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
         return self.student_forward(x), self.teacher(x)

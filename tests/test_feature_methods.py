@@ -237,3 +237,30 @@ def test_fitnet_unknown_hint_layer_is_refused(digits_teacher):
 def test_non_spatial_feature_layer_is_refused(digits_teacher):
     with pytest.raises(ValueError, match="student layer 'pool' outputs shape \\(2, 16\\)"):
         make(AT, digits_teacher, student_layers=["pool"], teacher_layers=["layer3"])
+
+
+@pytest.mark.parametrize("balance", [None, 1.0, 0.1])
+def test_balance_caps_each_distillation_term_at_a_multiple_of_the_ce_term(balance, digits_teacher):
+    torch.manual_seed(6)
+    model = make(FitNet, digits_teacher, hint_weight=100.0, ce_weight=0.5, balance=balance)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
+    ce, hint = losses["ce"].item(), losses["hint"].item()
+    assert 100 * hint > 0.5 * ce  # the hint is the larger term here, so a bound of 1x or 0.1x CE cuts it
+    scales = model.balance_scales(losses)
+    total = model.weighted_total(losses, 6, scales=scales)
+    bound = float("inf") if balance is None else balance * 0.5 * ce
+    expected_hint = min(100 * hint, bound)  # by hand: the weighted hint, capped at balance x the weighted CE
+    assert total.item() == pytest.approx(0.5 * ce + expected_hint, rel=1e-5)
+    assert model.loss_terms["hint"].item() == pytest.approx(hint)  # logged unscaled
+    # The cap is a detached factor: the hint's gradient is the unbalanced one times that factor.
+    total.backward(retain_graph=True)
+    grad = model.regressor[1].weight.grad.clone()  # the regressor (its BatchNorm scale) only sees the hint
+    model.zero_grad()
+    (100 * losses["hint"]).backward()
+    assert torch.allclose(grad, model.regressor[1].weight.grad * expected_hint / (100 * hint), rtol=1e-4, atol=1e-9)
+
+
+def test_balance_must_be_positive(digits_teacher):
+    with pytest.raises(ValueError, match="balance .* must be > 0"):
+        make(FitNet, digits_teacher, balance=0.0)
