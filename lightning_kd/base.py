@@ -240,8 +240,9 @@ class DistillationModule(StudentModule):
         balance: loss balancing: the largest ratio of a distillation term's weighted value to the
             weighted cross-entropy's in a step; a term above it is scaled down to it by a detached
             factor (its gradient shrinks, its direction stays), logged as ``train/scale/<term>``.
-            For data where a published weight makes an unreachable feature target swamp the task
-            (a hint loss 10x CE all run); None (default): the published weights as they are.
+            None (default): the published weights as they are. Measured on a CIFAR-10 subset (500
+            images/class, quickstart networks, 15 epochs, seed 0, best val top-1; baseline 43.5):
+            RKD 30.9 -> 35.8 with balance 1, FitNet 37.8 -> 37.8: it narrows RKD's loss, not FitNet's.
         **kwargs: see :class:`StudentModule`. Under ``precision: bf16-mixed`` the teacher runs with
             bfloat16 weights, restored exactly after the fit.
     """
