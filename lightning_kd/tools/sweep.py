@@ -16,10 +16,10 @@ import argparse
 import csv
 import itertools
 import multiprocessing
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from lightning_kd.tools.results import mean_std
 from lightning_kd.tools.runner import best_checkpoint, build
 
 
@@ -64,15 +64,15 @@ def main(argv=None) -> list[dict]:
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}.")
 
-    settings = list(itertools.product(*args.set))
     runs = []
-    for setting in settings:
+    for setting in itertools.product(*args.set):
         for seed in args.seeds:
             folder = args.run_dir / setting_name(setting).replace(" ", "_") / f"seed{seed}"
             overrides = [*setting_args(setting), f"--seed_everything={seed}", f"--checkpoint.dirpath={folder}",
                          "--overwrite=true", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
                          "--summary=false", *args.override]
             runs.append({"setting": setting_name(setting), "seed": seed, "overrides": overrides})
+
     def report(run: dict, val_acc: float) -> None:
         run["val_acc"] = val_acc
         print(f"[sweep] {run['setting']} seed {run['seed']}: best val top-1 {100 * val_acc:.2f}%", flush=True)
@@ -91,10 +91,8 @@ def main(argv=None) -> list[dict]:
         writer = csv.DictWriter(f, ["setting", "seed", "val_acc"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(runs)
-    summary = {}
-    for name in dict.fromkeys(run["setting"] for run in runs):
-        accs = [100 * run["val_acc"] for run in runs if run["setting"] == name]
-        summary[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0)
+    summary = {name: mean_std(100 * run["val_acc"] for run in runs if run["setting"] == name)
+               for name in dict.fromkeys(run["setting"] for run in runs)}
     print(f"\n{args.config}: best validation top-1 %, mean +- std over seeds {args.seeds}")
     for name, (mean, std) in summary.items():
         print(f"  {name:40s} {mean:6.2f} +- {std:.2f}")
