@@ -80,7 +80,8 @@ class FrozenTeacher:
         spec: the network spec (a name of ``lightning_kd.models``, a dotted constructor path, or
             ``{"name": ..., **kwargs}``).
         checkpoint: its trained weights (a Lightning ``.ckpt`` or a plain state_dict), read with
-            ``weights_only=True``; keys and shapes must match exactly.
+            ``weights_only=True``; keys and shapes must match exactly. Not needed for a spec with published
+            weights or a network that loads its own (``loads_own_weights``: a ``CheckpointEnsemble``).
         num_classes: outputs of the network.
         in_channels: input channels of the network.
     """
@@ -89,10 +90,13 @@ class FrozenTeacher:
         self.net = build_network(spec, num_classes, in_channels)
         if checkpoint:
             load_network_weights(self.net, checkpoint, what="teacher_ckpt")
+        elif getattr(self.net, "loads_own_weights", False):
+            pass  # e.g. a CheckpointEnsemble: it read its members' files when it was built
         elif not is_pretrained(spec):
             raise ValueError("the teacher needs trained weights: set `teacher_ckpt` (e.g. best.ckpt of a Supervised "
                              "run), or give a teacher spec with published weights (torchvision `weights:`, timm "
-                             "`pretrained: true`).")
+                             "`pretrained: true`) or an ensemble of checkpoints ({name: "
+                             "lightning_kd.models.CheckpointEnsemble, checkpoints: [a.ckpt, b.ckpt]}).")
         elif getattr(self.net, "new_head", False):
             raise ValueError(f"the teacher's published weights classify other classes than the data's {num_classes}: "
                              f"its head would be untrained. Fine-tune it on this data first (a Supervised run with "

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .ensemble import CheckpointEnsemble
 from .resnet import BasicBlock, CifarResNet, resnet8x4, resnet20, resnet32x4, resnet56, resnet110
 from .small_cnn import SmallCNN, small_cnn
 from .vgg import CifarVGG, vgg8, vgg13
@@ -28,6 +29,7 @@ __all__ = [
     "build_network",
     "is_pretrained",
     "BasicBlock",
+    "CheckpointEnsemble",
     "CifarResNet",
     "CifarVGG",
     "SmallCNN",

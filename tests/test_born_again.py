@@ -1,0 +1,156 @@
+"""Born-Again Networks: the objective against the paper's cross-entropy, checkpoint ensembles against their
+members' mean probabilities (also through the CLI and as a KD teacher), bad ensembles."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import DIGITS_SHAPE, TINY_CNN, build_method, trainer
+from lightning_kd.cli import make_cli
+from lightning_kd.datamodules import DigitsDataModule
+from lightning_kd.datamodules.base import normalize
+from lightning_kd.features import NetOutput
+from lightning_kd.methods import KD
+from lightning_kd.models import CheckpointEnsemble, build_network
+
+ENSEMBLE = "lightning_kd.models.CheckpointEnsemble"
+
+
+# ----------------------------------------------------------------------------- the objective
+def paper_terms(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+    """By hand, in float64, batch-averaged: the paper's cross-entropy -sum p_t log p_s, the teacher's
+    entropy -sum p_t log p_t and the label cross-entropy -log p_s[y]."""
+    cross, entropy, labels = 0.0, 0.0, 0.0
+    for s_row, t_row, label in zip(s.double().tolist(), t.double().tolist(), y.tolist()):
+        log_zs = math.log(sum(math.exp(v) for v in s_row))
+        log_zt = math.log(sum(math.exp(v) for v in t_row))
+        log_ps = [v - log_zs for v in s_row]
+        log_pt = [v - log_zt for v in t_row]
+        cross -= sum(math.exp(b) * a for a, b in zip(log_ps, log_pt))
+        entropy -= sum(math.exp(b) * b for b in log_pt)
+        labels -= log_ps[label]
+    n = len(s)
+    return cross / n, entropy / n, labels / n
+
+
+@pytest.mark.parametrize("objective, label_weight", [("BAN", None), ("BAN+L", None), ("BAN+L", 0.3)])
+def test_objective_is_the_papers_cross_entropy(objective, label_weight, tiny_teacher):
+    """The weighted sum of BAN's terms is the paper's cross-entropy to the teacher's outputs (T = 1) minus the
+    teacher's entropy (constant in the student), plus the labels' for BAN+L; its gradient is exactly that of the
+    paper's objective: (softmax(s) - softmax(t)) / N, plus w (softmax(s) - onehot(y)) / N for BAN+L."""
+    model = build_method("BAN", tiny_teacher, objective=objective, label_weight=label_weight)
+    gen = torch.Generator().manual_seed(7)
+    s = (3 * torch.randn(6, 10, generator=gen)).requires_grad_(True)
+    t, y = 3 * torch.randn(6, 10, generator=gen), torch.randint(0, 10, (6,), generator=gen)
+    losses = model.distill_losses(NetOutput(s, {}), NetOutput(t, {}), (torch.zeros(6, 1, 8, 8), y))
+    total = sum(model.loss_weights[name] * value for name, value in losses.items())
+
+    cross, entropy, labels = paper_terms(s.detach(), t, y)
+    w = 0.0 if objective == "BAN" else (1.0 if label_weight is None else label_weight)
+    assert float(total.detach()) == pytest.approx(cross - entropy + w * labels, rel=1e-5, abs=1e-6)
+    total.backward()
+    p_s, p_t = s.detach().double().softmax(1), t.double().softmax(1)
+    expected = (p_s - p_t + w * (p_s - torch.nn.functional.one_hot(y, 10).double())) / 6
+    assert torch.allclose(s.grad.double(), expected, atol=1e-6)
+
+
+def test_objective_refuses_unknown_names_and_a_label_weight_without_labels(tiny_teacher):
+    with pytest.raises(ValueError, match="objective must be 'BAN'"):
+        build_method("BAN", tiny_teacher, objective="BAN+labels")
+    with pytest.raises(ValueError, match="only objective 'BAN\\+L' has"):
+        build_method("BAN", tiny_teacher, objective="BAN", label_weight=0.5)
+
+
+# ----------------------------------------------------------------------------- ensembles
+def members(tmp_path, count: int = 3, lightning: bool = True, num_classes=10) -> tuple[list[str], list[torch.nn.Module]]:
+    """``count`` randomly initialised TINY_CNN networks (BatchNorm statistics made non-trivial) saved as
+    Lightning-style checkpoints (network under ``student.``, its spec in the hyper-parameters) or plain
+    state_dicts; returns the files and the networks, in eval mode."""
+    paths, nets = [], []
+    for i in range(count):
+        torch.manual_seed(100 + i)
+        net = build_network(TINY_CNN, num_classes if isinstance(num_classes, int) else num_classes[i], 1)
+        net.train()(torch.randn(32, *DIGITS_SHAPE) * (1 + i))  # moves the running statistics
+        net.eval()
+        state = net.state_dict()
+        classes = state[[k for k in state if k.endswith("weight") and state[k].ndim == 2][-1]].shape[0]
+        saved = ({"state_dict": {f"student.{k}": v for k, v in state.items()},
+                  "hyper_parameters": {"student": TINY_CNN, "num_classes": classes}} if lightning else state)
+        paths.append(str(tmp_path / f"member{i}.{'ckpt' if lightning else 'pt'}"))
+        torch.save(saved, paths[-1])
+        nets.append(net)
+    return paths, nets
+
+
+def mean_probabilities(nets, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([net(x).double().softmax(1) for net in nets]).mean(0)
+
+
+@pytest.mark.parametrize("lightning", [True, False])
+def test_ensemble_probabilities_are_the_mean_of_its_members(lightning, tmp_path):
+    paths, nets = members(tmp_path, lightning=lightning)
+    ensemble = CheckpointEnsemble(paths, network=None if lightning else TINY_CNN, num_classes=10, in_channels=1).eval()
+    x = torch.randn(16, *DIGITS_SHAPE, generator=torch.Generator().manual_seed(3))
+    expected = mean_probabilities(nets, x)
+    with torch.no_grad():
+        got = ensemble(x).double().softmax(1)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(expected, mean_probabilities(nets[:1], x), atol=1e-3), "members too alike to tell"
+
+
+def digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
+    data = DigitsDataModule()
+    data.setup("test")
+    x, y = data.splits["test"]
+    return normalize(x, data.mean, data.std), y
+
+
+def test_cli_test_and_predict_score_the_mean_probabilities(tmp_path, capsys):
+    paths, nets = members(tmp_path)
+    spec = json.dumps({"name": ENSEMBLE, "checkpoints": paths})
+    args = ["--model=Supervised", f"--model.init_args.student={spec}", "--data=DigitsDataModule",
+            "--trainer.logger=false", "--trainer.accelerator=cpu", f"--checkpoint.dirpath={tmp_path / 'ens'}"]
+    x, y = digits_test_split()
+    expected = mean_probabilities(nets, x)
+
+    make_cli(["predict", *args])
+    with open(tmp_path / "ens" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    got = torch.tensor([[float(r[f"p{c}"]) for c in range(10)] for r in rows], dtype=torch.float64)
+    assert torch.allclose(got, expected, atol=2e-6)  # the file keeps 6 significant digits
+    assert [int(r["label"]) for r in rows] == y.tolist()
+
+    cli = make_cli(["test", *args])
+    accuracy = float((expected.argmax(1) == y).double().mean())
+    assert float(cli.trainer.callback_metrics["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_kd_from_an_ensemble_of_teachers_reads_their_mean(tmp_path):
+    paths, nets = members(tmp_path)
+    model = KD(student=TINY_CNN, teacher={"name": ENSEMBLE, "checkpoints": paths}, num_classes=10,
+               input_shape=DIGITS_SHAPE)
+    x = torch.randn(8, *DIGITS_SHAPE)
+    assert torch.allclose(model.teacher(x).logits.double().softmax(1), mean_probabilities(nets, x), atol=1e-6)
+    before = {k: v.clone() for k, v in model.teacher.net.state_dict().items()}
+    trainer(tmp_path).fit(model, datamodule=DigitsDataModule(batch_size=16))
+    assert math.isfinite(float(model.loss_terms["kd"]))
+    assert all(torch.equal(v, model.teacher.net.state_dict()[k]) for k, v in before.items())
+
+
+def test_bad_ensembles_name_the_problem_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"at least one member: give `checkpoints: \[a.ckpt"):
+        CheckpointEnsemble([], num_classes=10, in_channels=1)
+    mixed, _ = members(tmp_path, count=2, num_classes=[10, 5])
+    with pytest.raises(ValueError, match=r"classify different numbers of classes \(.*member0.ckpt': 10, .*member1.ckpt': 5\)"):
+        CheckpointEnsemble(mixed, num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match="members classify 10 classes, but the data has num_classes=5"):
+        CheckpointEnsemble(mixed[:1], num_classes=5, in_channels=1)
+    (tmp_path / "plain").mkdir()
+    plain, _ = members(tmp_path / "plain", count=1, lightning=False)
+    with pytest.raises(ValueError, match="names no network .* give the members' architecture as `network:`"):
+        CheckpointEnsemble(plain, num_classes=10, in_channels=1)
