@@ -1,5 +1,6 @@
 """Born-Again Networks: the objective against the paper's cross-entropy, checkpoint ensembles against their
-members' mean probabilities (also through the CLI and as a KD teacher), bad ensembles."""
+members' mean probabilities (also through the CLI and as a KD teacher), bad ensembles, and the generations
+command: generation k's teacher is generation k-1's best checkpoint, the BAN ensemble's accuracy, resuming."""
 from __future__ import annotations
 
 import csv
@@ -9,13 +10,14 @@ import math
 import pytest
 import torch
 
-from helpers import DIGITS_SHAPE, TINY_CNN, build_method, trainer
+from helpers import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, trainer
 from lightning_kd.cli import make_cli
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.datamodules.base import normalize
 from lightning_kd.features import NetOutput
-from lightning_kd.methods import KD
+from lightning_kd.methods import BAN, KD
 from lightning_kd.models import CheckpointEnsemble, build_network
+from lightning_kd.tools import born_again
 
 ENSEMBLE = "lightning_kd.models.CheckpointEnsemble"
 
@@ -154,3 +156,62 @@ def test_bad_ensembles_name_the_problem_and_the_fix(tmp_path):
     plain, _ = members(tmp_path / "plain", count=1, lightning=False)
     with pytest.raises(ValueError, match="names no network .* give the members' architecture as `network:`"):
         CheckpointEnsemble(plain, num_classes=10, in_channels=1)
+
+
+# ----------------------------------------------------------------------------- the generations command
+def student_weights(path: str) -> dict[str, torch.Tensor]:
+    """The student's tensors of a Lightning checkpoint, read directly (not through the library's loader)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+
+
+def test_generations_chain_teachers_score_the_ensemble_and_resume(tmp_path, capsys):
+    argv = ["--configs", str(ROOT / "configs" / "ban_digits"),
+            "--generations", "2", "--seeds", "0", "--epochs", "1", "--limit-train-batches", "2",
+            "--out", str(tmp_path / "RESULTS.md"), "--run-dir", str(tmp_path / "runs")]
+    rows = born_again.main(argv)
+    records = [json.loads((tmp_path / "runs" / f"gen{k}" / "seed0" / "run.json").read_text()) for k in range(3)]
+    assert [r["seed"] for r in records] == [0, 1000, 2000]  # a new random seed per generation
+    assert records[0]["config"].endswith("gen0.yaml") and records[1]["config"].endswith("ban.yaml")
+
+    # Generation k's teacher is generation k-1's best checkpoint, tensor for tensor.
+    for k in (1, 2):
+        loaded = BAN.load_from_checkpoint(records[k]["best_ckpt"])
+        assert loaded.hparams.teacher_ckpt == records[k - 1]["best_ckpt"]
+        previous = student_weights(records[k - 1]["best_ckpt"])
+        teacher = loaded.teacher.net.state_dict()
+        assert teacher.keys() == previous.keys()
+        assert all(torch.equal(teacher[name], previous[name]) for name in previous)
+        assert any(not torch.equal(loaded.student.state_dict()[n], previous[n]) for n in previous)
+
+    # The BAN ensemble of generations 1-2: the mean probabilities of their best checkpoints, on test.
+    nets = []
+    for record in records[1:]:
+        net = build_network(TINY_CNN, 10, 1).eval()
+        net.load_state_dict(student_weights(record["best_ckpt"]))
+        nets.append(net)
+    x, y = digits_test_split()
+    by_hand = float((mean_probabilities(nets, x).argmax(1) == y).double().mean())
+    assert rows["BAN ensemble, gens 1-2"][0][1] == pytest.approx(by_hand, abs=1e-6)
+    assert [rows[born_again.generation_key(k)][0][1] for k in range(3)] == [r["test_acc"] for r in records]
+    report = (tmp_path / "RESULTS.md").read_text()
+    delta = 100 * (rows["BAN gen 2"][0][1] - rows["gen 0 (Supervised)"][0][1])
+    assert f"| BAN gen 2 | small_cnn(width=4) | {100 * records[2]['test_acc']:.2f} ± 0.00 | {delta:+.2f} ± 0.00 |" in report
+    assert (tmp_path / "RESULTS.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Resumable: the same command reuses every generation; a generation retrained retrains its successors.
+    capsys.readouterr()
+    assert born_again.main(argv) == rows
+    assert capsys.readouterr().out.count(": reused ") == 3
+    (tmp_path / "runs" / "gen1" / "seed0" / "run.json").unlink()
+    born_again.main(argv)
+    printed = capsys.readouterr().out
+    assert "gen 0 (Supervised) seed 0: reused" in printed
+    assert "BAN gen 1 seed 1000: running (no record yet" in printed
+    assert "BAN gen 2 seed 2000: running (its teacher was trained again since it ran" in printed
+
+
+def test_generations_folder_needs_one_gen0_and_one_ban_config(tmp_path):
+    (tmp_path / "gen0.yaml").write_text("{}")
+    with pytest.raises(ValueError, match=r"needs exactly one ban\*.yaml, found \[\]"):
+        born_again.discover(tmp_path)

@@ -402,39 +402,63 @@ def run_all(teacher_job: tuple, students: list[tuple], jobs: int, rerun: bool) -
         return [teacher] + [pending[i].result() for i in range(len(students))]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", type=Path, default=Path("configs/quickstart"),
-                        help="config folder: teacher*.yaml, baseline*.yaml and the method configs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every student config")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options the tools over a config folder share (data, length, overrides, reuse, a note); see
+    :func:`check_run_arguments` (which also checks the tool's own ``--configs``) and :func:`run_overrides`."""
     parser.add_argument("--epochs", type=int, default=None,
                         help="trainer.max_epochs of every run (the configs' schedules are fractions of it); "
                              "default: the configs' own")
-    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="markdown report (PNG beside it)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/results"), help="checkpoints and resolved configs")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="ImageFolder tree (root/{train,test}/<class>/...) or a .tar.gz of one, "
                              "read with lightning_kd.datamodules.ImageFolderDataModule")
     parser.add_argument("--cifar-root", default=None, help="torchvision CIFAR folder (data.init_args.root)")
     parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs network)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="KEY",
-                        help="method keys to run besides teacher and baseline (e.g. kd fitnet)")
-    parser.add_argument("--skip", nargs="*", default=["*_tv_*"], help="config file-name patterns to leave out")
     parser.add_argument("--limit-train-batches", type=int, default=None, help="cap batches per epoch (smoke runs)")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra CLI override for every run, e.g. --override=--trainer.precision=bf16-mixed")
-    parser.add_argument("--note", default="", help="a paragraph placed under the report's header")
     parser.add_argument("--wandb", action="store_true", help="keep the configs' wandb logger (default: no logger)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="train every run again (default: reuse the recorded runs of unchanged config + overrides)")
+    parser.add_argument("--note", default="", help="a paragraph placed under the report's header")
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.configs.is_dir():
+        parser.error(f"--configs {args.configs} is not a folder.")
+    if args.data_root is not None and args.cifar_root is not None:
+        parser.error("--data-root (ImageFolder) and --cifar-root (torchvision CIFAR) exclude each other; pick one.")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}.")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides of :func:`add_run_arguments` that every run gets (the data's are per config)."""
+    common = ["--trainer.enable_progress_bar=false", "--summary=false", *args.override]
+    if not args.wandb:
+        common.append("--trainer.logger=false")
+    if args.limit_train_batches is not None:
+        common.append(f"--trainer.limit_train_batches={args.limit_train_batches}")
+    if args.epochs is not None:
+        common.append(f"--trainer.max_epochs={args.epochs}")
+    return common
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", type=Path, default=Path("configs/quickstart"),
+                        help="config folder: teacher*.yaml, baseline*.yaml and the method configs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every student config")
+    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="markdown report (PNG beside it)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/results"), help="checkpoints and resolved configs")
+    parser.add_argument("--only", nargs="+", default=None, metavar="KEY",
+                        help="method keys to run besides teacher and baseline (e.g. kd fitnet)")
+    parser.add_argument("--skip", nargs="*", default=["*_tv_*"], help="config file-name patterns to leave out")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, each in its own process (several small runs share one GPU): the "
                              "teacher beside the configs that need no teacher, then the others")
-    parser.add_argument("--rerun", action="store_true",
-                        help="train every run again (default: reuse the recorded runs of unchanged config + overrides)")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    if args.data_root is not None and args.cifar_root is not None:
-        parser.error("--data-root (ImageFolder) and --cifar-root (torchvision CIFAR) exclude each other; pick one.")
-    if not args.configs.is_dir():
-        parser.error(f"--configs {args.configs} is not a folder.")
+    check_run_arguments(parser, args)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}.")
     return args
@@ -448,15 +472,7 @@ def main(argv=None) -> list[Run]:
     if args.only is not None:
         method_cfgs = [c for c in method_cfgs if method_key(c) in args.only]
     data_root = None if args.data_root is None else prepare_data_root(args.data_root, args.run_dir)
-    common = ["--trainer.enable_progress_bar=false", "--summary=false", *args.override]
-    if not args.wandb:
-        common.append("--trainer.logger=false")
-    if args.limit_train_batches is not None:
-        common.append(f"--trainer.limit_train_batches={args.limit_train_batches}")
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise SystemExit(f"--epochs must be >= 1, got {args.epochs}.")
-        common.append(f"--trainer.max_epochs={args.epochs}")
+    common = run_overrides(args)
 
     # The teacher's run folder is known up front: its checkpoints (and the route RouteRecorder writes
     # next to them, where RouteConstrainedTeacher looks) feed the students.
