@@ -233,7 +233,8 @@ class DistillationModule(StudentModule):
         teacher_ckpt: the teacher's weights: a Lightning ``.ckpt`` of a ``Supervised`` run or a
             plain state_dict file, read with ``weights_only=True``. May be left out for a teacher spec
             with published weights whose head already has the data's classes (e.g. an ImageNet
-            teacher on ImageNet-class data); one with a new head needs fine-tuned weights here.
+            teacher on ImageNet-class data; one with a new head needs fine-tuned weights here), and for
+            a :class:`~lightning_kd.models.CheckpointEnsemble` teacher, which reads its members' files.
         cache_teacher_outputs: compute the teacher's logits once per training sample and reuse them
             in later epochs. Only without random augmentation (data ``pad: 0``, ``flip: false``,
             ``return_index: true``) and for methods that read only logits; else refused before training.
