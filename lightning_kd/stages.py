@@ -11,13 +11,14 @@ class TwoStageDistillation(DistillationModule):
     """A distillation method whose first ``stage1_fraction`` of the epochs is a different stage.
 
     Stage 1 covers epochs ``0 .. round(stage1_fraction * max_epochs) - 1`` (at least one epoch),
-    stage 2 the rest, so ``--trainer.max_epochs`` shortens both stages alike. ``stage_forwards``
+    stage 2 the rest (a subclass may pass ``single_stage=True``: no stage 1, the whole run is stage 2), so ``--trainer.max_epochs`` shortens both stages alike. ``stage_forwards``
     says which networks each stage runs, ``(teacher, student)``; ``train/stage`` logs the stage and
     the switch is reported once. A run without a stage-2 epoch is refused before training
     (``fast_dev_run`` excepted).
 
     Args:
         stage1_fraction: the share of the run that is stage 1, in (0, 1).
+        single_stage: no stage 1 (``stage1_fraction`` is then not used).
         **kwargs: see :class:`~lightning_kd.base.DistillationModule`.
     """
 
@@ -25,22 +26,24 @@ class TwoStageDistillation(DistillationModule):
     stage_forwards = {1: (True, True), 2: (True, True)}
     stage_names = {1: "stage 1", 2: "stage 2"}
 
-    def __init__(self, stage1_fraction: float, **kwargs):
+    def __init__(self, stage1_fraction: float, single_stage: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if not 0 < stage1_fraction < 1:
+        if single_stage:
+            stage1_fraction = 0.0
+        elif not 0 < stage1_fraction < 1:
             raise ValueError(f"stage1_fraction is the share of the epochs spent in stage 1 and must be in "
                              f"(0, 1), got {stage1_fraction!r}.")
         self.stage1_fraction = float(stage1_fraction)
 
     @property
     def stage1_epochs(self) -> int:
-        return epoch_of(self.stage1_fraction, self.trainer.max_epochs)
+        return 0 if self.stage1_fraction == 0 else epoch_of(self.stage1_fraction, self.trainer.max_epochs)
 
     @property
     def stage(self) -> int:
-        """1 during the first ``stage1_epochs`` epochs of a fit, else 2 (1 outside a fit)."""
+        """1 during the first ``stage1_epochs`` epochs of a fit, else 2 (outside a fit: 1, or 2 for a single stage)."""
         if attached_trainer(self) is None:
-            return 1
+            return 2 if self.stage1_fraction == 0 else 1
         return 1 if self.current_epoch < self.stage1_epochs else 2
 
     def forwards(self) -> tuple[bool, bool]:
@@ -48,7 +51,7 @@ class TwoStageDistillation(DistillationModule):
 
     def on_fit_start(self) -> None:
         max_epochs = self.trainer.max_epochs
-        if self.trainer.fast_dev_run:
+        if self.trainer.fast_dev_run or self.stage1_fraction == 0:
             return
         if max_epochs is None or max_epochs < 1:
             raise ValueError(f"{self.name} places its stages by fractions of the run: set trainer.max_epochs.")
@@ -58,7 +61,7 @@ class TwoStageDistillation(DistillationModule):
                              f"(at least one). Raise max_epochs or lower stage1_fraction.")
 
     def on_train_epoch_start(self) -> None:
-        if self.current_epoch == self.stage1_epochs:
+        if self.current_epoch == self.stage1_epochs > 0:
             rank_zero_info(f"{self.name}: epoch {self.current_epoch}: {self.stage_names[1]} is over, "
                            f"{self.stage_names[2]} starts.")
 

@@ -215,6 +215,49 @@ def test_fsp_switches_stage_at_the_configured_epoch(digits_teacher, tmp_path, ca
     assert not torch.equal(after_stage1["fc.weight"], after_stage2["fc.weight"])
 
 
+def test_fitnet_hints_first_trains_the_guided_layers_on_the_hint_then_the_student_with_kd(digits_teacher, tmp_path,
+                                                                                          caplog):
+    pl.seed_everything(0)
+    model = make(FitNet, digits_teacher, stages="hints_first", stage1_fraction=0.5, hint_weight=3.0,
+                 ce_weight=0.7, kd_weight=2.0, temperature=3.0)  # stage 1: 1 of 2 epochs
+    recorder = Recorder(model)
+    with caplog.at_level(logging.INFO):
+        trainer(tmp_path, max_epochs=2, callbacks=[recorder]).fit(model, datamodule=DigitsDataModule(batch_size=16))
+    assert recorder.terms == {0: {"hint"}, 1: {"ce", "kd"}}
+    assert recorder.stages == {0: {1.0}, 1: {2.0}}
+    assert "stage 2 (KD) starts" in caplog.text
+    start, after_stage1, after_stage2 = recorder.snapshots
+    changed = {k for k in start if not torch.equal(start[k], after_stage1[k])}
+    assert {"stem.0.weight", "layer1.0.weight", "layer2.0.weight"} <= changed  # up to the guided layer
+    assert not {"layer3.0.weight", "fc.weight", "fc.bias"} & changed  # above it: no gradient in stage 1
+    assert not torch.equal(after_stage1["fc.weight"], after_stage2["fc.weight"])
+    # Stage 2's loss by hand: 0.7 CE + 2 KL(T=3) x T^2, no hint.
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    model.eval()
+    s, t = model.student_forward(x), model.teacher(x)
+    losses = model.distill_losses(s, t, (x, y))
+    log_p, q = (s.logits / 3).log_softmax(1), (t.logits / 3).softmax(1)
+    kl = (q * (q.log() - log_p)).sum(1).mean() * 9
+    total = sum(model.loss_weights[name] * value for name, value in losses.items())
+    assert total.item() == pytest.approx(0.7 * torch.nn.functional.cross_entropy(s.logits, y).item() + 2 * kl.item(),
+                                         rel=1e-5)
+
+
+def test_fitnet_joint_is_one_stage_of_ce_plus_hint(digits_teacher, tmp_path):
+    pl.seed_everything(0)
+    model = make(FitNet, digits_teacher, stages="joint")
+    recorder = Recorder(model)
+    trainer(tmp_path, max_epochs=2, callbacks=[recorder]).fit(model, datamodule=DigitsDataModule(batch_size=16))
+    assert recorder.terms == {0: {"ce", "hint"}, 1: {"ce", "hint"}}
+    assert recorder.stages == {0: {2.0}, 1: {2.0}}
+    assert model.loss_weights == {"ce": 1.0, "hint": 100.0}
+
+
+def test_fitnet_unknown_stages_is_refused(digits_teacher):
+    with pytest.raises(ValueError, match="stages must be 'hints_first' .* or 'joint'"):
+        make(FitNet, digits_teacher, stages="two")
+
+
 def test_fsp_channel_mismatch_names_layers_and_counts(digits_teacher):
     with pytest.raises(ValueError) as info:
         make(FSP, digits_teacher, 4)
@@ -242,7 +285,7 @@ def test_non_spatial_feature_layer_is_refused(digits_teacher):
 @pytest.mark.parametrize("balance", [None, 1.0, 0.1])
 def test_balance_caps_each_distillation_term_at_a_multiple_of_the_ce_term(balance, digits_teacher):
     torch.manual_seed(6)
-    model = make(FitNet, digits_teacher, hint_weight=100.0, ce_weight=0.5, balance=balance)
+    model = make(FitNet, digits_teacher, stages="joint", hint_weight=100.0, ce_weight=0.5, balance=balance)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
     ce, hint = losses["ce"].item(), losses["hint"].item()

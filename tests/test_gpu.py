@@ -71,7 +71,8 @@ def test_channels_last_inputs_and_networks_on_the_gpu(tmp_path):
 @requires_cuda
 def test_compiled_networks_train_keep_their_hooks_and_checkpoint_keys(tmp_path):
     teacher_ckpt = save_teacher(tmp_path / "teacher.pt", TEACHER, 10, 3)
-    model = FitNet(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE, compile=True)
+    model = FitNet(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE, compile=True,
+                   stages="joint")
     keys = set(model.state_dict())
     before = snapshot(model.student)
     fit = gpu_trainer(tmp_path, precision="bf16-mixed")
@@ -87,7 +88,9 @@ def test_a_compiled_fit_after_another_in_the_same_process_runs_its_own_hooks(tmp
     # the bench fit many configs in one process). Each fit must record its own layers.
     teacher_ckpt = save_teacher(tmp_path / "teacher.pt", TEACHER, 10, 3)
     for method, term in [(AT, "at"), (FitNet, "hint")]:
-        model = method(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE, compile=True)
+        extra = {"stages": "joint"} if method is FitNet else {}  # both terms from the first step
+        model = method(student=STUDENT, teacher=TEACHER, teacher_ckpt=teacher_ckpt, input_shape=SHAPE, compile=True,
+                       **extra)
         fit = gpu_trainer(tmp_path / term, precision="bf16-mixed")
         fit.fit(model, datamodule=data())
         assert torch.isfinite(fit.callback_metrics[f"train/{term}"]) and float(fit.callback_metrics[f"train/{term}"]) > 0
