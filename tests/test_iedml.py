@@ -59,7 +59,7 @@ def batch_of(n=8, seed=3):
 def peer_step_losses(model: IEDML, i: int, x, y):
     """What DML's training_step hands to peer_losses for peer i: every peer run on x."""
     outputs = {j: model.peer_forward(j, x) for j in range(len(model.peers))}
-    others = {j: detached(out) for j, out in outputs.items() if j != i}
+    others = {j: model.shared_output(j, detached(out)) for j, out in outputs.items() if j != i}
     return model.peer_losses(i, outputs[i], others, (x, y))
 
 

@@ -40,7 +40,9 @@ class IEDML(DML):
     - ``inh`` / ``exp``: mean over ``j != i`` of :func:`inheritance_loss` /
       :func:`exploration_loss` between peer ``i``'s inheritance / exploration factor and peer
       ``j``'s factor, which is detached (computed with batch statistics, running statistics
-      untouched, as DML computes the other peers' logits);
+      untouched, as DML computes the other peers' logits). Peer ``j`` shows its factor with its
+      logits (:meth:`shared_output`), so under ``placement: peer_parallel`` the factor is computed
+      on peer ``j``'s process, where its autoencoder is, and travels in the same all-gather;
     - ``recon``: the reconstruction error (``reconstruction``) of peer ``i``'s autoencoder on its
       own feature.
 
@@ -119,13 +121,17 @@ class IEDML(DML):
         with buffers_kept(autoencoder):
             return autoencoder.encoder(output.features[self.layers[j]])
 
+    def shared_output(self, i: int, output: NetOutput) -> NetOutput:
+        """Peer ``i``'s logits and its factor (``features["factor"]``), the target of the other peers."""
+        return NetOutput(output.logits, {"factor": self.factor(i, output)})
+
     def peer_losses(self, i, output, others, batch):
         losses = super().peer_losses(i, output, others, batch)
         feat = output.features[self.layers[i]]
         inherit, explore = split_channels(feat)
         inh, exp = [], []
         for j, other in others.items():
-            target = self.factor(j, other)
+            target = other.features["factor"]
             inh.append(inheritance_loss(self.inheritance_encoders[i][str(j)](inherit), target))
             exp.append(exploration_loss(self.exploration_encoders[i][str(j)](explore), target))
         losses.update(inh=torch.stack(inh).mean(), exp=torch.stack(exp).mean(),

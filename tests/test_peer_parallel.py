@@ -1,0 +1,326 @@
+"""Mutual learning with one peer per process (``placement: peer_parallel``), the ``simultaneous`` schedule,
+and the errors of a placement that cannot run.
+
+Also a script: ``python tests/test_peer_parallel.py OUT_DIR WORLD`` runs peer-parallel fits on WORLD CPU
+processes (gloo): with 2 processes, BatchNorm peers of two widths under both schedules plus an interrupted,
+resumed and uninterrupted run; with 4, BatchNorm-free peers under both schedules. Each rank saves what it
+trained on and its peer under OUT_DIR; the slow tests compare them with replicated DML in this process.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from helpers import DIGITS_SHAPE as SHAPE, Interrupted, KillAtStep, run_ddp_script, trainer
+from lightning_kd.callbacks import MutualAlternation
+from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
+from lightning_kd.methods import DML, IEDML, Supervised
+from lightning_kd.models import build_network
+
+NARROW, WIDE = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
+MLP = "helpers.nets.tiny_mlp"
+SCHEDULES = ("sequential", "simultaneous")
+
+
+def make_dml(peers, cls=DML, **kwargs):
+    return cls(peers=peers, num_classes=10, input_shape=SHAPE,
+               optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), **kwargs)
+
+
+def synthetic(batch_size=8, pad=1):
+    return SyntheticDataModule(num_classes=10, input_shape=SHAPE, train_size=64, val_size=24, test_size=16,
+                               batch_size=batch_size, pad=pad)
+
+
+# ----------------------------------------------------------------------------- the simultaneous schedule
+class RecordingDML(DML):
+    """DML that records, per peer turn, the other peers' logits it learnt from."""
+
+    def on_fit_start(self):
+        self.seen = []
+
+    def peer_losses(self, i, output, others, batch):
+        self.seen.append((i, {j: v.logits.clone() for j, v in others.items()}, batch[0].clone()))
+        return super().peer_losses(i, output, others, batch)
+
+
+def test_simultaneous_schedule_learns_from_the_predictions_before_the_step(tmp_path):
+    pl.seed_everything(0)
+    model = make_dml([NARROW, WIDE], cls=RecordingDML, schedule="simultaneous")
+    initial = [copy.deepcopy(p).train() for p in model.peers]
+    trainer(tmp_path, limit_train_batches=1).fit(model, datamodule=DigitsDataModule(batch_size=16))
+    (i0, seen_by_0, x), (i1, seen_by_1, _) = model.seen
+    assert (i0, i1) == (0, 1)
+    with torch.no_grad():
+        before = [p(x) for p in initial]  # train mode: batch statistics, as in the step
+        after = copy.deepcopy(model.peers[0]).train()(x)
+    assert torch.allclose(seen_by_0[1], before[1], atol=1e-6)
+    assert torch.allclose(seen_by_1[0], before[0], atol=1e-6), "peer 1 learnt from peer 0's refreshed logits"
+    assert not torch.allclose(before[0], after, atol=1e-3), "peer 0 did not move"
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs, match", [({"schedule": "alternate"}, "schedule must be one of"),
+                                           ({"placement": "per_gpu"}, "placement must be one of")])
+def test_unknown_schedule_or_placement_is_an_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_dml([NARROW, WIDE], **kwargs)
+
+
+def test_peer_parallel_needs_the_peer_parallel_strategy(tmp_path):
+    model = make_dml([NARROW, WIDE], placement="peer_parallel")
+    with pytest.raises(ValueError, match="needs the trainer's strategy 'peer_parallel'.*SingleDeviceStrategy"):
+        trainer(tmp_path).fit(model, datamodule=synthetic())
+
+
+@pytest.mark.parametrize("model, match", [
+    (lambda: make_dml([NARROW, WIDE], placement="peer_parallel"), "2 peers on world_size / 2 processes, but there are 1"),
+    (lambda: make_dml([NARROW, WIDE]), "DML .* with placement 'peer_parallel'"),
+    (lambda: Supervised(student=NARROW, num_classes=10, input_shape=SHAPE), "Supervised is not a DML"),
+])
+def test_peer_parallel_refuses_what_it_cannot_place(tmp_path, model, match):
+    """One process: too few for two peers; the strategy with a replicated DML or another method."""
+    model = model()
+    before = copy.deepcopy(model.state_dict())
+    try:  # Lightning sets LOCAL_RANK etc. for its process group: a later multi-process launch must not see them
+        with pytest.raises(ValueError, match=match), mock.patch.dict(os.environ):
+            trainer(tmp_path, strategy="peer_parallel").fit(model, datamodule=synthetic())
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "it trained"
+
+
+# ----------------------------------------------------------------------------- the multi-process script
+class RankRecord(Callback):
+    """Saves, per rank, every peer before the fit, the batches it trained on, its peer at the end and the
+    validation metrics."""
+
+    def __init__(self, out: Path, name: str):
+        self.out, self.name, self.batches = out, name, []
+
+    def setup(self, trainer, pl_module, stage):  # before the module keeps only its own peer
+        if stage != "fit":
+            return
+        self.path = self.out / f"{self.name}.rank{trainer.global_rank}.pt"
+        torch.save(pl_module.state_dict(), self.path.with_suffix(".initial.pt"))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append((batch[0].clone(), batch[1].clone()))
+
+    def on_train_end(self, trainer, pl_module):
+        peer = pl_module.layout.peer
+        try:
+            pl_module.export_peer(1 - peer, self.path.with_suffix(".other.pt"))
+            refusal = None
+        except ValueError as error:
+            refusal = str(error)
+        torch.save({"peer": peer, "data_group": pl_module.layout.data_group, "batches": self.batches,
+                    "final": pl_module.state_dict(), "refusal": refusal,
+                    "global_step": trainer.global_step,
+                    "metrics": {k: v.item() for k, v in trainer.callback_metrics.items()}},
+                   self.path)
+
+
+def peer_parallel_fit(out: Path, name: str, peers, epochs=1, callbacks=(), ckpt_path=None, **kwargs):
+    pl.seed_everything(0)
+    model = make_dml(peers, placement="peer_parallel", **kwargs)
+    checkpoint = ModelCheckpoint(dirpath=out / name, save_last=True)
+    fit_trainer = trainer(out, devices=int(sys.argv[2]), strategy="peer_parallel", max_epochs=epochs,
+                          limit_train_batches=3, limit_val_batches=3, enable_checkpointing=True,
+                          callbacks=[RankRecord(out, name), checkpoint, *callbacks])
+    fit_trainer.fit(model, datamodule=synthetic(), ckpt_path=ckpt_path)
+    return model, fit_trainer
+
+
+def resume_runs(out: Path) -> None:
+    """Uninterrupted, killed in epoch 1, and resumed from the killed run's last.ckpt; peers alternate."""
+    scheduler = partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    for name, kill in [("full", []), ("killed", [KillAtStep(4)])]:
+        try:
+            peer_parallel_fit(out, name, [NARROW, WIDE], epochs=2, lr_scheduler=scheduler,
+                              callbacks=[MutualAlternation("every_k", k=2), *kill])
+        except Interrupted:
+            pass
+    peer_parallel_fit(out, "killed", [NARROW, WIDE], epochs=2, lr_scheduler=scheduler,
+                      callbacks=[MutualAlternation("every_k", k=2)], ckpt_path=out / "killed" / "last.ckpt")
+
+
+def script(out: Path, world: str) -> None:
+    peers = [NARROW, WIDE] if world == "2" else [MLP, MLP]
+    for schedule in SCHEDULES:
+        model, fitted = peer_parallel_fit(out, schedule, peers, schedule=schedule)
+    try:  # each process holds its own peer only now
+        fitted.test(model, datamodule=synthetic())
+    except ValueError as error:
+        (out / f"test_refused.rank{fitted.global_rank}.txt").write_text(str(error))
+    if world == "2":
+        peer_parallel_fit(out, "iedml", peers, cls=IEDML)
+        resume_runs(out)
+
+
+# ----------------------------------------------------------------------------- replicated DML as the reference
+class RecordedBatches(pl.LightningDataModule):
+    """The batches a peer-parallel run trained on, in order; ``batches[e]`` is epoch ``e``'s."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self):
+        return DataLoader(self.batches[self.trainer.current_epoch], batch_size=None)
+
+
+def replicated_run(initial, batches, peers, epochs=1, callbacks=(), **kwargs):
+    """Replicated DML on one process, from the same initial peers, on the given global batches."""
+    model = make_dml(peers, **kwargs)
+    model.load_state_dict(initial)
+    fit_trainer = trainer(max_epochs=epochs, limit_train_batches=1.0, reload_dataloaders_every_n_epochs=1,
+                          callbacks=list(callbacks))
+    fit_trainer.fit(model, datamodule=RecordedBatches(batches))
+    return model
+
+
+def run_script(tmp_path, world: int):
+    subprocess.run([sys.executable, __file__, str(tmp_path), str(world)], check=True, cwd=tmp_path, timeout=400)
+
+
+def ranks_of(tmp_path, name, world):
+    return [torch.load(tmp_path / f"{name}.rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def initial_of(tmp_path, name, world):
+    """Every peer before the fit, the same on every rank (each builds every peer from the same seed)."""
+    states = [torch.load(tmp_path / f"{name}.rank{r}.initial.pt", weights_only=True) for r in range(world)]
+    for state in states[1:]:
+        assert all(torch.equal(v, state[k]) for k, v in states[0].items())
+    return states[0]
+
+
+def assert_same_split(ranks, reference, exact=False):
+    """Each peer group's first rank holds its peer's share of the reference's state (its network and
+    per-peer heads), the shares together are the whole state, and each share equals the reference's."""
+    want = reference.state_dict()
+    shares = [rank["final"] for rank in ranks]
+    assert sorted(k for share in shares for k in share) == sorted(want)
+    for rank, share in zip(ranks, shares):
+        for k, v in share.items():
+            if exact:
+                assert torch.equal(v, want[k]), k
+            else:
+                torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6, msg=f"peer {rank['peer']}: {k}")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("peer_parallel_w2")
+    run_script(out, 2)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_peer_parallel_two_ranks_equal_replicated_dml_step_for_step(two_ranks, schedule):
+    """W=2, K=2: BatchNorm peers of two widths, each on its own rank, end as replicated DML on one process."""
+    ranks = ranks_of(two_ranks, schedule, 2)
+    assert [r["peer"] for r in ranks] == [0, 1]
+    assert len(ranks[0]["batches"]) == 3
+    for (x0, y0), (x1, y1) in zip(ranks[0]["batches"], ranks[1]["batches"]):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1), "the peers saw different (augmented) samples"
+    initial = initial_of(two_ranks, schedule, 2)
+    reference = replicated_run(initial, [ranks[0]["batches"]], [NARROW, WIDE], schedule=schedule)
+    assert_same_split(ranks, reference)
+    for k, rank in enumerate(ranks):
+        assert rank["global_step"] == 6  # two optimizer steps per batch, as replicated DML counts them
+        assert f"peer {1 - k} is not on this process" in rank["refusal"]
+    # Rank 0, the logger's, logs the loss terms of the peer stepped by rank 1 as rank 1 computed them.
+    logged, peer1 = ranks[0]["metrics"], ranks[1]["metrics"]
+    for name in ["ce", "kl", "loss"]:
+        assert logged[f"train/peer1/{name}"] == peer1[f"train/peer1/{name}"]
+    assert logged["train/loss"] == pytest.approx((logged["train/peer0/loss"] + logged["train/peer1/loss"]) / 2)
+    for k in range(2):  # and it cannot be tested as it is: its checkpoint has every peer
+        assert f"holds only peer {k}" in (two_ranks / f"test_refused.rank{k}.txt").read_text()
+
+
+@pytest.mark.slow
+def test_peer_parallel_iedml_equals_replicated_iedml(two_ranks):
+    """Each peer's factor is computed on its own rank and travels with its logits."""
+    ranks = ranks_of(two_ranks, "iedml", 2)
+    reference = replicated_run(initial_of(two_ranks, "iedml", 2), [ranks[0]["batches"]], [NARROW, WIDE], cls=IEDML)
+    assert_same_split(ranks, reference)
+    assert any(k.startswith("autoencoders.1.") for k in ranks[1]["final"])
+
+
+@pytest.mark.slow
+def test_peer_parallel_checkpoint_holds_every_peer_and_validation_reports_each(two_ranks):
+    ranks = ranks_of(two_ranks, "sequential", 2)
+    path = two_ranks / "sequential" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert len(checkpoint["optimizer_states"]) == 2
+    loaded = DML.load_from_checkpoint(path)
+    assert_same_split(ranks, loaded, exact=True)
+    data = synthetic()
+    data.setup("fit")
+    x, y = data.on_after_batch_transfer(data.splits["val"], 0)  # the whole validation split, normalised
+    for k, spec in enumerate([NARROW, WIDE]):
+        loaded.export_peer(k, two_ranks / f"exported{k}.pt")
+        fresh = build_network(spec, 10, 1)
+        fresh.load_state_dict(torch.load(two_ranks / f"exported{k}.pt", weights_only=True))
+        with torch.no_grad():
+            accuracy = (fresh.eval()(x).argmax(1) == y).float().mean().item()
+        for rank in ranks:
+            assert rank["metrics"][f"val/peer{k}/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert ranks[0]["metrics"]["val/acc"] == ranks[0]["metrics"]["val/peer0/acc"]
+
+
+@pytest.mark.slow
+def test_peer_parallel_killed_and_resumed_ends_like_an_uninterrupted_run(two_ranks):
+    full, resumed = ranks_of(two_ranks, "full", 2), ranks_of(two_ranks, "killed", 2)
+    assert len(full[0]["batches"]) == 6 and len(resumed[0]["batches"]) == 3  # the resume ran epoch 1 only
+    for a, b in zip(full, resumed):
+        assert a["peer"] == b["peer"]
+        assert a["final"].keys() == b["final"].keys()
+        for k, v in a["final"].items():
+            assert torch.equal(v, b["final"][k]), k
+    assert full[0]["global_step"] == resumed[0]["global_step"] == 6  # one stepping peer per batch
+    # and the uninterrupted run is replicated DML with the same alternation and LR schedule
+    initial = initial_of(two_ranks, "full", 2)
+    epochs = [full[0]["batches"][:3], full[0]["batches"][3:]]
+    reference = replicated_run(initial, epochs, [NARROW, WIDE], epochs=2, callbacks=[MutualAlternation("every_k", k=2)],
+                               lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    assert_same_split(full, reference)
+
+
+@pytest.mark.slow
+def test_peer_parallel_four_ranks_equal_replicated_dml_on_the_global_batch(tmp_path):
+    """W=4, K=2, D=2: BatchNorm-free peers; ranks r = peer * 2 + data group."""
+    run_script(tmp_path, 4)
+    for schedule in SCHEDULES:
+        ranks = ranks_of(tmp_path, schedule, 4)
+        assert [(r["peer"], r["data_group"]) for r in ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        for a, b in [(0, 2), (1, 3)]:  # a data group: same samples
+            assert all(torch.equal(p[0], q[0]) for p, q in zip(ranks[a]["batches"], ranks[b]["batches"]))
+        assert not torch.equal(ranks[0]["batches"][0][0], ranks[1]["batches"][0][0]), "data groups saw the same data"
+        for a, b in [(0, 1), (2, 3)]:  # a peer group: the same peer
+            assert all(torch.equal(v, ranks[b]["final"][k]) for k, v in ranks[a]["final"].items())
+            assert ranks[a]["refusal"] and ranks[b]["refusal"]
+        global_batches = [(torch.cat([x0, x1]), torch.cat([y0, y1]))
+                          for (x0, y0), (x1, y1) in zip(ranks[0]["batches"], ranks[1]["batches"])]
+        initial = initial_of(tmp_path, schedule, 4)
+        reference = replicated_run(initial, [global_batches], [MLP, MLP], schedule=schedule)
+        assert_same_split([ranks[0], ranks[2]], reference)
+
+
+if __name__ == "__main__":
+    run_ddp_script(script, Path(sys.argv[1]), sys.argv[2])
