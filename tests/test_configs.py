@@ -58,6 +58,8 @@ def offline_overrides(cfg: dict, tmp_path: Path) -> list[str]:
     num_classes, shape = data_shape(cfg["data"])
     args = ["--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.devices=1",
             "--trainer.logger=false", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
+    if cfg["trainer"].get("strategy") == "peer_parallel":  # one process here; test_peer_parallel.py runs the placement
+        args += ["--trainer.strategy=auto", "--model.init_args.placement=replicated"]
     if cfg["data"]["class_path"] in OFFLINE_SHAPES:
         args += synthetic("--data", num_classes, shape)
     source = (cfg["data"].get("init_args") or {}).get("source")

@@ -138,8 +138,10 @@ def student_stage_start(cfg: dict) -> int:
 
 
 def method_configs(configs_dir: Path, names: Optional[list[str]] = None) -> list[Path]:
-    """Every YAML in ``configs_dir`` except teachers (``teacher*``), or the ``names`` among them."""
-    found = sorted(p for p in configs_dir.glob("*.yaml") if not p.name.startswith("teacher"))
+    """Every YAML in ``configs_dir`` except teachers (``teacher*``) and the peer-parallel twins of DML/IE-DML
+    (``*_peer_parallel.yaml``: 2+ processes, and a one-GPU bench), or the ``names`` among them."""
+    found = sorted(p for p in configs_dir.glob("*.yaml")
+                   if not p.name.startswith("teacher") and not p.name.endswith("_peer_parallel.yaml"))
     if names:
         wanted = {Path(n).stem for n in names}
         found = [p for p in found if p.stem in wanted]

@@ -452,7 +452,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/results"), help="checkpoints and resolved configs")
     parser.add_argument("--only", nargs="+", default=None, metavar="KEY",
                         help="method keys to run besides teacher and baseline (e.g. kd fitnet)")
-    parser.add_argument("--skip", nargs="*", default=["*_tv_*"], help="config file-name patterns to leave out")
+    parser.add_argument("--skip", nargs="*", default=["*_tv_*", "*_peer_parallel.yaml"],
+                        help="config file-name patterns to leave out (by default the torchvision student and the "
+                             "peer-parallel twins of DML/IE-DML, which need 2+ GPUs)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, each in its own process (several small runs share one GPU): the "
                              "teacher beside the configs that need no teacher, then the others")
