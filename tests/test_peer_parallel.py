@@ -27,6 +27,7 @@ from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.methods import DML, IEDML, Supervised
 from lightning_kd.models import build_network
+from lightning_kd.tools import peer_cost
 
 NARROW, WIDE = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
 MLP = "helpers.nets.tiny_mlp"
@@ -100,6 +101,25 @@ def test_peer_parallel_refuses_what_it_cannot_place(tmp_path, model, match):
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "it trained"
+
+
+# ----------------------------------------------------------------------------- the cost figures of the README
+def test_peer_parallel_cost_counts_match_a_hand_count():
+    """tiny_mlp (64 -> 16 tanh -> 10) at batch 4, counted by hand: float32 bytes and 2 FLOPs per multiply-add."""
+    b, sizes = 4, [(64, 16), (16, 10)]
+    params = sum(i * o + o for i, o in sizes) * 4
+    forward = sum(2 * b * i * o for i, o in sizes)
+    backward = forward + 2 * b * 16 * 10  # every weight gradient; the input gradient of fc only (x needs none)
+    kept = (b * 64 + b * 16 + 16 * 10) * 4  # x, the tanh output and fc's weight (what the two matmuls need)
+    one = peer_cost.measure(MLP, 10, SHAPE, b)
+    assert one == {"params": params, "grads": params, "buffers": 0, "momentum": params, "activations": kept,
+                   "forward": forward, "train": forward + backward}
+    figures = peer_cost.per_gpu([one, one, one], b, 10)
+    replicated, parallel = figures["replicated"], figures["peer_parallel"]
+    assert replicated["state"] == 3 * parallel["state"] == 9 * params
+    assert replicated["flops"] == 3 * (forward + backward) + 2 * forward  # two refreshes (sequential)
+    assert parallel["flops"] == forward + backward + forward  # peer 0's process: its step and its refresh
+    assert parallel["exchanged"] == (3 + 2) * b * 10 * 4  # one all-gather of 3 logits, 2 refresh broadcasts
 
 
 # ----------------------------------------------------------------------------- the multi-process script
