@@ -11,14 +11,13 @@ class TwoStageDistillation(DistillationModule):
     """A distillation method whose first ``stage1_fraction`` of the epochs is a different stage.
 
     Stage 1 covers epochs ``0 .. round(stage1_fraction * max_epochs) - 1`` (at least one epoch),
-    stage 2 the rest (a subclass may pass ``single_stage=True``: no stage 1, the whole run is stage 2), so ``--trainer.max_epochs`` shortens both stages alike. ``stage_forwards``
+    stage 2 the rest (``stage1_fraction: 0`` where a subclass allows it: no stage 1, the whole run is stage 2), so ``--trainer.max_epochs`` shortens both stages alike. ``stage_forwards``
     says which networks each stage runs, ``(teacher, student)``; ``train/stage`` logs the stage and
     the switch is reported once. A run without a stage-2 epoch is refused before training
     (``fast_dev_run`` excepted).
 
     Args:
-        stage1_fraction: the share of the run that is stage 1, in (0, 1).
-        single_stage: no stage 1 (``stage1_fraction`` is then not used).
+        stage1_fraction: the share of the run that is stage 1, in (0, 1) (or 0, see above).
         **kwargs: see :class:`~lightning_kd.base.DistillationModule`.
     """
 
@@ -26,11 +25,11 @@ class TwoStageDistillation(DistillationModule):
     stage_forwards = {1: (True, True), 2: (True, True)}
     stage_names = {1: "stage 1", 2: "stage 2"}
 
-    def __init__(self, stage1_fraction: float, single_stage: bool = False, **kwargs):
+    allow_single_stage = False  # a subclass whose stage1_fraction may be 0: no stage 1
+
+    def __init__(self, stage1_fraction: float, **kwargs):
         super().__init__(**kwargs)
-        if single_stage:
-            stage1_fraction = 0.0
-        elif not 0 < stage1_fraction < 1:
+        if not (0 < stage1_fraction < 1 or (self.allow_single_stage and stage1_fraction == 0)):
             raise ValueError(f"stage1_fraction is the share of the epochs spent in stage 1 and must be in "
                              f"(0, 1), got {stage1_fraction!r}.")
         self.stage1_fraction = float(stage1_fraction)

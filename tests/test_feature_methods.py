@@ -253,9 +253,12 @@ def test_fitnet_joint_is_one_stage_of_ce_plus_hint(digits_teacher, tmp_path):
     assert model.loss_weights == {"ce": 1.0, "hint": 100.0}
 
 
-def test_fitnet_unknown_stages_is_refused(digits_teacher):
+def test_fitnet_unknown_stages_and_empty_stages_are_refused(digits_teacher):
     with pytest.raises(ValueError, match="stages must be 'hints_first' .* or 'joint'"):
         make(FitNet, digits_teacher, stages="two")
+    for fraction in (0.0, 1.0):  # no stage 1, or no stage 2
+        with pytest.raises(ValueError, match=r"hints_first: stage1_fraction .* must be in \(0, 1\)"):
+            make(FitNet, digits_teacher, stages="hints_first", stage1_fraction=fraction)
 
 
 def test_fsp_channel_mismatch_names_layers_and_counts(digits_teacher):

@@ -66,6 +66,7 @@ class FitNet(TwoStageDistillation):
 
     name = "FitNet"
     stage_names = {1: "stage 1 (hint)", 2: "stage 2 (KD)"}
+    allow_single_stage = True  # joint: stage1_fraction 0
 
     def __init__(self, student_layer: str = "layer2", teacher_layer: str = "layer2",
                  hint_weight: float = 100.0, ce_weight: float = 1.0, stages: str = "hints_first",
@@ -73,7 +74,10 @@ class FitNet(TwoStageDistillation):
         if stages not in ("hints_first", "joint"):
             raise ValueError(f"FitNet stages must be 'hints_first' (the paper's two stages) or 'joint' (hint and "
                              f"task together, RepDistiller's benchmark), got {stages!r}.")
-        super().__init__(stage1_fraction=stage1_fraction, single_stage=stages == "joint", **kwargs)
+        if stages == "hints_first" and not 0 < stage1_fraction < 1:
+            raise ValueError(f"FitNet hints_first: stage1_fraction is the share of the epochs that trains the hint "
+                             f"alone and must be in (0, 1), got {stage1_fraction!r}.")
+        super().__init__(stage1_fraction=stage1_fraction if stages == "hints_first" else 0.0, **kwargs)
         self.stages = stages
         self.temperature = check_temperature(temperature)
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
