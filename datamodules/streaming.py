@@ -1,0 +1,200 @@
+"""ImageNet-scale data: an ImageFolder tree converted once into litdata shards, then streamed.
+
+``python -m lightning_kd.tools.shards ROOT OUT`` (:func:`convert_tree`) writes every split's files, as
+their original encoded bytes, into ``OUT/<split>/`` shards and ``OUT/shards.json`` (class names, sample
+counts, a fingerprint of the tree). :class:`StreamingImageDataModule` streams them: DataLoader workers
+decode and crop (the standard ImageNet transforms), the device normalizes, and litdata gives every DDP
+rank and node its own part of each epoch and keeps the loader's position in the checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_kd.datamodules.base import normalize
+from lightning_kd.datamodules.image_folder import class_folders, list_images
+
+# Bump when what a shard holds changes: shards of another format are refused, not misread.
+SHARD_FORMAT = 1
+META_FILE = "shards.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CONVERT_HINT = "convert the tree first: python -m lightning_kd.tools.shards ROOT OUT"
+
+
+def litdata():
+    try:
+        import litdata as ld
+    except ImportError:
+        raise ImportError("streaming data needs litdata: pip install 'lightning_kd[streaming]' "
+                          "(or pip install litdata).") from None
+    return ld
+
+
+def tree_fingerprint(split_dir: Path, items: list[tuple[Path, int]], classes: list[str]) -> str:
+    """Hash of the class names and every file's relative path, size and label: what the shards hold."""
+    digest = hashlib.sha256(json.dumps(classes).encode())
+    for f, label in items:
+        digest.update(f"{f.relative_to(split_dir).as_posix()}\0{f.stat().st_size}\0{label}\n".encode())
+    return digest.hexdigest()
+
+
+def read_sample(item: tuple[str, int, int]) -> dict:
+    """One shard record: the file's encoded bytes (never re-encoded), its label and its index in the split."""
+    path, label, index = item
+    return {"index": index, "label": label, "image": Path(path).read_bytes()}
+
+
+def convert_tree(root: str, out: str, splits: Sequence[str] = ("train", "val"), num_workers: int = 4,
+                 chunk_bytes: str = "64MB", overwrite: bool = False) -> dict:
+    """Write ``root/<split>/<class>/<image>`` of each split into litdata shards under ``out/<split>``.
+
+    A split already converted from the same files is skipped, so an interrupted conversion run again
+    redoes only the split it was in (from its start) and those after it. Shards of another tree or format
+    in ``out`` are an error unless ``overwrite``. Returns the metadata written to ``out/shards.json``."""
+    root_dir, out_dir = Path(root), Path(out)
+    missing = [s for s in splits if not (root_dir / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no split folder {[str(root_dir / s) for s in missing]}: expected "
+                                f"{root_dir}/<split>/<class>/<image> (choose the splits with --splits).")
+    classes = class_folders(root_dir / splits[0])
+    if len(classes) < 2:
+        raise ValueError(f"{str(root_dir / splits[0])!r} has {len(classes)} class folder(s); expected one "
+                         f"folder per class (at least 2).")
+    meta_path = out_dir / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if meta is not None and (meta.get("format") != SHARD_FORMAT or meta.get("classes") != classes) and not overwrite:
+        raise ValueError(f"{str(out_dir)!r} holds shards of another tree or format (format "
+                         f"{meta.get('format')}, {len(meta.get('classes', []))} classes): give another output "
+                         f"folder or --overwrite.")
+    if meta is None or meta.get("format") != SHARD_FORMAT or meta.get("classes") != classes:
+        meta = {"format": SHARD_FORMAT, "classes": classes, "splits": {}}
+    for split in splits:
+        split_dir = root_dir / split
+        extra = sorted(set(class_folders(split_dir)) - set(classes))
+        if extra:
+            raise ValueError(f"{str(split_dir)!r} has class folder(s) {extra} that {splits[0]!r} lacks: rename "
+                             f"them or add them to {splits[0]!r}.")
+        items = list_images(split_dir, classes)
+        key = tree_fingerprint(split_dir, items, classes)
+        done = meta["splits"].get(split)
+        if done is not None and done["fingerprint"] == key and (out_dir / split / "index.json").is_file():
+            print(f"{split}: {done['count']} images already converted, skipped")
+            continue
+        if done is not None and not overwrite:
+            raise ValueError(f"{str(out_dir / split)!r} holds shards of other files than {str(split_dir)!r}: "
+                             f"give another output folder or --overwrite.")
+        if (out_dir / split).is_dir():  # replaced, or left unfinished by an interrupted conversion
+            shutil.rmtree(out_dir / split)
+        inputs = [(str(f), label, i) for i, (f, label) in enumerate(items)]
+        print(f"{split}: converting {len(inputs)} images of {len(classes)} classes into {out_dir / split}")
+        litdata().optimize(fn=read_sample, inputs=inputs, output_dir=str(out_dir / split), chunk_bytes=chunk_bytes,
+                           num_workers=num_workers, reorder_files=False, verbose=True)
+        meta["splits"][split] = {"count": len(inputs), "fingerprint": key}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+class DecodeImage:
+    """Worker-side decode of one shard record to ``(uint8 image (3, S, S), label, index)``: training
+    takes a random resized crop and a random flip, evaluation resizes the short side to ``resize`` and
+    takes the center ``image_size`` square (the standard ImageNet transforms)."""
+
+    def __init__(self, train: bool, image_size: int, resize: int):
+        from torchvision.transforms import v2
+
+        steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()] if train else \
+            [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
+        self.transform = v2.Compose([v2.PILToTensor(), *steps])
+
+    def __call__(self, record: dict):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(record["image"])) as img:
+            image = self.transform(img.convert("RGB"))
+        return image, record["label"], record["index"]
+
+
+class StreamingImageDataModule(pl.LightningDataModule):
+    """Shards written by :func:`convert_tree` (``python -m lightning_kd.tools.shards``), streamed with litdata.
+
+    Training batches come in a new order every epoch (``seed`` and the epoch fix it); under DDP, every rank
+    and node reads its own part of it. The training loader's position is saved in checkpoints and
+    restored on resume, so a fit resumed mid-epoch trains on the rest of that epoch (same number of
+    processes, ``num_workers`` and ``batch_size``: litdata refuses other ones). Images are decoded and
+    cropped by the loader's workers and normalized on the device.
+
+    Args:
+        root: the shard folder (``OUT`` of the conversion, holding ``shards.json``).
+        train_split, val_split, test_split: converted split names (ImageNet: validate and test on ``val``).
+        batch_size: training batch size per process; eval_batch_size: validation/test (default: batch_size).
+        image_size: side of the crops; resize: evaluation's short side before the center crop.
+        num_workers: decoding worker processes per process.
+        mean, std: per-channel normalization on the [0, 1] scale (default: ImageNet's).
+        return_index: training batches are ``(x, y, sample index in the split)``.
+        seed: the shuffling seed.
+    """
+
+    def __init__(self, root: str, train_split: str = "train", val_split: str = "val", test_split: str = "val",
+                 batch_size: int = 256, eval_batch_size: Optional[int] = None, image_size: int = 224,
+                 resize: int = 256, num_workers: int = 8, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, return_index: bool = False, seed: int = 0):
+        super().__init__()
+        self.root = Path(root)
+        meta_path = self.root / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"StreamingImageDataModule: no {META_FILE} in {str(self.root)!r}: {CONVERT_HINT} "
+                                    f"(and set data.init_args.root to OUT).")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != SHARD_FORMAT:
+            raise ValueError(f"the shards in {str(self.root)!r} are of format {meta.get('format')}, this version "
+                             f"reads format {SHARD_FORMAT}: {CONVERT_HINT} --overwrite.")
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        for split, name in self.splits.items():
+            if name not in meta["splits"] or not (self.root / name / "index.json").is_file():
+                raise ValueError(f"StreamingImageDataModule: {split} split {name!r} is not converted in "
+                                 f"{str(self.root)!r} (converted: {sorted(meta['splits'])}); {CONVERT_HINT} "
+                                 f"--splits ... {name}, or set data.init_args.{split}_split.")
+        if batch_size < 1 or image_size < 1 or resize < image_size:
+            raise ValueError(f"need batch_size >= 1 and resize >= image_size >= 1, got batch_size={batch_size}, "
+                             f"image_size={image_size}, resize={resize}.")
+        self.classes = meta["classes"]
+        self.num_classes = len(self.classes)
+        self.input_shape = (3, image_size, image_size)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.image_size, self.resize, self.num_workers = image_size, resize, num_workers
+        self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.return_index, self.seed = return_index, seed
+
+    def _loader(self, split: str, train: bool):
+        ld = litdata()
+        dataset = ld.StreamingDataset(str(self.root / self.splits[split]), shuffle=train, drop_last=train,
+                                      seed=self.seed, transform=DecodeImage(train, self.image_size, self.resize))
+        return ld.StreamingDataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                                      num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                                      drop_last=train)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    predict_dataloader = test_dataloader
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y, index = batch
+        x = normalize(x, self.mean, self.std)
+        training = self.trainer is not None and self.trainer.training
+        return (x, y, index) if training and self.return_index else (x, y)
