@@ -18,7 +18,7 @@ import torch
 from helpers import ROOT, save_teacher
 from lightning_kd.callbacks.route import write_route
 from lightning_kd.cli import make_cli
-from lightning_kd.models import build_network
+from lightning_kd.models import build_network, is_pretrained
 from lightning_kd.tools.runner import resolve
 
 CONFIG_ROOT = ROOT / "configs"
@@ -29,6 +29,7 @@ OFFLINE_SHAPES = {
     "lightning_kd.datamodules.CIFAR10DataModule": (10, (3, 32, 32)),
     "lightning_kd.datamodules.CIFAR100DataModule": (100, (3, 32, 32)),
     "lightning_kd.datamodules.ImageFolderDataModule": (10, (3, 32, 32)),
+    "lightning_kd.datamodules.StreamingImageDataModule": (1000, (3, 64, 64)),  # ImageNet, at 64 px to be quick
 }
 KNOWN_SHAPES = {"lightning_kd.datamodules.DigitsDataModule": (10, (1, 8, 8))}
 
@@ -76,6 +77,21 @@ def offline_overrides(cfg: dict, tmp_path: Path) -> list[str]:
     return args
 
 
+def cache_published_weights(spec, folder: Path, monkeypatch) -> None:
+    """A teacher with torchvision's published weights reads them offline from a hub cache in ``folder``:
+    random weights of the same network stand in for the download."""
+    if not is_pretrained(spec):
+        return
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(folder / "torch"))
+    builder = torchvision.models.get_model_builder(spec["name"].rsplit(".", 1)[-1])
+    url = torchvision.models.get_model_weights(builder)[spec["weights"]].url
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(builder().state_dict(), cache / Path(url).name)
+
+
 def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: int = 2) -> None:
     """A recorded teacher route (RouteRecorder's layout) of freshly built teachers."""
     states = []
@@ -89,6 +105,7 @@ def save_route(folder: Path, spec, num_classes: int, in_channels: int, anchors: 
 def test_config_fits(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written under runs/ stays in the temporary folder
     cfg = resolve(config)
+    cache_published_weights(cfg["model"]["init_args"].get("teacher"), tmp_path, monkeypatch)
     cli = make_cli(["fit", "-c", str(config), *offline_overrides(cfg, tmp_path)])
     assert cli.trainer.global_step >= 1, "no optimizer step was taken"
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
