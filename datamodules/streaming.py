@@ -124,13 +124,15 @@ class DecodeImage:
 
 
 class StreamingImageDataModule(pl.LightningDataModule):
-    """Shards written by :func:`convert_tree` (``python -m lightning_kd.tools.shards``), streamed with litdata.
+    """Large ImageFolder trees, converted once into shards (``python -m lightning_kd.tools.shards``), streamed.
+
+    The shards are written by :func:`convert_tree` and read with litdata.
 
     Training batches come in a new order every epoch (``seed`` and the epoch fix it); under DDP, every rank
     and node reads its own part of it. The training loader's position is saved in checkpoints and
-    restored on resume, so a fit resumed mid-epoch trains on the rest of that epoch (same number of
-    processes, ``num_workers`` and ``batch_size``: litdata refuses other ones). Images are decoded and
-    cropped by the loader's workers and normalized on the device.
+    restored on resume, so a fit resumed mid-epoch trains on the rest of that epoch (litdata's state; it
+    also takes another ``batch_size`` or ``num_workers``). Images are decoded and cropped by the loader's
+    workers and normalized on the device.
 
     Args:
         root: the shard folder (``OUT`` of the conversion, holding ``shards.json``).

@@ -131,6 +131,21 @@ def test_a_fit_resumed_mid_epoch_trains_on_exactly_the_rest_of_the_epoch(shards,
     assert rest.batches == whole.batches[5:]
 
 
+@pytest.mark.parametrize("batch_size, num_workers", [(4, 0), (8, 1)])
+def test_a_loader_resumed_with_another_batch_size_or_worker_count_yields_the_rest(shards, batch_size, num_workers):
+    def loader(**options):
+        return StreamingImageDataModule(str(shards / "shards"), **{**SMALL, "batch_size": 8, **options}).train_dataloader()
+
+    first = loader()
+    batches = iter(first)
+    seen = [i for _ in range(3) for i in next(batches)[2].tolist()]
+    resumed = loader(batch_size=batch_size, num_workers=num_workers)
+    resumed.load_state_dict(first.state_dict())
+    rest = [i for _, _, index in resumed for i in index.tolist()]
+    assert len(rest) == CLASSES * TRAIN_PER_CLASS - 24
+    assert sorted(seen + rest) == list(range(CLASSES * TRAIN_PER_CLASS))
+
+
 def test_bad_input_is_refused_with_the_fix(shards, tmp_path):
     with pytest.raises(FileNotFoundError, match="no split folder.*--splits"):
         convert_tree(str(tmp_path / "missing"), str(tmp_path / "out"))
