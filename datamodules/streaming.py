@@ -46,8 +46,9 @@ def tree_fingerprint(split_dir: Path, items: list[tuple[Path, int]], classes: li
     return digest.hexdigest()
 
 
-def read_sample(item: tuple[str, int, int]) -> dict:
-    """One shard record: the file's encoded bytes (never re-encoded), its label and its index in the split."""
+def read_sample(item: list) -> dict:
+    """One shard record of ``[path, label, index]``: the file's encoded bytes (never re-encoded), its label and
+    its index in the split."""
     path, label, index = item
     return {"index": index, "label": label, "image": Path(path).read_bytes()}
 
@@ -56,9 +57,10 @@ def convert_tree(root: str, out: str, splits: Sequence[str] = ("train", "val"), 
                  chunk_bytes: str = "64MB", overwrite: bool = False) -> dict:
     """Write ``root/<split>/<class>/<image>`` of each split into litdata shards under ``out/<split>``.
 
-    A split already converted from the same files is skipped, so an interrupted conversion run again
-    redoes only the split it was in (from its start) and those after it. Shards of another tree or format
-    in ``out`` are an error unless ``overwrite``. Returns the metadata written to ``out/shards.json``."""
+    Resumable: a split already converted from the same files is skipped, and a split whose conversion
+    was interrupted continues from litdata's checkpoint of the shards it had finished (``use_checkpoint``),
+    when its files are unchanged (else it starts over). Shards of another tree or format in ``out`` are an
+    error unless ``overwrite``. Returns the metadata written to ``out/shards.json``."""
     root_dir, out_dir = Path(root), Path(out)
     missing = [s for s in splits if not (root_dir / s).is_dir()]
     if missing:
@@ -76,6 +78,7 @@ def convert_tree(root: str, out: str, splits: Sequence[str] = ("train", "val"), 
                          f"folder or --overwrite.")
     if meta is None or meta.get("format") != SHARD_FORMAT or meta.get("classes") != classes:
         meta = {"format": SHARD_FORMAT, "classes": classes, "splits": {}}
+    pending = meta.setdefault("pending", {})  # split -> {fingerprint, workers} of a conversion not finished yet
     for split in splits:
         split_dir = root_dir / split
         extra = sorted(set(class_folders(split_dir)) - set(classes))
@@ -91,16 +94,29 @@ def convert_tree(root: str, out: str, splits: Sequence[str] = ("train", "val"), 
         if done is not None and not overwrite:
             raise ValueError(f"{str(out_dir / split)!r} holds shards of other files than {str(split_dir)!r}: "
                              f"give another output folder or --overwrite.")
-        if (out_dir / split).is_dir():  # replaced, or left unfinished by an interrupted conversion
+        unfinished = pending.get(split, {})
+        resume = unfinished.get("fingerprint") == key and (out_dir / split / ".checkpoints").is_dir()
+        if (out_dir / split).is_dir() and not resume:  # replaced, or unfinished from other files
             shutil.rmtree(out_dir / split)
-        inputs = [(str(f), label, i) for i, (f, label) in enumerate(items)]
-        print(f"{split}: converting {len(inputs)} images of {len(classes)} classes into {out_dir / split}")
+        workers = unfinished["workers"] if resume else num_workers  # litdata resumes with the same count only
+        pending[split] = {"fingerprint": key, "workers": workers}
+        meta["splits"].pop(split, None)
+        write_meta(meta_path, meta)
+        # lists, not tuples: litdata compares them with its checkpoint's JSON copy to resume
+        inputs = [[str(f), label, i] for i, (f, label) in enumerate(items)]
+        print(f"{split}: {'resuming' if resume else 'converting'} {len(inputs)} images of {len(classes)} classes "
+              f"into {out_dir / split} ({workers} workers)")
         litdata().optimize(fn=read_sample, inputs=inputs, output_dir=str(out_dir / split), chunk_bytes=chunk_bytes,
-                           num_workers=num_workers, reorder_files=False, verbose=True)
+                           num_workers=workers, use_checkpoint=True, reorder_files=False, verbose=True)
         meta["splits"][split] = {"count": len(inputs), "fingerprint": key}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(meta, indent=1))
+        del pending[split]
+        write_meta(meta_path, meta)
     return meta
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=1))
 
 
 class DecodeImage:

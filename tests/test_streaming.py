@@ -20,7 +20,7 @@ from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from helpers import run_ddp_script, trainer as quick_trainer
-from lightning_kd.datamodules import StreamingImageDataModule
+from lightning_kd.datamodules import StreamingImageDataModule, streaming
 from lightning_kd.datamodules.streaming import convert_tree, litdata
 from lightning_kd.methods import Supervised
 
@@ -58,17 +58,54 @@ def decoded(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def assert_shards_hold_the_split(out: Path, split_dir: Path) -> None:
+    """Every source image of the split is in the shards once, with its label and its exact pixels."""
+    files = source_files(split_dir)
+    records = list(litdata().StreamingDataset(str(out / split_dir.name)))
+    assert sorted(r["index"] for r in records) == list(range(len(files)))
+    assert json.loads((out / "shards.json").read_text())["splits"][split_dir.name]["count"] == len(files)
+    for record in records:
+        source = files[record["index"]]
+        assert record["label"] == int(source.parent.name.removeprefix("class"))
+        np.testing.assert_array_equal(decoded(record["image"]), np.asarray(Image.open(source).convert("RGB")))
+
+
 def test_shards_hold_every_image_with_its_label_and_pixels(shards):
     meta = json.loads((shards / "shards" / "shards.json").read_text())
     assert meta["classes"] == [f"class{c}" for c in range(CLASSES)]
     for split in ("train", "val"):
-        files = source_files(shards / "tree" / split)
-        dataset = litdata().StreamingDataset(str(shards / "shards" / split))
-        assert len(dataset) == len(files) == meta["splits"][split]["count"]
-        for record in dataset:
-            source = files[record["index"]]
-            assert record["label"] == int(source.parent.name.removeprefix("class"))
-            np.testing.assert_array_equal(decoded(record["image"]), np.asarray(Image.open(source).convert("RGB")))
+        assert_shards_hold_the_split(shards / "shards", shards / "tree" / split)
+
+
+class LoggedRead:
+    """``read_sample`` that logs each index it reads to a file (the workers are other processes) and fails
+    at ``fail_at``: an interrupted conversion."""
+
+    def __init__(self, log: Path, fail_at=None):
+        self.log, self.fail_at = log, fail_at
+
+    def __call__(self, item):
+        with open(self.log, "a") as f:
+            f.write(f"{item[2]}\n")
+        if item[2] == self.fail_at:
+            raise RuntimeError("interrupted")
+        return streaming.read_sample(item)
+
+
+def test_an_interrupted_conversion_resumes_from_its_finished_shards(shards, tmp_path, monkeypatch, capsys):
+    out, val = tmp_path / "out", shards / "tree" / "val"
+    options = dict(splits=["val"], num_workers=1, chunk_bytes="12KB")  # a shard every 2 or 3 images
+    monkeypatch.setattr(streaming, "read_sample", LoggedRead(tmp_path / "first.log", fail_at=25))
+    with pytest.raises(RuntimeError):
+        convert_tree(str(val.parent), str(out), **options)
+    monkeypatch.setattr(streaming, "read_sample", LoggedRead(tmp_path / "second.log"))
+    convert_tree(str(val.parent), str(out), **{**options, "num_workers": 2})  # resumes with the first count
+    printed = capsys.readouterr().out
+    assert f"val: resuming 32 images of 4 classes into {out / 'val'} (1 workers)" in printed
+    first, second = ([int(i) for i in (tmp_path / f"{run}.log").read_text().split()] for run in ("first", "second"))
+    assert 0 < min(second) and max(second) == 31  # the second run read only the images after the last shard
+    assert set(first) | set(second) == set(range(32))
+    assert_shards_hold_the_split(out, val)
 
 
 def test_evaluation_batches_are_the_center_crops_of_the_sources(shards):

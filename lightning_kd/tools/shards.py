@@ -2,7 +2,8 @@
 
 Every split ``ROOT/<split>/<class>/<image>`` named by ``--splits`` becomes ``OUT/<split>/`` shards holding
 the files' encoded bytes; ``OUT/shards.json`` records the classes and what was converted. Run it again
-after an interruption: finished splits are skipped. Then train with ``--data StreamingImageDataModule
+after an interruption: finished splits are skipped, an interrupted one goes on after its last finished
+shard (with the first run's number of workers). Then train with ``--data StreamingImageDataModule
 --data.root OUT`` (``configs/imagenet/``).
 """
 from __future__ import annotations
