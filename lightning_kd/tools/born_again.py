@@ -24,7 +24,6 @@ generation retrains the ones after it (their teacher changed). The ensembles are
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shlex
 import sys
@@ -33,9 +32,9 @@ from typing import Optional
 
 import yaml
 
-from lightning_kd.tools.bench import device_name
 from lightning_kd.tools.results import (Run, add_run_arguments, check_run_arguments, mean_std, plot_histories,
-                                        prepare_data_root, run_one, run_overrides, student_spec)
+                                        prepare_data_root, report_header, run_one, run_overrides,
+                                        runs_sections, student_spec)
 from lightning_kd.tools.runner import build, data_overrides, resolve
 
 SEED_STEP = 1000  # generation k of chain s runs with seed s + SEED_STEP * k
@@ -113,17 +112,7 @@ def write_report(runs: list[Run], rows: dict, networks: dict, members: dict, con
                  out: Path, plot: Path, command: str, note: str) -> str:
     """The markdown report (returned and written to ``out``); ``control`` is the (val, test) top-1 of the
     ensemble of every chain's generation 0, where there are several chains."""
-    import pytorch_lightning
-    import torch
-
-    finished = [datetime.datetime.fromisoformat(r.finished) for r in runs if r.finished]
-    date = max(finished).strftime("%Y-%m-%d %H:%M UTC") if finished else "—"
-    devices = ", ".join(dict.fromkeys(r.device for r in runs if r.device)) or device_name()
-    parts = ["# Born-Again Networks: generations and ensembles", "",
-             f"- Device: {devices}; torch {torch.__version__}, pytorch-lightning {pytorch_lightning.__version__}",
-             f"- Date: {date}", f"- Command: `{command}`", ""]
-    if note:
-        parts += [note, ""]
+    parts = report_header(runs, "Born-Again Networks: generations and ensembles", command, note)
     parts += ["Test top-1 of each generation's best-`val/acc` checkpoint and of the BAN ensembles (the mean "
               "probabilities of generations 1..m of the same chain). Δ is the difference to generation 0 of the "
               "same chain, averaged over chains. Each chain is one seed s; generation k runs with seed "
@@ -136,13 +125,8 @@ def write_report(runs: list[Run], rows: dict, networks: dict, members: dict, con
                   f"networks (one per chain, trained independently): val top-1 {100 * control[0]:.2f}%, test top-1 "
                   f"{100 * control[1]:.2f}% ({100 * control[1] - base:+.2f} vs generation 0's mean). One ensemble of "
                   "all chains: a single number, not a mean over chains.", ""]
-    parts += [f"![validation accuracy per epoch]({plot.name})", "",
-              "## Runs", "", "| run | seed | test top-1 % | best val top-1 % | epochs | wall time |", "|---|---|---|---|---|---|"]
-    parts += [f"| {r.key} | {r.seed} | {100 * r.test_acc:.2f} | {100 * max(r.history) if r.history else float('nan'):.2f} | "
-              f"{len(r.history)} | {r.wall_s:.1f} s |" for r in runs]
-    parts += ["", "## Exact configs", "", "Each generation is `lightning-kd fit -c <config> <overrides>` followed by a "
-              "test of its best checkpoint; the fully resolved config is `config.yaml` in its run folder.", ""]
-    parts += [f"- `{r.config}` {' '.join(f'`{o}`' for o in r.overrides)}" for r in runs]
+    parts += [f"![validation accuracy per epoch]({plot.name})", ""]
+    parts += runs_sections(runs, name=str, column="run", unit="generation")
     parts += ["", "Ensemble members (`CheckpointEnsemble` checkpoints):", ""]
     parts += [f"- {key}{'' if chain == 'all' else f', chain {chain}'}: {', '.join(f'`{m}`' for m in files)}"
               for (key, chain), files in members.items()]

@@ -222,24 +222,45 @@ def reference_applies(runs: Sequence[Run]) -> bool:
     return str(data.get("class_path", "")).endswith("CIFAR100DataModule")
 
 
-def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, configs: Path, note: str = "") -> str:
-    """The markdown report (returned and written to ``out``)."""
-    rows, reference = summarize(runs), reference_applies(runs)
+def report_header(runs: Sequence[Run], title: str, command: str, note: str = "") -> list[str]:
+    """A report's title, device, date and command lines, then ``note``. Date and device come from the runs'
+    records, so a report of reused runs reads the same."""
     import pytorch_lightning
 
-    # Date and device come from the runs' records, so a report of reused runs reads the same.
     finished = [datetime.datetime.fromisoformat(r.finished) for r in runs if r.finished]
     date = (max(finished) if finished else datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     devices = ", ".join(dict.fromkeys(r.device for r in runs if r.device)) or device_name()
     parts = [
-        f"# Results: `{configs}`", "",
+        f"# {title}", "",
         f"- Device: {devices}; torch {torch.__version__}, pytorch-lightning "
         f"{pytorch_lightning.__version__}",
         f"- Date: {date}",
         f"- Command: `{command}`", "",
     ]
-    if note:
-        parts += [note, ""]
+    return parts + ([note, ""] if note else [])
+
+
+def runs_sections(runs: Sequence[Run], name=None, column: str = "method", unit: str = "run") -> list[str]:
+    """A report's "Runs" table (one row per run, its key shown as ``name(key)``, default :func:`label`)
+    and its "Exact configs" list; ``column`` heads the key column, ``unit`` names what one run is."""
+    name = name or label
+    parts = ["## Runs", "",
+             f"| {column} | seed | test top-1 % | best val top-1 % | epochs | wall time |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        best = f"{100 * max(r.history):.2f}" if r.history else "—"
+        parts.append(f"| {name(r.key)} | {r.seed} | {100 * r.test_acc:.2f} | {best} | "
+                     f"{len(r.history)} | {r.wall_s:.1f} s |")
+    parts += ["", "## Exact configs", "",
+              f"Each {unit} is `lightning-kd fit -c <config> <overrides>` followed by a test of its best "
+              "checkpoint; the fully resolved config of each run is saved as `config.yaml` in its run folder.", ""]
+    return parts + [f"- `{r.config}` {' '.join(f'`{o}`' for o in r.overrides)}" for r in runs]
+
+
+def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, configs: Path, note: str = "") -> str:
+    """The markdown report (returned and written to ``out``)."""
+    rows, reference = summarize(runs), reference_applies(runs)
+    parts = report_header(runs, f"Results: `{configs}`", command, note)
     parts += [
         "Test top-1 of the best-`val/acc` checkpoint. Δ is the method's mean minus the mean of the "
         "student baseline of the same network (trained for it where a method's student differs), in points. The teacher is trained once (first seed); every student run "
@@ -252,19 +273,8 @@ def write_report(runs: Sequence[Run], out: Path, plot: Path, command: str, confi
            "https://arxiv.org/abs/1910.10699): not measured here, and from the full 240-epoch schedule.", ""]
           if reference else []),
         f"![validation accuracy per epoch]({plot.name})", "",
-        "## Runs", "",
-        "| method | seed | test top-1 % | best val top-1 % | epochs | wall time |",
-        "|---|---|---|---|---|---|",
+        *runs_sections(runs),
     ]
-    for r in runs:
-        best = f"{100 * max(r.history):.2f}" if r.history else "—"
-        parts.append(f"| {label(r.key)} | {r.seed} | {100 * r.test_acc:.2f} | {best} | "
-                     f"{len(r.history)} | {r.wall_s:.1f} s |")
-    parts += ["", "## Exact configs", "",
-              "Each run is `lightning-kd fit -c <config> <overrides>` followed by a test of its best "
-              "checkpoint; the fully resolved config of each run is saved as `config.yaml` in its run folder.", ""]
-    for r in runs:
-        parts.append(f"- `{r.config}` {' '.join(f'`{o}`' for o in r.overrides)}")
     text = "\n".join(parts) + "\n"
     out.write_text(text)
     return text
