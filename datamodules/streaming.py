@@ -139,6 +139,24 @@ class DecodeImage:
         return image, record["label"], record["index"]
 
 
+def shard_as_the_strategy(dataset, trainer: Optional[pl.Trainer]) -> None:
+    """Give ``dataset`` (a litdata ``StreamingDataset``) the parts the trainer's strategy shards data into.
+
+    litdata splits an epoch between the processes of ``torch.distributed``; a strategy may shard otherwise
+    (``peer_parallel``: one part per data group, whose processes must read the same samples). The parts are
+    Lightning's ``distributed_sampler_kwargs``; where they differ from litdata's own, they replace them
+    (with one node: litdata's per-node chunk bookkeeping then spans every process, which only matters for
+    a remote cache).
+    """
+    sharding = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
+    if not sharding:
+        return
+    parts, part = sharding["num_replicas"], sharding["rank"]
+    env = dataset.distributed_env
+    if (parts, part) != (env.world_size, env.global_rank):
+        dataset.distributed_env = type(env)(world_size=parts, global_rank=part, num_nodes=1)
+
+
 class StreamingImageDataModule(pl.LightningDataModule):
     """Large ImageFolder trees, converted once into shards (``python -m lightning_kd.tools.shards``), streamed.
 
@@ -196,6 +214,7 @@ class StreamingImageDataModule(pl.LightningDataModule):
         ld = litdata()
         dataset = ld.StreamingDataset(str(self.root / self.splits[split]), shuffle=train, drop_last=train,
                                       seed=self.seed, transform=DecodeImage(train, self.image_size, self.resize))
+        shard_as_the_strategy(dataset, self.trainer)
         return ld.StreamingDataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
                                       num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                                       drop_last=train)
@@ -210,6 +229,20 @@ class StreamingImageDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
     predict_dataloader = test_dataloader
+
+    def state_dict(self) -> dict:
+        # A checkpoint holds one process's loader position, restored on every process: right for the data
+        # group of process 0 only, so a peer-parallel resume in the middle of an epoch is refused, not guessed.
+        trainer = self.trainer
+        layout = getattr(getattr(trainer, "lightning_module", None), "layout", None)
+        return {"mid_epoch_peer_parallel": bool(layout is not None and not trainer.is_last_batch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mid_epoch_peer_parallel"):
+            raise ValueError("this checkpoint was written in the middle of an epoch of a peer-parallel run, whose "
+                             "data groups stream different parts of the epoch and cannot all be restored from one "
+                             "position: resume from a checkpoint written at an epoch end (for example with "
+                             "val_check_interval: 1.0).")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y, index = batch

@@ -13,11 +13,16 @@ https://arxiv.org/abs/1804.03235).
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning_fabric.utilities.apply_func import move_data_to_device
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor
 
@@ -45,6 +50,13 @@ class PeerLayout:
         data_groups = [dist.new_group([k * d + j for k in range(num_peers)]) for j in range(d)]
         self.peer_group, self.data_group_pg = peer_groups[self.peer], data_groups[self.data_group]
         self.shapes: dict[str, list[list[tuple]]] = {}  # per exchange tag: each peer's (name, shape, dtype)
+        self.seed = torch.initial_seed()  # seed_everything's, the same on every process
+
+    def own_random_stream(self, step: int, device: torch.device):
+        """Inside, random numbers (a peer's dropout) come from this process's stream of training step
+        ``step``; the global generators are left as they were, so they stay equal on the ranks of a data
+        group and draw the same augmentations for them (on the device, or the loader workers' seeds)."""
+        return private_random_stream(self.seed, dist.get_rank(), step, device)
 
     def rank_of(self, peer: int) -> int:
         """The global rank that holds ``peer`` in this process's data group."""
@@ -112,6 +124,17 @@ class PeerLayout:
 PEER_STATES = ("state_dict", "optimizer_states", "lr_schedulers")
 
 
+@contextmanager
+def private_random_stream(seed: int, rank: int, step: int, device: torch.device) -> Iterator[None]:
+    """Draw from generators seeded by ``(seed, rank, step)`` (CPU and ``device``), then restore the global
+    ones. The stream is new every step and process, and the same again on a resumed run."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0]))
+        yield
+
+
 def tensors_of(output: NetOutput) -> list[tuple[str, Tensor]]:
     return [("logits", output.logits), *sorted(output.features.items())]
 
@@ -165,6 +188,15 @@ class PeerParallelStrategy(DDPStrategy):
         if layout is None:
             return super().distributed_sampler_kwargs
         return {"num_replicas": layout.num_data_groups, "rank": layout.data_group}
+
+    def process_dataloader(self, dataloader: object) -> object:
+        """Seed the loader's workers by data group, not by process (``seed_everything(workers=True)``, as the
+        CLI seeds): the ranks of a data group then draw the same random augmentations in their workers."""
+        layout = getattr(self.lightning_module, "layout", None)
+        if layout is not None and int(os.environ.get("PL_SEED_WORKERS", 0)) \
+                and getattr(dataloader, "worker_init_fn", False) is None:
+            dataloader.worker_init_fn = partial(pl_worker_init_function, rank=layout.data_group)
+        return dataloader
 
     def configure_ddp(self) -> None:
         if getattr(self.lightning_module, "layout", None) is None:

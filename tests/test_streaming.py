@@ -1,8 +1,10 @@
 """Streamed shards (litdata): conversion, the loaders, resume mid-epoch, 2-process DDP sharding, bad input.
 
 One small JPEG tree (4 classes, 128 train and 32 val images of 40x48 px, random pixels) is converted
-once per module. Also a script: ``python tests/test_streaming.py SHARDS OUT`` fits one epoch on 2
-processes (gloo, CPU); each rank saves the sample indices it trained on.
+once per module. Also a script: ``python tests/test_streaming.py SHARDS OUT MODE`` fits one epoch on 2
+processes (gloo, CPU): MODE ``ddp`` a supervised network, MODE ``peer_parallel`` two DML peers, one per
+process, with random crops drawn in 2 loader workers; each rank saves the sample indices it trained on
+(and, peer-parallel, the images).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from helpers import run_ddp_script, trainer as quick_trainer
 from lightning_kd.datamodules import StreamingImageDataModule, streaming
 from lightning_kd.datamodules.streaming import convert_tree, litdata
-from lightning_kd.methods import Supervised
+from lightning_kd.methods import DML, Supervised
 
 litdata()  # fails here, naming the install, where litdata is missing
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, HEIGHT, WIDTH = 4, 32, 8, 40, 48
@@ -222,13 +225,70 @@ def ddp_run(shards: Path, out: Path) -> None:
     torch.save(recorder.batches, out / f"rank{recorder.trainer.global_rank}.pt")
 
 
+class ImageRecorder(Recorder):
+    """Also the images of every training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.images = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.images.append(batch[0].clone())
+
+
+def peer_parallel_run(shards: Path, out: Path) -> None:
+    """DML, one peer per process; the random resized crops are drawn in 2 workers per process, seeded as
+    the CLI seeds them (``workers=True``)."""
+    pl.seed_everything(0, workers=True)
+    data = StreamingImageDataModule(str(shards / "shards"), batch_size=8, return_index=True,
+                                    **{**SMALL, "num_workers": 2})
+    model = DML(peers=[{"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}],
+                num_classes=data.num_classes, input_shape=data.input_shape, placement="peer_parallel")
+    recorder = ImageRecorder()
+    trainer = quick_trainer(shards, callbacks=[recorder], limit_train_batches=None, max_epochs=1, devices=2,
+                            strategy="peer_parallel")
+    trainer.fit(model, datamodule=data)
+    torch.save({"indices": recorder.batches, "images": recorder.images}, out / f"rank{trainer.global_rank}.pt")
+
+
 @pytest.mark.slow
 def test_two_ddp_ranks_split_each_epoch_between_them(shards, tmp_path):
-    subprocess.run([sys.executable, __file__, str(shards), str(tmp_path)], check=True, cwd=tmp_path, timeout=300)
+    run_script(shards, tmp_path, "ddp")
     ranks = [[i for b in torch.load(tmp_path / f"rank{r}.pt") for i in b] for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == CLASSES * TRAIN_PER_CLASS // 2
     assert sorted(ranks[0] + ranks[1]) == list(range(CLASSES * TRAIN_PER_CLASS))
 
 
+@pytest.mark.slow
+def test_peer_parallel_ranks_of_a_data_group_stream_the_same_crops_of_the_whole_epoch(shards, tmp_path):
+    """W=2, K=2: one data group, so both peers train on every sample of the epoch, in the same batches and
+    with the same random crops (litdata shards by data group, not by process; workers seeded by data group)."""
+    run_script(shards, tmp_path, "peer_parallel")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["indices"] == ranks[1]["indices"]
+    assert sorted(i for b in ranks[0]["indices"] for i in b) == list(range(CLASSES * TRAIN_PER_CLASS))
+    assert len(ranks[0]["images"]) == len(ranks[1]["images"]) == CLASSES * TRAIN_PER_CLASS // 8
+    for x0, x1 in zip(ranks[0]["images"], ranks[1]["images"]):
+        assert torch.equal(x0, x1), "the peers trained on different random crops of the same samples"
+
+
+def test_a_peer_parallel_checkpoint_written_mid_epoch_is_refused_on_resume(shards):
+    data = StreamingImageDataModule(str(shards / "shards"), **SMALL)
+    for layout, last_batch, refused in [(object(), False, True), (object(), True, False), (None, False, False)]:
+        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(layout=layout), is_last_batch=last_batch)
+        state = data.state_dict()
+        if refused:
+            with pytest.raises(ValueError, match="middle of an epoch of a peer-parallel run.*epoch end"):
+                data.load_state_dict(state)
+        else:
+            data.load_state_dict(state)
+
+
+def run_script(shards: Path, out: Path, mode: str) -> None:
+    subprocess.run([sys.executable, __file__, str(shards), str(out), mode], check=True, cwd=out, timeout=300)
+
+
 if __name__ == "__main__":
-    run_ddp_script(ddp_run, Path(sys.argv[1]), Path(sys.argv[2]))
+    run = {"ddp": ddp_run, "peer_parallel": peer_parallel_run}[sys.argv[3]]
+    run_ddp_script(run, Path(sys.argv[1]), Path(sys.argv[2]))
