@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -19,18 +20,21 @@ from unittest import mock
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from helpers import DIGITS_SHAPE as SHAPE, Interrupted, KillAtStep, run_ddp_script, trainer
+from helpers import DIGITS_SHAPE as SHAPE, ROOT, Interrupted, KillAtStep, run_ddp_script, trainer
+from helpers.peer_record import RankRecord
 from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.methods import DML, IEDML, Supervised
 from lightning_kd.models import build_network
+from lightning_kd.peer_parallel import private_random_stream
 from lightning_kd.tools import peer_cost
 
 NARROW, WIDE = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
 MLP = "helpers.nets.tiny_mlp"
+DROPOUT_PEERS = [{"name": "helpers.nets.dropout_mlp", "width": w} for w in (16, 24)]
 SCHEDULES = ("sequential", "simultaneous")
 
 
@@ -123,36 +127,6 @@ def test_peer_parallel_cost_counts_match_a_hand_count():
 
 
 # ----------------------------------------------------------------------------- the multi-process script
-class RankRecord(Callback):
-    """Saves, per rank, every peer before the fit, the batches it trained on, its peer at the end and the
-    validation metrics."""
-
-    def __init__(self, out: Path, name: str):
-        self.out, self.name, self.batches = out, name, []
-
-    def setup(self, trainer, pl_module, stage):  # before the module keeps only its own peer
-        if stage != "fit":
-            return
-        self.path = self.out / f"{self.name}.rank{trainer.global_rank}.pt"
-        torch.save(pl_module.state_dict(), self.path.with_suffix(".initial.pt"))
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batches.append((batch[0].clone(), batch[1].clone()))
-
-    def on_train_end(self, trainer, pl_module):
-        peer = pl_module.layout.peer
-        try:
-            pl_module.export_peer(1 - peer, self.path.with_suffix(".other.pt"))
-            refusal = None
-        except ValueError as error:
-            refusal = str(error)
-        torch.save({"peer": peer, "data_group": pl_module.layout.data_group, "batches": self.batches,
-                    "final": pl_module.state_dict(), "refusal": refusal,
-                    "global_step": trainer.global_step,
-                    "metrics": {k: v.item() for k, v in trainer.callback_metrics.items()}},
-                   self.path)
-
-
 def peer_parallel_fit(out: Path, name: str, peers, epochs=1, callbacks=(), ckpt_path=None, **kwargs):
     pl.seed_everything(0)
     model = make_dml(peers, placement="peer_parallel", **kwargs)
@@ -188,6 +162,7 @@ def script(out: Path, world: str) -> None:
     if world == "2":
         peer_parallel_fit(out, "iedml", peers, cls=IEDML)
         resume_runs(out)
+        peer_parallel_fit(out, "dropout", DROPOUT_PEERS)
 
 
 # ----------------------------------------------------------------------------- replicated DML as the reference
@@ -274,6 +249,33 @@ def test_peer_parallel_two_ranks_equal_replicated_dml_step_for_step(two_ranks, s
 
 
 @pytest.mark.slow
+def test_peer_parallel_peers_with_dropout_still_train_on_the_same_augmented_batches(two_ranks):
+    """Peers whose forwards draw unequal counts of random numbers (dropout, widths 16 and 24; peer 0 also
+    refreshes) on ranks that crop the batches on the device from the global generator: the crops stay equal."""
+    ranks = ranks_of(two_ranks, "dropout", 2)
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 3
+    for (x0, y0), (x1, y1) in zip(ranks[0]["batches"], ranks[1]["batches"]):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1), "the peers saw different random crops"
+
+
+def test_peer_parallel_random_stream_is_new_per_step_and_process_and_leaves_the_global_one():
+    def draws(rank, step):
+        with private_random_stream(7, rank, step, torch.device("cpu")):
+            return torch.rand(4)
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = draws(0, 0)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(first, draws(0, 0))  # a resumed run draws the same again
+    others = [draws(1, 0), draws(0, 1), draws(1, 1)]
+    assert all(not torch.equal(first, other) for other in others)
+    assert not torch.equal(others[0], others[1])
+    # the global generator goes on as if nothing had been drawn: its first numbers after seed 0
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.slow
 def test_peer_parallel_iedml_equals_replicated_iedml(two_ranks):
     """Each peer's factor is computed on its own rank and travels with its logits."""
     ranks = ranks_of(two_ranks, "iedml", 2)
@@ -340,6 +342,55 @@ def test_peer_parallel_four_ranks_equal_replicated_dml_on_the_global_batch(tmp_p
         initial = initial_of(tmp_path, schedule, 4)
         reference = replicated_run(initial, [global_batches], [MLP, MLP], schedule=schedule)
         assert_same_split([ranks[0], ranks[2]], reference)
+
+
+# ----------------------------------------------------------------------------- the shipped config, through the CLI
+SYNTHETIC_CIFAR = ["--data=lightning_kd.datamodules.SyntheticDataModule", "--data.init_args.train_size=96",
+                   "--data.init_args.val_size=32", "--data.init_args.test_size=48", "--data.init_args.batch_size=16"]
+
+
+def cli(args: list[str], cwd: Path) -> str:
+    """``lightning-kd ARGS`` in a fresh process (tests/ importable for the recorder); its stdout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "lightning_kd", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_peer_parallel_shipped_config_trains_on_two_processes_through_the_cli(tmp_path):
+    """``lightning-kd fit -c configs/cifar10/dml_peer_parallel.yaml`` as shipped (2 processes, one resnet8x4 each,
+    the recipe's crops and flips on the device) on CIFAR-shaped synthetic data and the CPU; then ``test`` from
+    its checkpoint on one process."""
+    config = str(ROOT / "configs/cifar10/dml_peer_parallel.yaml")
+    run = tmp_path / "run"
+    cli(["fit", "-c", config, *SYNTHETIC_CIFAR, "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+         "--trainer.limit_train_batches=3", f"--checkpoint.dirpath={run}",
+         "--trainer.callbacks+=helpers.peer_record.RankRecord", f"--trainer.callbacks.out={tmp_path}",
+         "--trainer.callbacks.name=cli"], tmp_path)
+    ranks = ranks_of(tmp_path, "cli", 2)
+    assert [r["peer"] for r in ranks] == [0, 1] and [r["global_step"] for r in ranks] == [12, 12]
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 6
+    for (x0, y0), (x1, y1) in zip(ranks[0]["batches"], ranks[1]["batches"]):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1), "the peers saw different (augmented) samples"
+    checkpoint = torch.load(run / "last.ckpt", weights_only=False)["state_dict"]
+    assert sorted(checkpoint) == sorted(k for r in ranks for k in r["final"])
+    for rank in ranks:
+        assert all(torch.equal(v, checkpoint[k]) for k, v in rank["final"].items()), f"peer {rank['peer']}"
+    assert {"val/peer0/acc", "val/peer1/acc"} <= set(ranks[0]["metrics"])
+
+    printed = cli(["test", "-c", config, *SYNTHETIC_CIFAR, "--trainer.accelerator=cpu", "--trainer.devices=1",
+                   "--trainer.strategy=auto", f"--ckpt_path={run / 'last.ckpt'}"], tmp_path)
+    model = DML.load_from_checkpoint(run / "last.ckpt", map_location="cpu").eval()
+    data = SyntheticDataModule(input_shape=(3, 32, 32), train_size=96, val_size=32, test_size=48, batch_size=16)
+    data.setup("test")
+    x, y = data.on_after_batch_transfer(data.splits["test"], 0)
+    with torch.no_grad():
+        expected = (model.student(x).argmax(1) == y).float().mean().item()
+    reported = float(re.search(r"test/acc ([0-9.e-]+)", printed).group(1))
+    assert reported == pytest.approx(expected, abs=5e-4)  # printed with 4 significant digits
 
 
 if __name__ == "__main__":

@@ -227,6 +227,13 @@ class DML(StudentModule):
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx):
+        if self.layout is None:
+            return self.train_peers(batch)
+        with self.layout.own_random_stream(self.global_step, self.device):
+            return self.train_peers(batch)
+
+    def train_peers(self, batch) -> None:
+        """Step the peers on ``batch`` (this process's, or each its own under ``peer_parallel``)."""
         x, y, _ = self.unpack(batch)
         order = list(range(len(self.peers)) if self.stepping_peers is None else self.stepping_peers)
         own, shown = {}, {}

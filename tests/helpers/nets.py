@@ -19,3 +19,11 @@ class TinyMLP(nn.Module):
 
 def tiny_mlp(num_classes: int = 10, in_channels: int = 1) -> TinyMLP:
     return TinyMLP(num_classes, in_channels)
+
+
+def dropout_mlp(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> TinyMLP:
+    """TinyMLP of hidden ``width`` with dropout (p = 0.5) on its embedding: a forward in training mode draws
+    random numbers, as many as its width."""
+    net = TinyMLP(num_classes, in_channels, width)
+    net.body.append(nn.Dropout(0.5))
+    return net
