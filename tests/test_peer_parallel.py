@@ -23,7 +23,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from helpers import DIGITS_SHAPE as SHAPE, ROOT, Interrupted, KillAtStep, run_ddp_script, trainer
+from helpers import DIGITS_SHAPE as SHAPE, ROOT, Interrupted, KillAtStep, requires_cuda, run_ddp_script, trainer
 from helpers.peer_record import RankRecord
 from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
@@ -124,6 +124,42 @@ def test_peer_parallel_cost_counts_match_a_hand_count():
     assert replicated["flops"] == 3 * (forward + backward) + 2 * forward  # two refreshes (sequential)
     assert parallel["flops"] == forward + backward + forward  # peer 0's process: its step and its refresh
     assert parallel["exchanged"] == (3 + 2) * b * 10 * 4  # one all-gather of 3 logits, 2 refresh broadcasts
+
+
+def test_peer_parallel_measured_cost_derives_each_placement_from_the_peers_alone():
+    """Three peers measured alone (hand numbers): replicated runs every step and the two refreshes of the
+    sequential schedule and holds every peak; peer-parallel the busiest process's step and refresh."""
+    alone = [{"step_s": 0.010, "refresh_s": 0.003, "peak": 100.0, "held": 40.0},
+             {"step_s": 0.020, "refresh_s": 0.005, "peak": 300.0, "held": 90.0},
+             {"step_s": 0.024, "refresh_s": 0.006, "peak": 200.0, "held": 60.0}]
+    figures = peer_cost.per_gpu_measured(alone)
+    assert figures["replicated"]["step_s"] == pytest.approx(0.010 + 0.003 + 0.020 + 0.005 + 0.024)
+    assert figures["peer_parallel"]["step_s"] == pytest.approx(0.025)  # peer 1 steps and refreshes; peer 2 only steps
+    assert figures["replicated"]["peak"] == 600.0 and figures["peer_parallel"]["peak"] == 300.0
+    on_cpu = [dict(p, peak=None, held=None) for p in alone]
+    assert peer_cost.per_gpu_measured(on_cpu)["replicated"]["peak"] is None
+
+
+def test_peer_parallel_cost_timing_is_the_median_after_the_warmup(monkeypatch):
+    ticks = iter([0, 9, 10, 19, 20, 29,  # three warm-up calls of 9 s, left out
+                  30, 31, 40, 45, 50, 52])  # then calls of 1, 5 and 2 s
+    monkeypatch.setattr(peer_cost.time, "perf_counter", lambda: next(ticks))
+    calls = []
+    assert peer_cost.median_seconds(lambda: calls.append(1), torch.device("cpu"), repeats=3) == 2
+    assert len(calls) == 6
+
+
+@requires_cuda
+def test_peer_parallel_measured_gpu_memory_agrees_with_the_counts():
+    """On the GPU: what one peer holds between steps is its counted state (the allocator rounds each tensor up to
+    512 bytes), and the peak of a step holds that state and the activations autograd keeps."""
+    b = 64
+    counted = peer_cost.measure("resnet8x4", 100, (3, 32, 32), b)
+    state = counted["params"] + counted["grads"] + counted["buffers"] + counted["momentum"]
+    tensors = 3 * len(list(build_network("resnet8x4", 100).parameters())) + len(list(build_network("resnet8x4", 100).buffers()))
+    alone = peer_cost.measure_on(torch.device("cuda"), "resnet8x4", 100, (3, 32, 32), b, repeats=3)
+    assert state <= alone["held"] <= state + 512 * tensors
+    assert alone["peak"] + b * 3 * 32 * 32 * 4 >= alone["held"] + counted["activations"]
 
 
 # ----------------------------------------------------------------------------- the multi-process script

@@ -1,6 +1,7 @@
-"""Per-GPU memory and compute of mutual learning in each placement, from one peer measured on the CPU.
+"""Per-GPU memory and compute of mutual learning in each placement, from one peer measured alone.
 
 ``python -m lightning_kd.tools.peer_cost --peers resnet8x4 resnet8x4 --num-classes 100 --batch 64``
+(add ``--device cuda`` for the GPU figures below the counts)
 
 Measured for each peer (one network, batch ``--batch``, float32): the bytes of its parameters, gradients,
 buffers and SGD momentum, the bytes autograd keeps for its backward pass, and the FLOPs of a forward and
@@ -8,10 +9,20 @@ of a forward + backward (``torch.utils.flop_counter``). Derived per process (per
 batch, under the ``sequential`` schedule (the ``simultaneous`` one drops the refresh forwards): replicated
 holds all K peers and keeps their K graphs alive at once (each waits for its turn); peer-parallel holds
 one. These are counts, not GPU timings or allocator peaks.
+
+With ``--device cuda``, each peer also trains alone on the GPU: the median time of an SGD step (forward,
+backward, step) and of a refresh (a no-grad forward in training mode), the bytes it holds between steps
+and the allocator's peak during a step. Per GPU, replicated then holds every peer and every graph
+(at most the sum of the peaks: each peak also holds a step's transient buffers) and runs every step and
+K - 1 refreshes; peer-parallel holds its own peer (its
+peak) and runs its step and its refresh, plus the exchange, which one GPU cannot time.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from typing import Callable, Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,6 +69,63 @@ def measure(spec, num_classes: int, shape: tuple[int, int, int], batch: int) -> 
     }
 
 
+def median_seconds(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()``, the device synchronized around each call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(warmup + repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:])
+
+
+def measure_on(device: torch.device, spec, num_classes: int, shape: tuple[int, int, int], batch: int,
+               repeats: int = 20) -> dict[str, Optional[float]]:
+    """One peer training alone on ``device``: median seconds of an SGD step and of a refresh; on CUDA the
+    bytes held between steps (network, gradients, momentum) and the allocator's peak during a step."""
+    torch.manual_seed(0)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # what others hold
+    net = build_network(spec, num_classes, shape[0]).to(device).train()
+    x, y = torch.randn(batch, *shape, device=device), torch.randint(0, num_classes, (batch,), device=device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    def refresh():
+        with torch.no_grad():
+            net(x)
+
+    figures: dict[str, Optional[float]] = {"step_s": median_seconds(step, device, repeats),
+                                           "refresh_s": median_seconds(refresh, device, repeats),
+                                           "held": None, "peak": None}
+    if device.type == "cuda":
+        not_the_peer = before + x.nbytes + y.nbytes
+        torch.cuda.synchronize(device)
+        figures["held"] = torch.cuda.memory_allocated(device) - not_the_peer
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        figures["peak"] = torch.cuda.max_memory_allocated(device) - not_the_peer
+    return figures
+
+
+def per_gpu_measured(peers: list[dict[str, Optional[float]]]) -> dict[str, dict[str, Optional[float]]]:
+    """Per-GPU step time and memory peak of each placement, from each peer measured alone (:func:`measure_on`;
+    sequential schedule, the process of the largest peer for peer-parallel, the exchange left out)."""
+    k = len(peers)
+    work = [p["step_s"] + (p["refresh_s"] if i < k - 1 else 0.0) for i, p in enumerate(peers)]
+    peaks = [p["peak"] for p in peers]
+    known = all(peak is not None for peak in peaks)
+    return {"replicated": {"step_s": sum(work), "peak": sum(peaks) if known else None},
+            "peer_parallel": {"step_s": max(work), "peak": max(peaks) if known else None}}
+
+
 def per_gpu(peers: list[dict[str, int]], batch: int, num_classes: int) -> dict[str, dict[str, float]]:
     """Per-process figures of one batch for replicated and peer-parallel (the largest peer's process)."""
     k, logits = len(peers), batch * num_classes * 4
@@ -94,13 +162,36 @@ def main(argv=None) -> None:
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--input", type=int, nargs=3, default=[3, 32, 32], metavar=("C", "H", "W"))
     parser.add_argument("--batch", type=int, default=64, help="batch per data group")
+    parser.add_argument("--device", default=None, help="also train each peer alone on this device (e.g. cuda)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per peer (after 3 warm-up steps)")
     args = parser.parse_args(argv)
-    peers = [measure(spec, args.num_classes, tuple(args.input), args.batch) for spec in args.peers]
+    shape = tuple(args.input)
+    peers = [measure(spec, args.num_classes, shape, args.batch) for spec in args.peers]
     for spec, p in zip(args.peers, peers):
         print(f"{spec}: {p['params'] / 4:,.0f} parameters, forward {p['forward'] / 1e9:.3f} GFLOP, "
               f"forward + backward {p['train'] / 1e9:.3f} GFLOP, activations {p['activations'] / 2 ** 20:.1f} MiB "
               f"(batch {args.batch})")
     print(table(per_gpu(peers, args.batch, args.num_classes), len(peers)))
+    if args.device:
+        device = torch.device(args.device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        alone = [measure_on(device, spec, args.num_classes, shape, args.batch, args.repeats) for spec in args.peers]
+        for spec, p in zip(args.peers, alone):
+            memory = "" if p["peak"] is None else \
+                f", holds {p['held'] / 2 ** 20:.1f} MiB, peak {p['peak'] / 2 ** 20:.1f} MiB during a step"
+            print(f"{spec} alone on {name}: step {p['step_s'] * 1e3:.2f} ms, refresh {p['refresh_s'] * 1e3:.2f} ms"
+                  f"{memory} (batch {args.batch}, float32, median of {args.repeats})")
+        print(measured_table(per_gpu_measured(alone), name))
+
+
+def measured_table(figures: dict[str, dict[str, Optional[float]]], device: str) -> str:
+    rows = [f"| per GPU, one batch, measured on {device} | replicated | peer_parallel |", "|---|---|---|",
+            "| step time (steps and refreshes; peer-parallel without the exchange) | "
+            f"{figures['replicated']['step_s'] * 1e3:.2f} ms | {figures['peer_parallel']['step_s'] * 1e3:.2f} ms |"]
+    if figures["replicated"]["peak"] is not None:
+        rows.append(f"| allocator peak | {figures['replicated']['peak'] / 2 ** 20:.1f} MiB | "
+                    f"{figures['peer_parallel']['peak'] / 2 ** 20:.1f} MiB |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
