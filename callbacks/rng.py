@@ -16,8 +16,8 @@ def collect_rng_states() -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
               "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's device: a checkpoint written by rank 0 is restored on every rank
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -27,7 +27,10 @@ def restore_rng_states(states: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        cuda = states["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every device's state, rank 0's device first
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda)  # onto this process's device: every rank then draws as rank 0 drew
 
 
 class RNGState(Callback):

@@ -106,6 +106,11 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (images.float() / 255.0 - mean.to(images.device)[:, None, None]) / std.to(images.device)[:, None, None]
 
 
+def resuming_a_fit(trainer) -> bool:
+    """Whether a checkpoint is being loaded to go on fitting (not to test, validate or predict it)."""
+    return trainer is not None and trainer.state.fn == "fit"
+
+
 def per_class_subset(images: Tensor, labels: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
     """The first ``per_class`` samples of every class, in their order; a class with fewer is an error."""
     keep = []
@@ -229,7 +234,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         return {"mid_epoch_ddp": bool(trainer is not None and trainer.world_size > 1 and not trainer.is_last_batch)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("mid_epoch_ddp"):
+        if state.get("mid_epoch_ddp") and resuming_a_fit(self.trainer):
             raise ValueError("this checkpoint was written in the middle of an epoch of a multi-process (DDP) run, "
                              "where the position in the epoch cannot be restored exactly: resume from a checkpoint "
                              "written at an epoch end (for example with val_check_interval: 1.0).")

@@ -8,6 +8,7 @@ rank and node its own part of each epoch and keeps the loader's position in the 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
-from lightning_kd.datamodules.base import normalize
+from lightning_kd.datamodules.base import normalize, resuming_a_fit
 from lightning_kd.datamodules.image_folder import class_folders, list_images
 
 # Bump when what a shard holds changes: shards of another format are refused, not misread.
@@ -139,6 +140,26 @@ class DecodeImage:
         return image, record["label"], record["index"]
 
 
+@functools.cache
+def epoch_following_loader() -> type:
+    """litdata's ``StreamingDataLoader`` whose epoch (which orders its shuffle) is the trainer's.
+
+    litdata counts epochs in the loader, from 0 in a new process: a fit resumed after an epoch ended would
+    replay the first epoch's order. A checkpoint of the middle of an epoch restores the count itself.
+    """
+    class EpochFollowingLoader(litdata().StreamingDataLoader):
+        trainer: Optional[pl.Trainer] = None
+
+        def __iter__(self):
+            if self.trainer is not None and not self.restore:
+                # epochs whose batches all trained (a resumed fit counts the checkpoint's last epoch as done only
+                # later); litdata adds 1 as the epoch starts
+                self.current_epoch = self.trainer.fit_loop.epoch_progress.current.processed
+            return super().__iter__()
+
+    return EpochFollowingLoader
+
+
 def shard_as_the_strategy(dataset, trainer: Optional[pl.Trainer]) -> None:
     """Give ``dataset`` (a litdata ``StreamingDataset``) the parts the trainer's strategy shards data into.
 
@@ -215,9 +236,11 @@ class StreamingImageDataModule(pl.LightningDataModule):
         dataset = ld.StreamingDataset(str(self.root / self.splits[split]), shuffle=train, drop_last=train,
                                       seed=self.seed, transform=DecodeImage(train, self.image_size, self.resize))
         shard_as_the_strategy(dataset, self.trainer)
-        return ld.StreamingDataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
-                                      num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                                      drop_last=train)
+        loader = epoch_following_loader()(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                                          drop_last=train)
+        loader.trainer = self.trainer
+        return loader
 
     def train_dataloader(self):
         return self._loader("train", True)
@@ -231,14 +254,15 @@ class StreamingImageDataModule(pl.LightningDataModule):
     predict_dataloader = test_dataloader
 
     def state_dict(self) -> dict:
-        # A checkpoint holds one process's loader position, restored on every process: right for the data
-        # group of process 0 only, so a peer-parallel resume in the middle of an epoch is refused, not guessed.
+        # litdata restores a position saved for its own split of the epoch (one part per process); under
+        # peer_parallel the parts are the data groups, which its resume does not know (it re-stripes the
+        # epoch for every process), so a peer-parallel resume in the middle of an epoch is refused, not guessed.
         trainer = self.trainer
         layout = getattr(getattr(trainer, "lightning_module", None), "layout", None)
         return {"mid_epoch_peer_parallel": bool(layout is not None and not trainer.is_last_batch)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("mid_epoch_peer_parallel"):
+        if state.get("mid_epoch_peer_parallel") and resuming_a_fit(self.trainer):
             raise ValueError("this checkpoint was written in the middle of an epoch of a peer-parallel run, whose "
                              "data groups stream different parts of the epoch and cannot all be restored from one "
                              "position: resume from a checkpoint written at an epoch end (for example with "

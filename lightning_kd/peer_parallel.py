@@ -14,7 +14,7 @@ https://arxiv.org/abs/1804.03235).
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Iterator, Optional
 
@@ -128,10 +128,18 @@ PEER_STATES = ("state_dict", "optimizer_states", "lr_schedulers")
 def private_random_stream(seed: int, rank: int, step: int, device: torch.device) -> Iterator[None]:
     """Draw from generators seeded by ``(seed, rank, step)`` (CPU and ``device``), then restore the global
     ones. The stream is new every step and process, and the same again on a resumed run."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0]))
+    value = int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(value)
+            yield
+        return
+    module = torch.get_device_module(device.type)
+    with torch.random.fork_rng(devices=[device.index if device.index is not None else module.current_device()],
+                               device_type=device.type), \
+            (module.device(device) if hasattr(module, "device") else nullcontext()):
+        torch.random.default_generator.manual_seed(value)
+        module.manual_seed(value)  # this process's device only (not manual_seed_all)
         yield
 
 

@@ -106,3 +106,22 @@ def test_a_loss_term_without_a_weight_is_an_error(supervised_ckpt):
     model = Unweighted(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10, input_shape=(1, 8, 8))
     with pytest.raises(KeyError, match=r"returned the loss terms \['extra'\] without a weight"):
         trainer(limit_train_batches=1).fit(model, datamodule=DigitsDataModule(batch_size=16))
+
+
+def test_a_checkpoints_cuda_generator_state_is_restored_onto_this_processs_device(monkeypatch):
+    """Rank 0 writes the checkpoint; every rank restores it. Only rank 0's device state is saved, and each
+    process puts it on its own device , so every rank draws on the device as rank 0 drew; an older
+    checkpoint's list of every device's state gives rank 0's device, its first."""
+    from lightning_kd.callbacks import rng
+
+    saved, restored = torch.tensor([1, 2], dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every device"))
+    states = rng.collect_rng_states()
+    assert states["cuda"] is saved
+    rng.restore_rng_states(states)
+    older = dict(states, cuda=[saved, torch.tensor([9, 9], dtype=torch.uint8)])
+    rng.restore_rng_states(older)
+    assert [(state.tolist(), device) for state, device in restored] == [([1, 2], "cuda"), ([1, 2], "cuda")]

@@ -316,3 +316,19 @@ def test_train_per_class_keeps_the_first_images_of_every_class_and_leaves_val_an
         DigitsDataModule(train_per_class=500).setup()
     with pytest.raises(ValueError, match="train_per_class must be >= 1"):
         DigitsDataModule(train_per_class=0)
+
+
+def test_a_ddp_checkpoint_written_mid_epoch_is_refused_when_a_fit_resumes_from_it_only():
+    """Its position in the epoch cannot be restored under DDP; testing, validating or predicting it needs none."""
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    data = DigitsDataModule()
+    for world, last_batch, fn, refused in [(2, False, "fit", True), (2, False, "test", False),
+                                           (2, False, "predict", False), (2, True, "fit", False), (1, False, "fit", False)]:
+        data.trainer = SimpleNamespace(world_size=world, is_last_batch=last_batch, state=SimpleNamespace(fn=TrainerFn(fn)))
+        state = data.state_dict()
+        if refused:
+            with pytest.raises(ValueError, match="middle of an epoch of a multi-process.*epoch end"):
+                data.load_state_dict(state)
+        else:
+            data.load_state_dict(state)

@@ -127,17 +127,32 @@ def test_peer_parallel_cost_counts_match_a_hand_count():
 
 
 def test_peer_parallel_measured_cost_derives_each_placement_from_the_peers_alone():
-    """Three peers measured alone (hand numbers): replicated runs every step and the two refreshes of the
-    sequential schedule and holds every peak; peer-parallel the busiest process's step and refresh."""
-    alone = [{"step_s": 0.010, "refresh_s": 0.003, "peak": 100.0, "held": 40.0},
-             {"step_s": 0.020, "refresh_s": 0.005, "peak": 300.0, "held": 90.0},
-             {"step_s": 0.024, "refresh_s": 0.006, "peak": 200.0, "held": 60.0}]
+    """Three peers measured alone (hand numbers, ms). Replicated: every step, and under ``sequential`` the
+    refreshes of peers 0 and 1. Peer-parallel ``simultaneous``: the slowest step; ``sequential``: the forwards
+    at once, then each peer's backward + step and the refreshes in turn."""
+    ms = 1e-3
+    alone = [{"step_s": 10 * ms, "forward_s": 4 * ms, "refresh_s": 3 * ms, "peak": 100.0, "held": 40.0},
+             {"step_s": 20 * ms, "forward_s": 7 * ms, "refresh_s": 5 * ms, "peak": 300.0, "held": 90.0},
+             {"step_s": 24 * ms, "forward_s": 8 * ms, "refresh_s": 6 * ms, "peak": 200.0, "held": 60.0}]
     figures = peer_cost.per_gpu_measured(alone)
-    assert figures["replicated"]["step_s"] == pytest.approx(0.010 + 0.003 + 0.020 + 0.005 + 0.024)
-    assert figures["peer_parallel"]["step_s"] == pytest.approx(0.025)  # peer 1 steps and refreshes; peer 2 only steps
-    assert figures["replicated"]["peak"] == 600.0 and figures["peer_parallel"]["peak"] == 300.0
+    replicated, parallel = figures["replicated"], figures["peer_parallel"]
+    assert replicated["sequential_s"] == pytest.approx((10 + 20 + 24 + 3 + 5) * ms)
+    assert replicated["simultaneous_s"] == pytest.approx((10 + 20 + 24) * ms)
+    assert parallel["simultaneous_s"] == pytest.approx(24 * ms)
+    assert parallel["sequential_s"] == pytest.approx((8 + (6 + 13 + 16) + (3 + 5)) * ms)
+    assert replicated["peak"] == 600.0 and parallel["peak"] == 300.0
     on_cpu = [dict(p, peak=None, held=None) for p in alone]
     assert peer_cost.per_gpu_measured(on_cpu)["replicated"]["peak"] is None
+
+
+@pytest.mark.parametrize("args, message", [(["--repeats", "0"], "--repeats must be >= 1"),
+                                           (["--device", "cuda"], "no CUDA GPU is visible")])
+def test_peer_parallel_cost_tool_refuses_bad_arguments_before_measuring(args, message, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(peer_cost, "measure", lambda *a: pytest.fail("measured"))
+    with pytest.raises(SystemExit):
+        peer_cost.main(args)
+    assert message in capsys.readouterr().err
 
 
 def test_peer_parallel_cost_timing_is_the_median_after_the_warmup(monkeypatch):
@@ -303,7 +318,7 @@ def test_peer_parallel_random_stream_is_new_per_step_and_process_and_leaves_the_
     before = torch.get_rng_state()
     first = draws(0, 0)
     assert torch.equal(torch.get_rng_state(), before)
-    assert torch.equal(first, draws(0, 0))  # a resumed run draws the same again
+    assert torch.equal(first, draws(0, 0))  # the same (seed, rank, step) draws the same: what a resume relies on
     others = [draws(1, 0), draws(0, 1), draws(1, 1)]
     assert all(not torch.equal(first, other) for other in others)
     assert not torch.equal(others[0], others[1])

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 from helpers import run_ddp_script, trainer as quick_trainer
 from lightning_kd.datamodules import StreamingImageDataModule, streaming
@@ -171,6 +172,16 @@ def test_a_fit_resumed_mid_epoch_trains_on_exactly_the_rest_of_the_epoch(shards,
     assert rest.batches == whole.batches[5:]
 
 
+def test_a_fit_resumed_at_an_epoch_end_trains_the_next_epoch_in_its_own_order(shards, tmp_path):
+    """Not the finished epoch's order again: the resumed second epoch is the uninterrupted run's second epoch."""
+    whole = fit(shards, max_epochs=2)
+    first = fit(shards, max_epochs=1, callbacks=[ModelCheckpoint(tmp_path, "epoch0")], enable_checkpointing=True)
+    second = fit(shards, ckpt_path=str(tmp_path / "epoch0.ckpt"), max_epochs=2)
+    per_epoch = len(whole.batches) // 2
+    assert first.batches == whole.batches[:per_epoch]
+    assert second.batches == whole.batches[per_epoch:] != whole.batches[:per_epoch]
+
+
 @pytest.mark.parametrize("batch_size, num_workers", [(4, 0), (8, 1)])
 def test_a_loader_resumed_with_another_batch_size_or_worker_count_yields_the_rest(shards, batch_size, num_workers):
     def loader(**options):
@@ -273,10 +284,14 @@ def test_peer_parallel_ranks_of_a_data_group_stream_the_same_crops_of_the_whole_
         assert torch.equal(x0, x1), "the peers trained on different random crops of the same samples"
 
 
-def test_a_peer_parallel_checkpoint_written_mid_epoch_is_refused_on_resume(shards):
+def test_a_peer_parallel_checkpoint_written_mid_epoch_is_refused_on_resume_only(shards):
+    """Refused when a fit resumes from it; testing, validating or predicting it reads no loader position."""
     data = StreamingImageDataModule(str(shards / "shards"), **SMALL)
-    for layout, last_batch, refused in [(object(), False, True), (object(), True, False), (None, False, False)]:
-        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(layout=layout), is_last_batch=last_batch)
+    for layout, last_batch, fn, refused in [(object(), False, "fit", True), (object(), False, "test", False),
+                                            (object(), False, "validate", False), (object(), True, "fit", False),
+                                            (None, False, "fit", False)]:
+        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(layout=layout), is_last_batch=last_batch,
+                                       state=SimpleNamespace(fn=TrainerFn(fn)))
         state = data.state_dict()
         if refused:
             with pytest.raises(ValueError, match="middle of an epoch of a peer-parallel run.*epoch end"):

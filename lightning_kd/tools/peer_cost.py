@@ -15,7 +15,9 @@ backward, step) and of a refresh (a no-grad forward in training mode), the bytes
 and the allocator's peak during a step. Per GPU, replicated then holds every peer and every graph
 (at most the sum of the peaks: each peak also holds a step's transient buffers) and runs every step and
 K - 1 refreshes; peer-parallel holds its own peer (its
-peak) and runs its step and its refresh, plus the exchange, which one GPU cannot time.
+peak); its step time is the slowest peer's step under ``simultaneous``, and under ``sequential`` the peers'
+backwards, steps and refreshes in turn after their forwards at once, plus the exchange, which one GPU cannot
+time.
 """
 from __future__ import annotations
 
@@ -87,6 +89,8 @@ def measure_on(device: torch.device, spec, num_classes: int, shape: tuple[int, i
     """One peer training alone on ``device``: median seconds of an SGD step and of a refresh; on CUDA the
     bytes held between steps (network, gradients, momentum) and the allocator's peak during a step."""
     torch.manual_seed(0)
+    if device.type == "cuda":  # cuBLAS keeps a workspace from its first matmul: not the peer's to hold
+        (torch.ones(8, 8, device=device, requires_grad=True) @ torch.ones(8, 8, device=device)).sum().backward()
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # what others hold
     net = build_network(spec, num_classes, shape[0]).to(device).train()
     x, y = torch.randn(batch, *shape, device=device), torch.randint(0, num_classes, (batch,), device=device)
@@ -97,11 +101,15 @@ def measure_on(device: torch.device, spec, num_classes: int, shape: tuple[int, i
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
 
+    def forward():  # with its graph, as a step's forward (dropped at once)
+        torch.nn.functional.cross_entropy(net(x), y)
+
     def refresh():
         with torch.no_grad():
             net(x)
 
     figures: dict[str, Optional[float]] = {"step_s": median_seconds(step, device, repeats),
+                                           "forward_s": median_seconds(forward, device, repeats),
                                            "refresh_s": median_seconds(refresh, device, repeats),
                                            "held": None, "peak": None}
     if device.type == "cuda":
@@ -116,14 +124,24 @@ def measure_on(device: torch.device, spec, num_classes: int, shape: tuple[int, i
 
 
 def per_gpu_measured(peers: list[dict[str, Optional[float]]]) -> dict[str, dict[str, Optional[float]]]:
-    """Per-GPU step time and memory peak of each placement, from each peer measured alone (:func:`measure_on`;
-    sequential schedule, the process of the largest peer for peer-parallel, the exchange left out)."""
-    k = len(peers)
-    work = [p["step_s"] + (p["refresh_s"] if i < k - 1 else 0.0) for i, p in enumerate(peers)]
+    """Per-GPU step time and memory peak of each placement and schedule, from each peer measured alone
+    (:func:`measure_on`; the exchange left out).
+
+    Replicated runs every step, plus every refresh but the last peer's under ``sequential``. Peer-parallel
+    under ``simultaneous``: the slowest peer's step, all processes at once. Under ``sequential`` the
+    processes run their forwards at once, then wait for each other: peer i's backward and SGD step come
+    after peer i - 1's refresh reached it, so the backwards, steps and refreshes add up.
+    """
+    refreshes = sum(p["refresh_s"] for p in peers[:-1])
+    after_forward = sum(p["step_s"] - p["forward_s"] for p in peers)
     peaks = [p["peak"] for p in peers]
     known = all(peak is not None for peak in peaks)
-    return {"replicated": {"step_s": sum(work), "peak": sum(peaks) if known else None},
-            "peer_parallel": {"step_s": max(work), "peak": max(peaks) if known else None}}
+    steps = sum(p["step_s"] for p in peers)
+    return {"replicated": {"sequential_s": steps + refreshes, "simultaneous_s": steps,
+                           "peak": sum(peaks) if known else None},
+            "peer_parallel": {"sequential_s": max(p["forward_s"] for p in peers) + after_forward + refreshes,
+                              "simultaneous_s": max(p["step_s"] for p in peers),
+                              "peak": max(peaks) if known else None}}
 
 
 def per_gpu(peers: list[dict[str, int]], batch: int, num_classes: int) -> dict[str, dict[str, float]]:
@@ -165,6 +183,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="also train each peer alone on this device (e.g. cuda)")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per peer (after 3 warm-up steps)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.device and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU is visible here; drop --device for the counts alone")
     shape = tuple(args.input)
     peers = [measure(spec, args.num_classes, shape, args.batch) for spec in args.peers]
     for spec, p in zip(args.peers, peers):
@@ -179,18 +201,22 @@ def main(argv=None) -> None:
         for spec, p in zip(args.peers, alone):
             memory = "" if p["peak"] is None else \
                 f", holds {p['held'] / 2 ** 20:.1f} MiB, peak {p['peak'] / 2 ** 20:.1f} MiB during a step"
-            print(f"{spec} alone on {name}: step {p['step_s'] * 1e3:.2f} ms, refresh {p['refresh_s'] * 1e3:.2f} ms"
+            print(f"{spec} alone on {name}: step {p['step_s'] * 1e3:.2f} ms (forward {p['forward_s'] * 1e3:.2f} ms), "
+                  f"refresh {p['refresh_s'] * 1e3:.2f} ms"
                   f"{memory} (batch {args.batch}, float32, median of {args.repeats})")
         print(measured_table(per_gpu_measured(alone), name))
 
 
 def measured_table(figures: dict[str, dict[str, Optional[float]]], device: str) -> str:
-    rows = [f"| per GPU, one batch, measured on {device} | replicated | peer_parallel |", "|---|---|---|",
-            "| step time (steps and refreshes; peer-parallel without the exchange) | "
-            f"{figures['replicated']['step_s'] * 1e3:.2f} ms | {figures['peer_parallel']['step_s'] * 1e3:.2f} ms |"]
-    if figures["replicated"]["peak"] is not None:
-        rows.append(f"| allocator peak | {figures['replicated']['peak'] / 2 ** 20:.1f} MiB | "
-                    f"{figures['peer_parallel']['peak'] / 2 ** 20:.1f} MiB |")
+    rep, par = figures["replicated"], figures["peer_parallel"]
+    rows = [f"| per GPU, one batch, from each peer alone on {device} | replicated | peer_parallel |", "|---|---|---|",
+            f"| step time, sequential schedule (peer-parallel: without the exchange) | {rep['sequential_s'] * 1e3:.2f} ms "
+            f"| {par['sequential_s'] * 1e3:.2f} ms |",
+            f"| step time, simultaneous schedule (peer-parallel: without the exchange) | "
+            f"{rep['simultaneous_s'] * 1e3:.2f} ms | {par['simultaneous_s'] * 1e3:.2f} ms |"]
+    if rep["peak"] is not None:
+        rows.append(f"| allocator peak (replicated: at most the sum of the peers' peaks) | <= {rep['peak'] / 2 ** 20:.1f} MiB | "
+                    f"{par['peak'] / 2 ** 20:.1f} MiB |")
     return "\n".join(rows)
 
 
