@@ -106,9 +106,12 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (images.float() / 255.0 - mean.to(images.device)[:, None, None]) / std.to(images.device)[:, None, None]
 
 
-def resuming_a_fit(trainer) -> bool:
-    """Whether a checkpoint is being loaded to go on fitting (not to test, validate or predict it)."""
-    return trainer is not None and trainer.state.fn == "fit"
+def refuse_mid_epoch_resume(written_mid_epoch: bool, trainer, run: str) -> None:
+    """Refuse to go on fitting from a checkpoint written in the middle of an epoch of ``run`` (whose position
+    in the epoch cannot be restored); testing, validating or predicting it needs no position."""
+    if written_mid_epoch and trainer is not None and trainer.state.fn == "fit":
+        raise ValueError(f"this checkpoint was written in the middle of an epoch of {run}: resume from a checkpoint "
+                         f"written at an epoch end (for example with val_check_interval: 1.0).")
 
 
 def per_class_subset(images: Tensor, labels: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
@@ -234,10 +237,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         return {"mid_epoch_ddp": bool(trainer is not None and trainer.world_size > 1 and not trainer.is_last_batch)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("mid_epoch_ddp") and resuming_a_fit(self.trainer):
-            raise ValueError("this checkpoint was written in the middle of an epoch of a multi-process (DDP) run, "
-                             "where the position in the epoch cannot be restored exactly: resume from a checkpoint "
-                             "written at an epoch end (for example with val_check_interval: 1.0).")
+        refuse_mid_epoch_resume(state.get("mid_epoch_ddp", False), self.trainer, "a multi-process (DDP) run, "
+                                "where the position in the epoch cannot be restored exactly")
 
     def val_dataloader(self):
         return self._loader("val", False)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
-from lightning_kd.datamodules.base import normalize, resuming_a_fit
+from lightning_kd.datamodules.base import normalize, refuse_mid_epoch_resume
 from lightning_kd.datamodules.image_folder import class_folders, list_images
 
 # Bump when what a shard holds changes: shards of another format are refused, not misread.
@@ -262,11 +262,9 @@ class StreamingImageDataModule(pl.LightningDataModule):
         return {"mid_epoch_peer_parallel": bool(layout is not None and not trainer.is_last_batch)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("mid_epoch_peer_parallel") and resuming_a_fit(self.trainer):
-            raise ValueError("this checkpoint was written in the middle of an epoch of a peer-parallel run, whose "
-                             "data groups stream different parts of the epoch and cannot all be restored from one "
-                             "position: resume from a checkpoint written at an epoch end (for example with "
-                             "val_check_interval: 1.0).")
+        refuse_mid_epoch_resume(state.get("mid_epoch_peer_parallel", False), self.trainer, "a peer-parallel run, "
+                                "whose data groups stream different parts of the epoch and cannot all be restored "
+                                "from one position")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y, index = batch
