@@ -140,7 +140,7 @@ def test_fitnet_regressor_maps_student_to_teacher_shape(digits_teacher):
 ])
 def test_fitnet_regressor_is_the_papers_size_matching_conv_with_bias_bn_and_relu(student_size, teacher_size, conv,
                                                                                  kernel, stride):
-    from lightning_kd.methods.fitnet import hint_regressor
+    from lightning_kd.adapters import hint_regressor
 
     s, t = torch.randn(2, 4, student_size, student_size), torch.randn(2, 16, teacher_size, teacher_size)
     regressor = hint_regressor(s, t)
@@ -152,7 +152,7 @@ def test_fitnet_regressor_is_the_papers_size_matching_conv_with_bias_bn_and_relu
 
 
 def test_fitnet_regressor_refuses_a_smaller_student_map_of_another_ratio():
-    from lightning_kd.methods.fitnet import hint_regressor
+    from lightning_kd.adapters import hint_regressor
 
     with pytest.raises(ValueError, match="the student's hint map is 2x2 and the teacher's 8x8"):
         hint_regressor(torch.randn(1, 4, 2, 2), torch.randn(1, 16, 8, 8))

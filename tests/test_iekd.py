@@ -12,7 +12,7 @@ from helpers import ie_loss_by_hand as by_hand, trainer
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.methods import IEKD
-from lightning_kd.methods.iekd import FactorAutoencoder
+from lightning_kd.adapters import FactorAutoencoder
 from lightning_kd.models import build_network
 
 TEACHER = {"name": "small_cnn", "width": 8}

@@ -13,7 +13,7 @@ from lightning_kd.datamodules import ClassSplitDataModule, DigitsDataModule
 from lightning_kd.datamodules.base import normalize
 from lightning_kd.losses import batch_hard_triplet_loss, rkd_angle_loss, rkd_distance_loss
 from lightning_kd.methods import MetricLearning, MetricRKD
-from lightning_kd.methods.metric import recall_at_k
+from lightning_kd.metrics import RecallAtK, recall_at_k
 from lightning_kd.models.embedding import EmbeddingNet
 
 EMB = "lightning_kd.models.embedding.EmbeddingNet"
@@ -49,6 +49,41 @@ def test_recall_at_k_rejects_bad_shapes():
         recall_at_k(torch.randn(1, 3), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"\(N,\) labels"):
         recall_at_k(torch.randn(4, 3), torch.tensor([0, 1]))
+
+
+def test_recall_metric_equals_torchmetrics_hit_rate_with_every_sample_a_query():
+    """torchmetrics' RetrievalHitRate@k scores a query 1 when one of its k best documents is relevant; with
+    every other sample a document (score: minus the distance) and relevance = same class, that is Recall@K."""
+    from torchmetrics.retrieval import RetrievalHitRate
+
+    torch.manual_seed(0)
+    e, y = torch.randn(40, 5), torch.randint(0, 4, (40,))
+    metric = RecallAtK((1, 2, 4, 8, 64))
+    for rows in torch.tensor_split(torch.arange(40), [7, 25]):  # uneven batches, as a split's last one
+        metric.update(e[rows], y[rows])
+    ours = metric.compute()
+    query, doc = torch.cartesian_prod(torch.arange(40), torch.arange(40)).T
+    others = query != doc
+    query, doc = query[others], doc[others]
+    scores = -torch.cdist(e, e)[query, doc]
+    for k in (1, 2, 4, 8, 64):  # 64 > the 39 other samples: every one counts
+        reference = RetrievalHitRate(top_k=k)(scores, y[doc] == y[query], indexes=query)
+        assert ours[k] == pytest.approx(float(reference), abs=1e-6), k
+
+
+def test_recall_metric_gathers_every_process_in_rank_order():
+    """Under DDP the retrieval set is every process's samples: a fake all-gather hands this process rank 1's
+    rows; compute then equals recall_at_k over rank 0's rows followed by rank 1's."""
+    torch.manual_seed(1)
+    e, y = torch.randn(30, 3), torch.randint(0, 3, (30,))
+    mine, theirs = slice(0, 16), slice(16, 30)
+
+    def gather(tensor, group=None):  # what torch.distributed would return on rank 0 of 2
+        return [tensor, e[theirs] if tensor.ndim == 2 else y[theirs]]
+
+    metric = RecallAtK((1, 4), dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    metric.update(e[mine], y[mine])
+    assert metric.compute() == recall_at_k(e, y, (1, 4)) != recall_at_k(e[mine], y[mine], (1, 4))
 
 
 def triplet_by_loops(e, y, margin):

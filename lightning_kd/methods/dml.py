@@ -9,12 +9,12 @@ from contextlib import contextmanager, nullcontext
 from typing import Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.strategies import ParallelStrategy
 from torch import Tensor, nn
 
 from lightning_kd.base import NetSpec, StudentModule, accuracy
+from lightning_kd.distributed import average_across_ranks
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.losses import dml_loss
 from lightning_kd.models import build_network
@@ -22,23 +22,6 @@ from lightning_kd.peer_parallel import PeerLayout, PeerParallelStrategy
 
 SCHEDULES = ("sequential", "simultaneous")
 PLACEMENTS = ("replicated", "peer_parallel")
-
-
-def average_across_ranks(tensors: Sequence[Tensor], group: Optional[dist.ProcessGroup] = None) -> None:
-    """In place, replace each tensor by its mean over the processes of ``group`` (default: all of them),
-    with one flat all-reduce.
-
-    A no-op outside ``torch.distributed`` or with a single process. Every rank of the group must pass
-    tensors of the same shapes in the same order.
-    """
-    if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) < 2:
-        return
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    flat /= dist.get_world_size(group)
-    with torch.no_grad():
-        for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors])):
-            t.copy_(chunk.view_as(t))
 
 
 @contextmanager

@@ -6,34 +6,12 @@ https://arxiv.org/abs/1412.6550
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_kd.adapters import hint_regressor
 from lightning_kd.features import check_4d
 from lightning_kd.losses import check_temperature, fitnet_loss, kd_loss
 from lightning_kd.stages import TwoStageDistillation
-
-
-def hint_regressor(student_feat: Tensor, teacher_feat: Tensor) -> nn.Sequential:
-    """The hint regressor of the paper and of RepDistiller's benchmark: a convolution with bias that
-    matches the teacher's size, then BatchNorm and ReLU (the hint itself is a post-ReLU map).
-
-    Equal sizes: 1x1 conv. A student map twice as large: 3x3 conv of stride 2; half as large:
-    4x4 transposed conv of stride 2; larger by another amount: a conv whose kernel is the
-    difference plus one. A smaller student map of another ratio is refused.
-    """
-    c_s, c_t = student_feat.shape[1], teacher_feat.shape[1]
-    (h_s, w_s), (h_t, w_t) = student_feat.shape[-2:], teacher_feat.shape[-2:]
-    if (h_s, w_s) == (2 * h_t, 2 * w_t):
-        conv = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
-    elif (2 * h_s, 2 * w_s) == (h_t, w_t):
-        conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
-    elif h_s >= h_t and w_s >= w_t:
-        conv = nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t))
-    else:
-        raise ValueError(f"FitNet: the student's hint map is {h_s}x{w_s} and the teacher's {h_t}x{w_t}; the regressor "
-                         f"maps a larger, an equal or a half-size student map only: choose student_layer and "
-                         f"teacher_layer of such sizes.")
-    return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU())
 
 
 class FitNet(TwoStageDistillation):
@@ -41,8 +19,8 @@ class FitNet(TwoStageDistillation):
 
     "FitNets: Hints for Thin Deep Nets" (Romero et al., ICLR 2015), https://arxiv.org/abs/1412.6550.
     The hint loss is ``MSE(regressor(s_hint), t_hint)``; the regressor (size-matching conv with
-    bias + BN + ReLU, :func:`hint_regressor`) is sized from one example forward and trained with
-    the student. ``stages`` picks how it meets the task:
+    bias + BN + ReLU, :func:`~lightning_kd.adapters.hint_regressor`) is sized from one example forward
+    and trained with the student. ``stages`` picks how it meets the task:
 
     - ``"hints_first"`` (default, the paper's Algorithm 1 and the authors' code): stage 1, the
       first ``stage1_fraction`` of the epochs, trains the student's layers up to the guided layer

@@ -7,100 +7,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_kd.adapters import (FactorAutoencoder, check_splittable, example_factor, factor_channels_of,
+                                   factor_encoder, split_channels)
 from lightning_kd.features import NetOutput, check_4d
 from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.stages import TwoStageDistillation
-
-
-RECONSTRUCTION_ERRORS = ("l1", "mse")
-
-
-def coder(c_in: int, c_out: int) -> nn.Sequential:
-    """The authors' three-layer coder: LeakyReLU(0.1), then three 3x3 conv-BN-LeakyReLU layers,
-    ``c_in -> c_in -> c_out -> c_out``, at the input's spatial size.
-
-    Convolutions start from He-normal weights over the fan-out and BatchNorm from (1, 0), the
-    initialisation of the IE-KD authors' coder (their ``model/auto_encoder.py``).
-    """
-    layers: list[nn.Module] = [nn.LeakyReLU(0.1)]
-    for a, b in ((c_in, c_in), (c_in, c_out), (c_out, c_out)):
-        conv = nn.Conv2d(a, b, 3, padding=1, bias=False)
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        layers += [conv, nn.BatchNorm2d(b), nn.LeakyReLU(0.1)]
-    return nn.Sequential(*layers)
-
-
-class FactorAutoencoder(nn.Module):
-    """Conv autoencoder of a feature map, the "compact knowledge extraction" of IE-KD.
-
-    ``encoder`` = :func:`coder` ``(channels -> factor_channels)``, ``decoder`` = :func:`coder`
-    ``(factor_channels -> channels)``: six conv layers in all, the factor at the feature's
-    spatial size, as the IE-KD authors' auto-encoder.
-
-    Args:
-        channels: channels of the feature map.
-        factor_channels: channels of the factor.
-        reconstruction: ``"l1"`` (default, the authors': mean absolute error) or ``"mse"``.
-    """
-
-    def __init__(self, channels: int, factor_channels: int, reconstruction: str = "l1"):
-        super().__init__()
-        if reconstruction not in RECONSTRUCTION_ERRORS:
-            raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_ERRORS} (l1: the authors'), "
-                             f"got {reconstruction!r}.")
-        self.reconstruction = reconstruction
-        self.encoder = coder(channels, factor_channels)
-        self.decoder = coder(factor_channels, channels)
-
-    def forward(self, feature: Tensor) -> Tensor:
-        """The reconstruction of ``feature``."""
-        return self.decoder(self.encoder(feature))
-
-    def reconstruction_error(self, feature: Tensor) -> Tensor:
-        """Mean absolute (``l1``) or squared (``mse``) error of the reconstruction, in float32."""
-        error = F.l1_loss if self.reconstruction == "l1" else F.mse_loss
-        return error(self(feature).float(), feature.float())
-
-
-def factor_encoder(part: Tensor, factor: Tensor) -> nn.Sequential:
-    """A :func:`coder` from a student feature part to the factor's channels (the authors' encoder
-    of each half), behind an adaptive average pool when the spatial sizes differ."""
-    layers: list[nn.Module] = []
-    if part.shape[-2:] != factor.shape[-2:]:
-        layers.append(nn.AdaptiveAvgPool2d(tuple(factor.shape[-2:])))
-    return nn.Sequential(*layers, *coder(part.shape[1], factor.shape[1]))
-
-
-def split_channels(feature: Tensor) -> tuple[Tensor, Tensor]:
-    """The inheritance part (first half of the channels) and the exploration part (second half)."""
-    half = feature.shape[1] // 2
-    return feature[:, :half], feature[:, half:]
-
-
-@torch.no_grad()
-def example_factor(autoencoder: FactorAutoencoder, feature: Tensor) -> Tensor:
-    """The factor of an example feature, computed in eval mode (BatchNorm statistics untouched)."""
-    autoencoder.eval()
-    try:
-        return autoencoder.encoder(feature)
-    finally:
-        autoencoder.train()
-
-
-def check_splittable(feature: Tensor, layer: str, who: str) -> None:
-    channels = feature.shape[1]
-    if channels < 2 or channels % 2:
-        raise ValueError(f"IE-KD splits the {who} layer {layer!r} into two channel halves (inheritance "
-                         f"and exploration), but it has {channels} channels; choose a layer with an "
-                         f"even number of channels (>= 2).")
-
-
-def factor_channels_of(channels: int, factor_rate: float) -> int:
-    if not 0 < factor_rate:
-        raise ValueError(f"factor_rate must be > 0 (factor channels = rate x teacher channels), got {factor_rate}.")
-    return max(1, round(channels * factor_rate))
 
 
 class IEKD(TwoStageDistillation):
@@ -112,15 +25,15 @@ class IEKD(TwoStageDistillation):
     Training runs in two stages inside one ``fit``:
 
     1. The first ``stage1_fraction`` of the epochs (compact knowledge extraction): a
-       :class:`FactorAutoencoder` learns to reconstruct the frozen teacher's ``teacher_layer``
-       feature (loss ``recon``: ``reconstruction``, the authors' L1 by default). The student does not train and is not
-       run (its ``val/acc`` stays at its initial value), so its parameters, BatchNorm
+       :class:`~lightning_kd.adapters.FactorAutoencoder` learns to reconstruct the frozen teacher's
+       ``teacher_layer`` feature (loss ``recon``: ``reconstruction``, the authors' L1 by default). The student
+       does not train and is not run (its ``val/acc`` stays at its initial value), so its parameters, BatchNorm
        statistics and optimizer state are untouched.
     2. The rest: the autoencoder is frozen (eval mode, no gradients); the teacher's factor is
        its encoder's output. The student's ``student_layer`` feature is split into channel halves,
        the inheritance and the exploration part, each mapped into the factor's shape by its own
-       encoder (:func:`factor_encoder`, trained with the student). Losses: ``ce``, ``inh`` =
-       :func:`~lightning_kd.losses.inheritance_loss` (inheritance factor vs teacher factor) and
+       encoder (:func:`~lightning_kd.adapters.factor_encoder`, trained with the student). Losses: ``ce``,
+       ``inh`` = :func:`~lightning_kd.losses.inheritance_loss` (inheritance factor vs teacher factor) and
        ``exp`` = :func:`~lightning_kd.losses.exploration_loss` (exploration factor vs teacher factor).
 
     ``max_epochs`` counts both stages, and the configs' LR milestones are fractions of the whole

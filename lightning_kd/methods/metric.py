@@ -8,35 +8,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_kd.base import DistillationModule, StudentModule
 from lightning_kd.losses import batch_hard_triplet_loss
-from lightning_kd.methods.rkd import check_angle_batch_size, relation_losses
-
-
-def recall_at_k(embeddings: Tensor, labels: Tensor, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, float]:
-    """Recall@K of retrieval: the fraction of queries whose ``k`` nearest other samples (Euclidean,
-    the query itself left out) include one of its class. Every sample is a query.
-
-    Args:
-        embeddings: ``(N, D)`` embeddings, ``N >= 2``.
-        labels: ``(N,)`` class labels.
-        ks: the ``k`` values; a ``k >= N`` counts all other samples.
-
-    Returns:
-        ``{k: recall in [0, 1]}``.
-    """
-    if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1] or embeddings.shape[0] < 2:
-        raise ValueError(f"recall_at_k needs (N, D) embeddings and (N,) labels with N >= 2, got "
-                         f"{tuple(embeddings.shape)} and {tuple(labels.shape)}")
-    n = embeddings.shape[0]
-    distances = torch.cdist(embeddings.float(), embeddings.float())
-    distances.fill_diagonal_(float("inf"))  # a query never retrieves itself
-    nearest = distances.topk(min(max(ks), n - 1), dim=1, largest=False).indices
-    hits = labels[nearest] == labels[:, None]
-    return {k: int(hits[:, :k].any(dim=1).sum()) / n for k in ks}
+from lightning_kd.metrics import RecallAtK
+from lightning_kd.relations import check_angle_batch_size, relation_losses
 
 
 def embedding_layer(net: nn.Module, layer: Optional[str], side: str) -> str:
@@ -53,32 +30,28 @@ def embedding_layer(net: nn.Module, layer: Optional[str], side: str) -> str:
 
 
 class RetrievalEvaluation:
-    """Validation and test by Recall@K (``val/recall@1`` ... ``val/recall@8``) over the whole split,
-    from the embeddings (the ``student_layer``, and the ``teacher_layer`` where there is a teacher) of
-    the base's evaluation outputs; under DDP the retrieval set is gathered from all processes (the
-    distributed sampler may repeat up to ``world_size - 1`` samples to even out the shards)."""
+    """Validation and test by Recall@K (``val/recall@1`` ... ``val/recall@8``) over the whole split
+    (:class:`~lightning_kd.metrics.RecallAtK`), from the embeddings (the ``student_layer``, and the
+    ``teacher_layer`` where there is a teacher, as ``teacher/recall@K``) of the base's evaluation outputs."""
+
+    def add_recall_metrics(self, teacher: bool) -> None:
+        self.recall = RecallAtK(self.recall_ks)
+        self.teacher_recall = RecallAtK(self.recall_ks) if teacher else None
 
     def collect(self, batch) -> None:
         x, y, _ = self.unpack(batch)
         student, teacher = self.evaluation_outputs(x)
-        sides = [(None, student.features[self.student_layer].flatten(1))]
+        self.recall.update(student.features[self.student_layer].flatten(1), y)
         if teacher is not None:
-            sides.append(("teacher", teacher.features[self.teacher_layer].flatten(1)))
-        self._retrieval.append((y, sides))
+            self.teacher_recall.update(teacher.features[self.teacher_layer].flatten(1), y)
 
     def log_recalls(self, stage: str) -> None:
-        batches, self._retrieval = self._retrieval, []
-        if not batches:
-            return
-        labels = torch.cat([y for y, _ in batches])
-        sides = {prefix or stage: torch.cat([dict(sides)[prefix] for _, sides in batches])
-                 for prefix, _ in batches[0][1]}
-        if self.trainer.world_size > 1:
-            labels = self.all_gather(labels).flatten(0, 1)
-            sides = {k: self.all_gather(v).flatten(0, 1) for k, v in sides.items()}
-        for prefix, embeddings in sides.items():
-            for k, value in recall_at_k(embeddings, labels, self.recall_ks).items():
+        for prefix, metric in ((stage, self.recall), ("teacher", self.teacher_recall)):
+            if metric is None or not metric.update_called:
+                continue
+            for k, value in metric.compute().items():
                 self.log(f"{prefix}/recall@{k}", value, prog_bar=(k == 1 and prefix == stage))
+            metric.reset()
 
     def validation_step(self, batch, batch_idx):
         self.collect(batch)
@@ -122,7 +95,7 @@ class MetricLearning(RetrievalEvaluation, StudentModule):
         if hasattr(self.student, "fc"):
             self.student.fc.requires_grad_(False)
         self.loss_weights = {"triplet": 1.0}
-        self._retrieval: list = []
+        self.add_recall_metrics(teacher=False)
 
     def student_losses(self, student, batch):
         embeddings = student.features[self.student_layer].flatten(1)
@@ -166,7 +139,7 @@ class MetricRKD(RetrievalEvaluation, DistillationModule):
         self.watch_layers([self.student_layer], [self.teacher_layer])
         if hasattr(self.student, "fc"):
             self.student.fc.requires_grad_(False)
-        self._retrieval: list = []
+        self.add_recall_metrics(teacher=True)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -5,49 +5,11 @@ https://arxiv.org/abs/1904.05068
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import pytorch_lightning as pl
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
 
 from lightning_kd.base import DistillationModule
-from lightning_kd.losses import rkd_angle_loss, rkd_distance_loss, rkd_mean_scale
-
-
-def gather_with_grads(module: pl.LightningModule, embeddings: Tensor) -> Tensor:
-    """The embeddings of every process, concatenated in rank order; gradients flow back to each
-    process's own rows (the backward of the gather sums the gradients of all processes)."""
-    if not (dist.is_available() and dist.is_initialized()) or module.trainer.world_size == 1:
-        return embeddings
-    return module.all_gather(embeddings, sync_grads=True).flatten(0, 1)
-
-
-def relation_losses(module: pl.LightningModule, student: Tensor, teacher: Tensor,
-                    global_relations: bool, normalizer: str = "all_entries") -> dict[str, Tensor]:
-    """The RKD terms that ``module.loss_weights`` names (``rkd_distance``, ``rkd_angle``), over the
-    global batch when ``global_relations``, averaged as ``normalizer`` says (see the losses)."""
-    if global_relations:
-        student, teacher = gather_with_grads(module, student), gather_with_grads(module, teacher)
-    losses = {}
-    if "rkd_distance" in module.loss_weights:
-        losses["rkd_distance"] = rkd_distance_loss(student, teacher, normalizer)
-    if "rkd_angle" in module.loss_weights:
-        losses["rkd_angle"] = rkd_angle_loss(student, teacher, normalizer)
-    return losses
-
-
-def check_angle_batch_size(module: pl.LightningModule, global_relations: bool) -> None:
-    """Refuse, before training, a datamodule ``batch_size`` too small for the angle loss."""
-    batch_size: Optional[int] = getattr(module.trainer.datamodule, "batch_size", None)
-    if batch_size is None or "rkd_angle" not in module.loss_weights:
-        return
-    relations = batch_size * (module.trainer.world_size if global_relations else 1)
-    if relations < 3:
-        raise ValueError(f"RKD angle loss needs at least 3 samples per relation batch, but the batch size is "
-                         f"{batch_size}{' (global)' if global_relations else ' per process'}; increase "
-                         f"data.init_args.batch_size or set angle_weight: 0.")
+from lightning_kd.losses import rkd_mean_scale
+from lightning_kd.relations import check_angle_batch_size, relation_losses
 
 
 class RKD(DistillationModule):
