@@ -1,18 +1,16 @@
 """ImageNet-scale data: an ImageFolder tree converted once into litdata shards, then streamed.
 
-``python -m lightning_kd.tools.shards ROOT OUT`` (:func:`convert_tree`) writes every split's files, as
-their original encoded bytes, into ``OUT/<split>/`` shards and ``OUT/shards.json`` (class names, sample
-counts, a fingerprint of the tree). :class:`StreamingImageDataModule` streams them: DataLoader workers
+``python -m lightning_kd.tools.shards ROOT OUT`` (:func:`lightning_kd.tools.shards.convert_tree`) writes
+every split's files, as their original encoded bytes, into ``OUT/<split>/`` shards and ``OUT/shards.json``
+(class names, sample counts, a fingerprint of the tree). :class:`StreamingImageDataModule` streams them: DataLoader workers
 decode and crop (the standard ImageNet transforms), the device normalizes, and litdata gives every DDP
 rank and node its own part of each epoch and keeps the loader's position in the checkpoint.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,9 +18,9 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_kd.datamodules.base import normalize, refuse_mid_epoch_resume
-from lightning_kd.datamodules.image_folder import class_folders, list_images
 
-# Bump when what a shard holds changes: shards of another format are refused, not misread.
+# What the converter (lightning_kd.tools.shards) writes and this module reads. Bump SHARD_FORMAT when what a
+# shard holds changes: shards of another format are refused, not misread.
 SHARD_FORMAT = 1
 META_FILE = "shards.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,87 +35,6 @@ def litdata():
         raise ImportError("streaming data needs litdata: pip install 'lightning_kd[streaming]' "
                           "(or pip install litdata).") from None
     return ld
-
-
-def tree_fingerprint(split_dir: Path, items: list[tuple[Path, int]], classes: list[str]) -> str:
-    """Hash of the class names and every file's relative path, size and label: what the shards hold."""
-    digest = hashlib.sha256(json.dumps(classes).encode())
-    for f, label in items:
-        digest.update(f"{f.relative_to(split_dir).as_posix()}\0{f.stat().st_size}\0{label}\n".encode())
-    return digest.hexdigest()
-
-
-def read_sample(item: list) -> dict:
-    """One shard record of ``[path, label, index]``: the file's encoded bytes (never re-encoded), its label and
-    its index in the split."""
-    path, label, index = item
-    return {"index": index, "label": label, "image": Path(path).read_bytes()}
-
-
-def convert_tree(root: str, out: str, splits: Sequence[str] = ("train", "val"), num_workers: int = 4,
-                 chunk_bytes: str = "64MB", overwrite: bool = False) -> dict:
-    """Write ``root/<split>/<class>/<image>`` of each split into litdata shards under ``out/<split>``.
-
-    Resumable: a split already converted from the same files is skipped, and a split whose conversion
-    was interrupted continues from litdata's checkpoint of the shards it had finished (``use_checkpoint``),
-    when its files are unchanged (else it starts over). Shards of another tree or format in ``out`` are an
-    error unless ``overwrite``. Returns the metadata written to ``out/shards.json``."""
-    root_dir, out_dir = Path(root), Path(out)
-    missing = [s for s in splits if not (root_dir / s).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"no split folder {[str(root_dir / s) for s in missing]}: expected "
-                                f"{root_dir}/<split>/<class>/<image> (choose the splits with --splits).")
-    classes = class_folders(root_dir / splits[0])
-    if len(classes) < 2:
-        raise ValueError(f"{str(root_dir / splits[0])!r} has {len(classes)} class folder(s); expected one "
-                         f"folder per class (at least 2).")
-    meta_path = out_dir / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if meta is not None and (meta.get("format") != SHARD_FORMAT or meta.get("classes") != classes) and not overwrite:
-        raise ValueError(f"{str(out_dir)!r} holds shards of another tree or format (format "
-                         f"{meta.get('format')}, {len(meta.get('classes', []))} classes): give another output "
-                         f"folder or --overwrite.")
-    if meta is None or meta.get("format") != SHARD_FORMAT or meta.get("classes") != classes:
-        meta = {"format": SHARD_FORMAT, "classes": classes, "splits": {}}
-    pending = meta.setdefault("pending", {})  # split -> {fingerprint, workers} of a conversion not finished yet
-    for split in splits:
-        split_dir = root_dir / split
-        extra = sorted(set(class_folders(split_dir)) - set(classes))
-        if extra:
-            raise ValueError(f"{str(split_dir)!r} has class folder(s) {extra} that {splits[0]!r} lacks: rename "
-                             f"them or add them to {splits[0]!r}.")
-        items = list_images(split_dir, classes)
-        key = tree_fingerprint(split_dir, items, classes)
-        done = meta["splits"].get(split)
-        if done is not None and done["fingerprint"] == key and (out_dir / split / "index.json").is_file():
-            print(f"{split}: {done['count']} images already converted, skipped")
-            continue
-        if done is not None and not overwrite:
-            raise ValueError(f"{str(out_dir / split)!r} holds shards of other files than {str(split_dir)!r}: "
-                             f"give another output folder or --overwrite.")
-        unfinished = pending.get(split, {})
-        resume = unfinished.get("fingerprint") == key and (out_dir / split / ".checkpoints").is_dir()
-        if (out_dir / split).is_dir() and not resume:  # replaced, or unfinished from other files
-            shutil.rmtree(out_dir / split)
-        workers = unfinished["workers"] if resume else num_workers  # litdata resumes with the same count only
-        pending[split] = {"fingerprint": key, "workers": workers}
-        meta["splits"].pop(split, None)
-        write_meta(meta_path, meta)
-        # lists, not tuples: litdata compares them with its checkpoint's JSON copy to resume
-        inputs = [[str(f), label, i] for i, (f, label) in enumerate(items)]
-        print(f"{split}: {'resuming' if resume else 'converting'} {len(inputs)} images of {len(classes)} classes "
-              f"into {out_dir / split} ({workers} workers)")
-        litdata().optimize(fn=read_sample, inputs=inputs, output_dir=str(out_dir / split), chunk_bytes=chunk_bytes,
-                           num_workers=workers, use_checkpoint=True, reorder_files=False, verbose=True)
-        meta["splits"][split] = {"count": len(inputs), "fingerprint": key}
-        del pending[split]
-        write_meta(meta_path, meta)
-    return meta
-
-
-def write_meta(path: Path, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=1))
 
 
 class DecodeImage:
@@ -181,7 +98,7 @@ def shard_as_the_strategy(dataset, trainer: Optional[pl.Trainer]) -> None:
 class StreamingImageDataModule(pl.LightningDataModule):
     """Large ImageFolder trees, converted once into shards (``python -m lightning_kd.tools.shards``), streamed.
 
-    The shards are written by :func:`convert_tree` and read with litdata.
+    The shards are written by :func:`lightning_kd.tools.shards.convert_tree` and read with litdata.
 
     Training batches come in a new order every epoch (``seed`` and the epoch fix it); under DDP, every rank
     and node reads its own part of it. The training loader's position is saved in checkpoints and

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from lightning_kd.tools.results import (REPDISTILLER_CIFAR100, Run, discover_configs, markdown_table, mean_std,
-                                        network_name, prepare_data_root, summarize)
+from lightning_kd.tools.options import prepare_data_root
+from lightning_kd.tools.records import Run, network_name
+from lightning_kd.tools.report import REPDISTILLER_CIFAR100, markdown_table, mean_std, summarize
+from lightning_kd.tools.results import discover_configs
 from lightning_kd.tools.runner import data_overrides
 from lightning_kd.tools.results import main as results_main
 
@@ -143,7 +145,7 @@ def resumable_setup(tmp_path, monkeypatch):
     that returns (runs, report, names of the configs it fitted, printed output)."""
     import shutil
 
-    import lightning_kd.tools.results as results
+    import lightning_kd.tools.records as records
 
     configs = tmp_path / "configs"
     configs.mkdir()
@@ -151,13 +153,13 @@ def resumable_setup(tmp_path, monkeypatch):
     for name in ("teacher.yaml", "baseline.yaml", "kd.yaml"):
         shutil.copy(ROOT / "configs" / "quickstart" / name, configs / name)
     fitted: list[str] = []
-    real_fit = results.fit_and_test
+    real_fit = records.fit_and_test
 
     def counting_fit(config, *overrides, **kwargs):
         fitted.append(Path(config).stem)
         return real_fit(config, *overrides, **kwargs)
 
-    monkeypatch.setattr(results, "fit_and_test", counting_fit)
+    monkeypatch.setattr(records, "fit_and_test", counting_fit)
     out = tmp_path / "RESULTS.md"
 
     def invoke(*extra: str, capsys):
@@ -230,14 +232,14 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
                                                                                       capsys):
     import pytorch_lightning as pl
 
-    import lightning_kd.tools.results as results
+    import lightning_kd.tools.records as records
 
     (tmp_path / "clean").mkdir()
     (tmp_path / "killed").mkdir()
     _, _, invoke_clean = resumable_setup(tmp_path / "clean", monkeypatch)
     clean, _, _, _ = invoke_clean("--epochs", "2", capsys=capsys)
     configs, run_dir, invoke = resumable_setup(tmp_path / "killed", monkeypatch)
-    counting_fit = results.fit_and_test
+    counting_fit = records.fit_and_test
 
     class Crash(pl.Callback):  # the command is killed once KD's epoch 0 (and its last.ckpt) is done
         def on_train_epoch_start(self, trainer, pl_module):
@@ -248,7 +250,7 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
         extra = [Crash()] if Path(config).stem == "kd" and kwargs.get("ckpt_path") is None else []
         return counting_fit(config, *overrides, callbacks=[*callbacks, *extra], **kwargs)
 
-    monkeypatch.setattr(results, "fit_and_test", crashing_fit)
+    monkeypatch.setattr(records, "fit_and_test", crashing_fit)
     with pytest.raises(RuntimeError, match="killed"):
         invoke("--epochs", "2", capsys=capsys)
     assert not (run_dir / "kd" / "seed0" / "run.json").exists()
@@ -257,7 +259,7 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
     assert runs[2].test_acc == clean[2].test_acc
     assert runs[2].history == clean[2].history and len(runs[2].history) == 2  # epoch 0 came from last.ckpt
     # A checkpoint of other settings (here: the config changed) is not resumed but started afresh.
-    monkeypatch.setattr(results, "fit_and_test", counting_fit)  # no more crashes
+    monkeypatch.setattr(records, "fit_and_test", counting_fit)  # no more crashes
     (run_dir / "kd" / "seed0" / "run.json").unlink()
     (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
     _, _, fitted, printed = invoke("--epochs", "2", capsys=capsys)
@@ -288,7 +290,7 @@ def test_jobs_run_the_table_in_processes_and_match_the_sequential_table(tmp_path
     ("lightning_kd.datamodules.CIFAR10DataModule", "resnet32x4", False),
     ("lightning_kd.datamodules.CIFAR100DataModule", "resnet56", False)])
 def test_the_repdistiller_column_appears_only_for_its_own_setting(tmp_path, data, teacher, applies):
-    from lightning_kd.tools.results import reference_applies
+    from lightning_kd.tools.report import reference_applies
 
     config = tmp_path / "config.yaml"
     config.write_text(f"data:\n  class_path: {data}\n")

@@ -24,8 +24,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
 from helpers import run_ddp_script, trainer as quick_trainer
-from lightning_kd.datamodules import StreamingImageDataModule, streaming
-from lightning_kd.datamodules.streaming import convert_tree, litdata
+import lightning_kd.tools.shards as converter
+from lightning_kd.datamodules import StreamingImageDataModule
+from lightning_kd.datamodules.streaming import litdata
+from lightning_kd.tools.shards import convert_tree
 from lightning_kd.methods import DML, Supervised
 
 litdata()  # fails here, naming the install, where litdata is missing
@@ -93,16 +95,16 @@ class LoggedRead:
             f.write(f"{item[2]}\n")
         if item[2] == self.fail_at:
             raise RuntimeError("interrupted")
-        return streaming.read_sample(item)
+        return converter.read_sample(item)
 
 
 def test_an_interrupted_conversion_resumes_from_its_finished_shards(shards, tmp_path, monkeypatch, capsys):
     out, val = tmp_path / "out", shards / "tree" / "val"
     options = dict(splits=["val"], num_workers=1, chunk_bytes="12KB")  # a shard every 2 or 3 images
-    monkeypatch.setattr(streaming, "read_sample", LoggedRead(tmp_path / "first.log", fail_at=25))
+    monkeypatch.setattr(converter, "read_sample", LoggedRead(tmp_path / "first.log", fail_at=25))
     with pytest.raises(RuntimeError):
         convert_tree(str(val.parent), str(out), **options)
-    monkeypatch.setattr(streaming, "read_sample", LoggedRead(tmp_path / "second.log"))
+    monkeypatch.setattr(converter, "read_sample", LoggedRead(tmp_path / "second.log"))
     convert_tree(str(val.parent), str(out), **{**options, "num_workers": 2})  # resumes with the first count
     printed = capsys.readouterr().out
     assert f"val: resuming 32 images of 4 classes into {out / 'val'} (1 workers)" in printed

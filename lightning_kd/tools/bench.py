@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from lightning_kd.callbacks.route import write_route
 from lightning_kd.cli import SHIPPED_CONFIGS
 from lightning_kd.losses import kd_loss
 from lightning_kd.models import build_network
-from lightning_kd.tools.runner import build, data_overrides, resolve
+from lightning_kd.tools.runner import build, data_overrides, device_name, resolve
 COLUMNS = ["config", "method", "batch", "images/s", "peak memory (MiB)", "ceiling step", "ratio to ceiling"]
 
 
@@ -159,17 +158,6 @@ def peak_memory_mib() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"CPU: {cpu}, {torch.get_num_threads()} torch threads"
 
 
 def run_ceiling(script: str, batch_size: int, iters: int) -> dict:

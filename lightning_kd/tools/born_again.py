@@ -16,7 +16,7 @@ validation and test splits through a :class:`~lightning_kd.models.CheckpointEnse
 test`` scores one. With several seeds, a control: the ensemble of every chain's generation 0, the same
 averaging without distillation (as many members as seeds). Nothing is chosen on test accuracy.
 
-Resumable like the results command (each run is :func:`lightning_kd.tools.results.run_one`): a finished
+Resumable like the results command (each run is :func:`lightning_kd.tools.records.run_one`): a finished
 generation is reused while its config file, overrides and teacher run are unchanged; a retrained
 generation retrains the ones after it (their teacher changed). The ensembles are scored again every time
 (one pass over the evaluation splits). Writes a markdown report and a PNG of validation accuracy per epoch.
@@ -32,9 +32,9 @@ from typing import Optional
 
 import yaml
 
-from lightning_kd.tools.results import (Run, add_run_arguments, check_run_arguments, mean_std, plot_histories,
-                                        prepare_data_root, report_header, run_one, run_overrides,
-                                        runs_sections, student_spec)
+from lightning_kd.tools.options import add_run_arguments, check_run_arguments, prepare_data_root, run_overrides
+from lightning_kd.tools.records import Run, run_one, student_spec
+from lightning_kd.tools.report import mean_std, plot_histories, report_header, runs_sections
 from lightning_kd.tools.runner import build, data_overrides, resolve
 
 SEED_STEP = 1000  # generation k of chain s runs with seed s + SEED_STEP * k

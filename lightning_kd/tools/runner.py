@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import platform
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 import yaml
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -123,3 +125,15 @@ def fit_and_test(config: str | Path, *overrides: str, callbacks: Sequence[Callba
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
     return float(result[0]["test/acc"]), best
+
+
+def device_name() -> str:
+    """The GPU's name, or the CPU's and the torch thread count (CPU results depend on it)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"CPU: {cpu}, {torch.get_num_threads()} torch threads"

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from lightning_kd.tools.results import mean_std
+from lightning_kd.tools.report import mean_std
 from lightning_kd.tools.runner import best_checkpoint, build
+from lightning_kd.tools.scheduling import in_order
 
 
 def parse_set(text: str) -> list[tuple[str, str]]:
@@ -73,18 +72,10 @@ def main(argv=None) -> list[dict]:
                          "--summary=false", *args.override]
             runs.append({"setting": setting_name(setting), "seed": seed, "overrides": overrides})
 
-    def report(run: dict, val_acc: float) -> None:
+    scores = in_order(best_val_acc, [(args.config, run["overrides"]) for run in runs], args.jobs)
+    for run, val_acc in zip(runs, scores):
         run["val_acc"] = val_acc
         print(f"[sweep] {run['setting']} seed {run['seed']}: best val top-1 {100 * val_acc:.2f}%", flush=True)
-
-    if args.jobs == 1:
-        for run in runs:
-            report(run, best_val_acc(args.config, run["overrides"]))
-    else:  # spawned, not forked: each run initialises its own torch state (and CUDA context)
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(best_val_acc, args.config, run["overrides"]) for run in runs]
-            for run, future in zip(runs, futures):
-                report(run, future.result())
 
     args.run_dir.mkdir(parents=True, exist_ok=True)
     with open(args.run_dir / "sweep.csv", "w", newline="") as f:

@@ -1,0 +1,177 @@
+"""Run records of the commands over configs (results, born_again): one fit + test of a config, kept as
+``run.json`` beside its checkpoints, so the same command run again reuses every run whose config file
+content, overrides and teacher run are unchanged, and an interrupted run resumes from its ``last.ckpt``.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from lightning_kd.checkpoints import load_checkpoint_file
+from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test
+
+LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fitnet": "FitNet", "at": "AT",
+          "fsp": "FSP", "rkd": "RKD", "rco": "RCO", "dml": "DML", "iekd": "IE-KD", "iedml": "IE-DML"}
+
+
+@dataclass
+class Run:
+    """One fit + test: what ran (config and overrides) and what it measured."""
+
+    key: str
+    config: Path
+    seed: int
+    overrides: list[str]
+    test_acc: float = float("nan")
+    wall_s: float = float("nan")
+    history: list[float] = field(default_factory=list)
+    resolved_config: Optional[Path] = None
+    best_ckpt: str = ""
+    network: str = ""
+    config_sha256: str = ""  # of the config file's content when it ran
+    teacher_finished: str = ""  # ``finished`` of the teacher run it distilled from ("" if none)
+    finished: str = ""  # UTC time the run completed, ISO format
+    device: str = ""
+
+
+def network_name(cfg: dict) -> str:
+    """The trained network of a resolved config, compactly: ``small_cnn(width=4)``; peer 0 for mutual learning."""
+    init_args = cfg["model"].get("init_args") or {}
+    peers = init_args.get("peers")
+    spec = peers[0] if peers else init_args.get("student", "?")
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("name", "?")
+        spec = f"{name}({', '.join(f'{k}={v}' for k, v in spec.items())})" if spec else name
+    return f"{spec}, peer 0 of {len(peers)}" if peers else str(spec)
+
+
+def student_spec(cfg: dict):
+    """The trained network's spec of a resolved config (peer 0 for mutual learning)."""
+    init_args = cfg["model"].get("init_args") or {}
+    return init_args["peers"][0] if init_args.get("peers") else init_args.get("student")
+
+
+def label(key: str) -> str:
+    """The table's name for a row: ``baseline@<network>`` is the baseline trained on that network."""
+    if key.startswith("baseline@"):
+        return f"student baseline ({key.split('@', 1)[1]})"
+    return LABELS.get(key, key)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def resume_point(run_dir: Path, started: dict) -> tuple[Optional[Path], str]:
+    """``last.ckpt`` of an unfinished run that was started with the same ``started`` settings
+    (config content, overrides, teacher run), if it is readable; else ``(None, why not)``."""
+    marker, last = run_dir / "started.json", checkpoint_dir(run_dir) / "last.ckpt"
+    try:
+        same = json.loads(marker.read_text()) == started
+    except (OSError, ValueError):
+        return None, ""
+    if not same or not last.is_file():
+        return None, "" if same else "its unfinished run had other settings: starting afresh"
+    try:
+        epoch = load_checkpoint_file(last, "last.ckpt")["epoch"]
+    except (ValueError, KeyError) as err:  # e.g. cut off while being written: start again
+        return None, f"its last.ckpt is unusable ({err}): starting afresh"
+    return last, f"resuming after epoch {epoch}"
+
+
+def record_path(run_dir: Path) -> Path:
+    """Where a finished run's record lies: beside its ``checkpoints`` folder."""
+    return run_dir / "run.json"
+
+
+def save_record(run: Run, path: Path) -> None:
+    """Write ``run`` as JSON atomically (a killed command leaves the old file or the new, never half)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(run), indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def load_record(path: Path) -> Run:
+    """The :class:`Run` of a record; ValueError names what is wrong with an unreadable one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read it as JSON ({err})") from err
+    names = {f.name for f in fields(Run)}
+    if not isinstance(data, dict) or set(data) != names:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"it holds {got}, not the fields {sorted(names)}")
+    run = Run(**data)
+    run.config = Path(run.config)
+    run.resolved_config = None if run.resolved_config is None else Path(run.resolved_config)
+    return run
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str) -> tuple[Optional[Run], str]:
+    """The recorded run at ``path`` if it is the run asked for, else ``(None, why it has to run)``."""
+    if not path.is_file():
+        return None, "no record yet"
+    try:
+        run = load_record(path)
+    except ValueError as err:
+        return None, f"its record {path} is unreadable: {err}"
+    if run.config_sha256 != config_sha:
+        return None, "the config file changed since it ran"
+    if run.overrides != overrides:
+        before, now = set(run.overrides), set(overrides)
+        return None, (f"its overrides changed: now {sorted(now - before) or 'the same set, reordered'}, "
+                      f"was {sorted(before - now)}")
+    if run.teacher_finished != teacher_finished:
+        return None, "its teacher was trained again since it ran"
+    if not Path(run.best_ckpt).is_file():
+        return None, f"its checkpoint {run.best_ckpt} is gone"
+    return run, ""
+
+
+def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Path,
+            teacher_finished: str = "", rerun: bool = False) -> Run:
+    """Fit + test one config with ``overrides``; record its top-1, wall time and val/acc history.
+
+    A record in ``run_dir`` of the same config content, overrides and teacher run
+    (``teacher_finished``, "" for runs without a teacher) is returned instead, unless ``rerun``.
+    """
+    name = f"{label(key)} seed {seed}"
+    ckpt_dir = checkpoint_dir(run_dir)
+    overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
+    config_sha = file_sha256(config)
+    record = record_path(run_dir)
+    recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
+    if recorded is not None:
+        print(f"[results] {name}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
+        return recorded
+    record.unlink(missing_ok=True)  # no record while its checkpoints are being replaced
+    started = {"config_sha256": config_sha, "overrides": overrides, "teacher_finished": teacher_finished}
+    resume, how = (None, "") if rerun else resume_point(run_dir, started)
+    print(f"[results] {name}: running ({why}{'; ' + how if how else ''})", flush=True)
+    if resume is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run starts clean, so best.ckpt is this run's
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "started.json").write_text(json.dumps(started))
+    history = ValAccHistory(progress=f"[results] {name}")
+    test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml",
+                                  ckpt_path=resume)
+    run = Run(key, config, seed, overrides, test_acc, history.seconds(), history.history,
+              run_dir / "config.yaml", best, network_name(yaml.safe_load((run_dir / "config.yaml").read_text())),
+              config_sha,
+              teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_name())
+    save_record(run, record)
+    print(f"[results] {name}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
+    return run
