@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
+from lightning_kd.compat import epochs_begun
 from lightning_kd.datamodules.base import normalize, refuse_mid_epoch_resume
 
 # What the converter (lightning_kd.tools.shards) writes and this module reads. Bump SHARD_FORMAT when what a
@@ -69,12 +70,16 @@ def epoch_following_loader() -> type:
 
         def __iter__(self):
             if self.trainer is not None and not self.restore:
-                # epochs whose batches all trained (a resumed fit counts the checkpoint's last epoch as done only
-                # later); litdata adds 1 as the epoch starts
-                self.current_epoch = self.trainer.fit_loop.epoch_progress.current.processed
+                self.current_epoch = epochs_begun(self.trainer)  # litdata adds 1 as the epoch starts
             return super().__iter__()
 
     return EpochFollowingLoader
+
+
+def strategy_sharding(trainer: Optional[pl.Trainer]) -> Optional[dict]:
+    """The parts the trainer's strategy shards data into (Lightning's ``distributed_sampler_kwargs``:
+    ``num_replicas`` and this process's ``rank``), or None for a strategy that does not shard."""
+    return getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
 
 
 def shard_as_the_strategy(dataset, trainer: Optional[pl.Trainer]) -> None:
@@ -86,7 +91,7 @@ def shard_as_the_strategy(dataset, trainer: Optional[pl.Trainer]) -> None:
     (with one node: litdata's per-node chunk bookkeeping then spans every process, which only matters for
     a remote cache).
     """
-    sharding = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
+    sharding = strategy_sharding(trainer)
     if not sharding:
         return
     parts, part = sharding["num_replicas"], sharding["rank"]
@@ -171,12 +176,13 @@ class StreamingImageDataModule(pl.LightningDataModule):
     predict_dataloader = test_dataloader
 
     def state_dict(self) -> dict:
-        # litdata restores a position saved for its own split of the epoch (one part per process); under
-        # peer_parallel the parts are the data groups, which its resume does not know (it re-stripes the
-        # epoch for every process), so a peer-parallel resume in the middle of an epoch is refused, not guessed.
-        trainer = self.trainer
-        layout = getattr(getattr(trainer, "lightning_module", None), "layout", None)
-        return {"mid_epoch_peer_parallel": bool(layout is not None and not trainer.is_last_batch)}
+        # litdata restores a position saved for its own split of the epoch (one part per process); where the
+        # strategy shards by other parts (peer_parallel: one per data group), its resume does not know them (it
+        # re-stripes the epoch for every process), so a resume in the middle of such an epoch is refused, not
+        # guessed.
+        sharding = strategy_sharding(self.trainer)
+        regrouped = bool(sharding) and sharding["num_replicas"] != self.trainer.world_size
+        return {"mid_epoch_peer_parallel": regrouped and not self.trainer.is_last_batch}
 
     def load_state_dict(self, state: dict) -> None:
         refuse_mid_epoch_resume(state.get("mid_epoch_peer_parallel", False), self.trainer, "a peer-parallel run, "

@@ -19,6 +19,11 @@ class NetOutput(NamedTuple):
     features: dict[str, Tensor]
 
 
+def detached(output: NetOutput) -> NetOutput:
+    """``output`` with its logits and features detached from the graph."""
+    return NetOutput(output.logits.detach(), {k: v.detach() for k, v in output.features.items()})
+
+
 def resolve_modules(model: nn.Module, names: Sequence[str], what: str = "layer") -> list[nn.Module]:
     """Return the submodules called ``names``; an unknown name raises with the closest valid ones."""
     modules = dict(model.named_modules())

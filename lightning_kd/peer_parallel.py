@@ -24,7 +24,7 @@ import torch.distributed as dist
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_kd.features import NetOutput
 
@@ -180,37 +180,51 @@ def unflatten(flat: Tensor, shapes: list[tuple], n: int) -> NetOutput:
 
 class PeerParallelStrategy(DDPStrategy):
     """DDP's processes without DDP's wrapper, for mutual learning with one peer per process
-    (``placement: peer_parallel`` of :class:`~lightning_kd.methods.DML` and its subclasses).
+    (``placement: peer_parallel`` of :class:`~lightning_kd.methods.DML` and :class:`~lightning_kd.methods.IEDML`,
+    :class:`lightning_kd.placement.PeerParallel`).
 
     Its ranks hold different peers, possibly of different architectures, so the module is not
     wrapped in ``DistributedDataParallel`` (which requires the same parameters on every rank): the
-    method averages each peer's gradients and BatchNorm statistics within the peer's group itself.
-    The sampler shards the data by data group, so the ranks of a data group see the same samples.
-    Outside a peer-parallel fit (test, predict: every rank holds every peer) it is plain DDP.
-    Registered as ``strategy: peer_parallel``.
+    placement averages each peer's gradients and BatchNorm statistics within the peer's group itself.
+    The strategy holds the fit's :class:`PeerLayout` (:meth:`place_peers`) and shards the data by data
+    group, so the ranks of a data group see the same samples. Outside a peer-parallel fit (test, predict:
+    every rank holds every peer) it is plain DDP. Registered as ``strategy: peer_parallel``.
     """
+
+    #: This process's peer and process groups during a peer-parallel fit; None otherwise.
+    layout: Optional[PeerLayout] = None
+
+    def place_peers(self, num_peers: int) -> PeerLayout:
+        """Lay ``num_peers`` peers out over the processes for this fit (collective: every process calls it)."""
+        self.layout = PeerLayout(num_peers)
+        return self.layout
 
     @property
     def distributed_sampler_kwargs(self) -> dict:
-        layout = getattr(self.lightning_module, "layout", None)
-        if layout is None:
+        if self.layout is None:
             return super().distributed_sampler_kwargs
-        return {"num_replicas": layout.num_data_groups, "rank": layout.data_group}
+        return {"num_replicas": self.layout.num_data_groups, "rank": self.layout.data_group}
 
     def process_dataloader(self, dataloader: object) -> object:
         """Seed the loader's workers by data group, not by process (``seed_everything(workers=True)``, as the
         CLI seeds): the ranks of a data group then draw the same random augmentations in their workers."""
-        layout = getattr(self.lightning_module, "layout", None)
-        if layout is not None and int(os.environ.get("PL_SEED_WORKERS", 0)) \
+        if self.layout is not None and int(os.environ.get("PL_SEED_WORKERS", 0)) \
                 and getattr(dataloader, "worker_init_fn", False) is None:
-            dataloader.worker_init_fn = partial(pl_worker_init_function, rank=layout.data_group)
+            dataloader.worker_init_fn = partial(pl_worker_init_function, rank=self.layout.data_group)
         return dataloader
 
     def configure_ddp(self) -> None:
-        if getattr(self.lightning_module, "layout", None) is None:
+        if self.layout is None:
             raise ValueError(f"strategy 'peer_parallel' trains mutual-learning peers one per process, but "
                              f"{type(self.lightning_module).__name__} is not a DML (or IEDML) with placement "
                              f"'peer_parallel': set model placement: peer_parallel, or use strategy 'ddp'.")
+        if any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules()):
+            raise ValueError("placement 'peer_parallel' averages BatchNorm statistics within each peer's "
+                             "processes itself; trainer.sync_batchnorm would synchronise across peers: drop it.")
+
+    def teardown(self) -> None:
+        self.layout = None  # the next stage (test, predict) holds every peer: plain DDP
+        super().teardown()
 
 
 if "peer_parallel" not in StrategyRegistry:

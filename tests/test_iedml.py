@@ -22,7 +22,7 @@ from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import inheritance_loss
 from lightning_kd.methods import IEDML
-from lightning_kd.methods.dml import detached
+from lightning_kd.features import detached
 
 NARROW, WIDE = {"name": "small_cnn", "width": 4}, {"name": "small_cnn", "width": 6}
 

@@ -10,15 +10,15 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_kd.adapters import (FactorAutoencoder, check_splittable, example_factor, factor_channels_of,
+                                   factor_encoder, split_channels)
 from lightning_kd.base import NetSpec
 from lightning_kd.features import NetOutput, check_4d
 from lightning_kd.losses import exploration_loss, inheritance_loss
-from lightning_kd.methods.dml import DML, buffers_kept
-from lightning_kd.methods.iekd import (FactorAutoencoder, check_splittable, example_factor, factor_channels_of,
-                                       factor_encoder, split_channels)
+from lightning_kd.mutual import MutualLearning, buffers_kept, mutual_losses
 
 
-class IEDML(DML):
+class IEDML(MutualLearning):
     """IE-DML: each peer inherits from, and explores away from, the other peers' compact factors.
 
     "Revisiting Knowledge Distillation: An Inheritance and Exploration Framework"
@@ -27,10 +27,10 @@ class IEDML(DML):
 
     Every peer ``i`` has, on its feature layer ``layers[i]`` (``C_i`` channels, split in halves):
 
-    - its own :class:`~lightning_kd.methods.iekd.FactorAutoencoder`, whose encoder output is
+    - its own :class:`~lightning_kd.adapters.FactorAutoencoder`, whose encoder output is
       peer ``i``'s compact factor, the knowledge the *other* peers inherit from;
     - for every other peer ``j``, an inheritance and an exploration encoder
-      (:func:`~lightning_kd.methods.iekd.factor_encoder`) that map the first and the second
+      (:func:`~lightning_kd.adapters.factor_encoder`) that map the first and the second
       channel half of its feature into peer ``j``'s factor shape.
 
     Peer ``i``'s unweighted losses (names as logged under ``train/peer{i}/``):
@@ -68,14 +68,15 @@ class IEDML(DML):
         reconstruction_weight: weight of ``recon`` (it only trains the autoencoders).
         ce_weight: weight of the cross-entropy.
         kl_weight: weight of DML's KL term.
-        **kwargs: ``num_classes``, ``input_shape``, ``optimizer``, ``lr_scheduler``; see
-            :class:`~lightning_kd.base.StudentModule`.
+        **kwargs: ``schedule`` and ``placement`` (see :class:`~lightning_kd.methods.DML`), ``num_classes``,
+            ``input_shape``, ``optimizer``, ``lr_scheduler`` (see :class:`~lightning_kd.base.StudentModule`).
     """
 
     def __init__(self, peers: list[NetSpec], layers: Optional[Union[str, list[str]]] = None,
                  factor_rate: float = 0.5, reconstruction: str = "l1", inheritance_weight: float = 1.0,
-                 exploration_weight: float = 1.0, reconstruction_weight: float = 1.0, ce_weight: float = 1.0, kl_weight: float = 1.0, **kwargs):
-        super().__init__(peers=peers, ce_weight=ce_weight, kl_weight=kl_weight, **kwargs)
+                 exploration_weight: float = 1.0, reconstruction_weight: float = 1.0, ce_weight: float = 1.0,
+                 kl_weight: float = 1.0, **kwargs):
+        super().__init__(peers=peers, **kwargs)
         self.layers = self.resolve_layers(layers)
         feats = []
         for i, (layer, features) in enumerate(zip(self.layers, self.watch_peer_layers(self.layers))):
@@ -88,8 +89,8 @@ class IEDML(DML):
         # inheritance_encoders[i][str(j)]: peer i's first channel half -> peer j's factor shape.
         self.inheritance_encoders = nn.ModuleList(self.encoders_of(i, 0, feats, factors) for i in range(len(feats)))
         self.exploration_encoders = nn.ModuleList(self.encoders_of(i, 1, feats, factors) for i in range(len(feats)))
-        self.loss_weights.update({"inh": inheritance_weight, "exp": exploration_weight,
-                                  "recon": reconstruction_weight})
+        self.loss_weights = {"ce": ce_weight, "kl": kl_weight, "inh": inheritance_weight, "exp": exploration_weight,
+                             "recon": reconstruction_weight}
 
     def resolve_layers(self, layers: Optional[Union[str, list[str]]]) -> list[str]:
         if layers is None:
@@ -126,7 +127,7 @@ class IEDML(DML):
         return NetOutput(output.logits, {"factor": self.factor(i, output)})
 
     def peer_losses(self, i, output, others, batch):
-        losses = super().peer_losses(i, output, others, batch)
+        losses = mutual_losses(output, others, batch[1])
         feat = output.features[self.layers[i]]
         inherit, explore = split_channels(feat)
         inh, exp = [], []

@@ -1,0 +1,24 @@
+"""Where Lightning has no public API for what the library needs: the only module that reads or writes the
+trainer's loop progress (``tests/test_architecture.py`` keeps every other module on public names, and
+``tests/test_compat.py`` pins each function's behaviour to the installed Lightning, so an upgrade that
+moves these counters fails there, not silently in a run).
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+
+def count_optimizer_step(trainer: pl.Trainer) -> None:
+    """Count one manual-optimization step as Lightning counts an ``optimizer.step()`` of the module's own:
+    ``trainer.global_step`` grows by one. Used for a step another process took (a peer-parallel rank counts
+    the other peers' steps, so ``global_step`` is the same on every rank and equals a replicated run's)."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    progress.increment_ready()
+    progress.increment_completed()
+
+
+def epochs_begun(trainer: pl.Trainer) -> int:
+    """The epochs whose batches all trained, as the fit loop counts them when it hands a sampler its epoch
+    (``set_epoch``): right after a resume from an epoch-end checkpoint this is one more than
+    ``trainer.current_epoch``, which counts the checkpoint's last epoch as done only after its end hooks."""
+    return trainer.fit_loop.epoch_progress.current.processed
