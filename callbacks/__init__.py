@@ -1,7 +1,8 @@
-"""Callbacks, one concern each: RCO's route and mutual-learning alternation (named in configs), and the
-guarantees every method adds through ``configure_callbacks``: the NaN/Inf check, the RNG states in
-checkpoints, safe checkpoint reading and writing, resume checks and one run per checkpoint folder; and
-RunReport, which the CLI adds (metrics.csv, predictions.csv, the summaries)."""
+"""Callbacks, one concern each: RCO's route and mutual-learning alternation (named in configs), the
+guarantees every method adds through ``configure_callbacks`` (:func:`guarantees`), and RunReport, which the
+CLI adds (metrics.csv, predictions.csv, the summaries)."""
+from pytorch_lightning.callbacks import Callback
+
 from lightning_kd.callbacks.finite import FiniteCheck
 from lightning_kd.callbacks.mutual import MutualAlternation
 from lightning_kd.callbacks.report import RunReport
@@ -12,4 +13,11 @@ from lightning_kd.callbacks.run_folder import OneRunPerFolder
 from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
 
 __all__ = ["FiniteCheck", "MutualAlternation", "OneRunPerFolder", "RNGState", "ResumeCheck", "RouteConstrainedTeacher",
-           "RouteRecorder", "RunReport", "SafeCheckpoints"]
+           "RouteRecorder", "RunReport", "SafeCheckpoints", "guarantees"]
+
+
+def guarantees(finite_check: FiniteCheck) -> list[Callback]:
+    """The guarantees of every method, whatever Trainer runs it (README, "Guarantees"): no NaN/Inf loss
+    term (``finite_check``, the module's own: its interval is checked when the module is built), the RNG
+    states in checkpoints, safe checkpoint reading and writing, resume checks, one run per checkpoint folder."""
+    return [finite_check, RNGState(), SafeCheckpoints(), ResumeCheck(), OneRunPerFolder()]

@@ -15,11 +15,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_kd.callbacks.finite import FiniteCheck
-from lightning_kd.callbacks.resume import ResumeCheck
-from lightning_kd.callbacks.rng import RNGState
-from lightning_kd.callbacks.run_folder import OneRunPerFolder
-from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
+from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
@@ -133,8 +129,8 @@ class StudentModule(pl.LightningModule):
                       on_step=True, on_epoch=False, batch_size=batch_size)
         return total
 
-    def configure_callbacks(self):  # guarantees of every method, whatever Trainer runs it
-        return [self.finite_check, RNGState(), SafeCheckpoints(), ResumeCheck(), OneRunPerFolder()]
+    def configure_callbacks(self):
+        return guarantees(self.finite_check)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

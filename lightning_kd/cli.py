@@ -19,7 +19,6 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
-import lightning_kd.configs
 import lightning_kd.datamodules  # noqa: F401 - imported, their classes answer to short names (--model KD)
 import lightning_kd.methods  # noqa: F401
 from lightning_kd.base import StudentModule
@@ -27,10 +26,8 @@ from lightning_kd.callbacks.report import RunReport
 from lightning_kd.callbacks.run_folder import run_files
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
-from lightning_kd.resume import SPEED_OPTIONS, check_method, check_resume, imported
-
-#: The configs shipped with the package (``configs/`` of the repository).
-SHIPPED_CONFIGS = Path(lightning_kd.configs.__file__).resolve().parent
+from lightning_kd.configs import SHIPPED_CONFIGS
+from lightning_kd.resume import SAFE_CHANGES, check_method, check_resume, imported
 
 # The default logger: wandb, offline (a real run directory; `wandb sync runs/wandb/offline-run-*`
 # uploads it later). `--trainer.logger.init_args.offline false` logs live.
@@ -90,8 +87,8 @@ class KDCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or "://" in str(ckpt_path) or ckpt_path in ("best", "last"):
             return
-        # LightningCLI replaces the model's config with --ckpt_path's hyperparameters next (its
-        # _parse_ckpt_path); check them against what was asked for first, and keep the safe changes.
+        # LightningCLI replaces the model's config with --ckpt_path's hyperparameters next (right
+        # after this method); check them against what was asked for first, and keep the safe changes.
         checkpoint = load_checkpoint_file(ckpt_path, what="ckpt_path")
         model = self.config[subcommand].model
         method, where = imported(model.class_path), f"ckpt_path {ckpt_path!r}"
@@ -100,8 +97,7 @@ class KDCLI(LightningCLI):
             check_resume(checkpoint, method, hparams, where)
         elif method is not None:
             check_method(checkpoint, method, where)
-        self.kept = {k: copy.deepcopy(model.init_args[k]) for k in (*SPEED_OPTIONS, "teacher_ckpt", "optimizer")
-                     if k in hparams}
+        self.kept = {k: copy.deepcopy(model.init_args[k]) for k in SAFE_CHANGES if k in hparams}
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")

@@ -15,6 +15,7 @@ from typing import Optional
 
 from pytorch_lightning.cli import LightningArgumentParser
 
+from lightning_kd.configs import SHIPPED_CONFIGS
 from lightning_kd.resume import imported
 
 TRACEBACK_VARIABLE = "LIGHTNING_KD_TRACEBACK"
@@ -69,7 +70,7 @@ def suggestion(message: str, parser) -> str:
         module = importlib.import_module(missing.group(1) or "lightning_kd.methods")
         wrong, known = missing.group(2), getattr(module, "__all__", None) or dir(module)
     elif unknown:
-        wrong, known = unknown.group(1), [s for s in getattr(parser, "_option_string_actions", {}) if s.startswith("--")]
+        wrong, known = unknown.group(1), re.findall(r"(?<![\w-])--[\w.\-]+", parser.format_help())  # every --option
     else:
         return ""
     close = [c for c in difflib.get_close_matches(wrong, list(dict.fromkeys(known)), n=2, cutoff=0.6) if c != wrong]
@@ -107,7 +108,6 @@ def catalogue() -> str:
     """The text of ``lightning-kd list``."""
     import lightning_kd.datamodules as datamodules
     import lightning_kd.methods as methods
-    from lightning_kd.cli import SHIPPED_CONFIGS
     from lightning_kd.models import MODELS
 
     def first_line(obj) -> str:

@@ -5,6 +5,12 @@ Safe to change on a resume: the teacher file's location (the same teacher moved)
 (``compile``, ``channels_last``, ``check_finite_every_n_steps``) and the optimizer's settings (e.g. a
 lower learning rate after a divergence: applied to the restored optimizer). Anything else (the
 method, the networks, the loss weights, the LR schedule, a relative schedule's run length) is the run.
+
+This module is the policy's one owner; the others only call it at their moment: the CLI (before
+LightningCLI replaces the model's settings with the checkpoint's, it alone sees what the command line
+asked for; it keeps :data:`SAFE_CHANGES`), a module's ``on_load_checkpoint`` (a fit started from Python,
+before the weights load) and :class:`~lightning_kd.callbacks.ResumeCheck` (the restored schedules and
+optimizers, once the trainer has them).
 """
 from __future__ import annotations
 
@@ -13,8 +19,15 @@ import importlib
 from pathlib import Path
 from typing import Any, Optional
 
+from pytorch_lightning.utilities import rank_zero_info
+
 SPEED_OPTIONS = ("compile", "channels_last", "check_finite_every_n_steps")
+#: The settings a resumed run may change: applied, and said where they differ.
+SAFE_CHANGES = (*SPEED_OPTIONS, "teacher_ckpt", "optimizer")
 LINKED = ("num_classes", "input_shape")  # linked from the data by the CLI; checked against the data itself
+# Scheduler state that is progress (restored as it was) or follows the optimizer's LR, not the schedule.
+PROGRESS = ("last_epoch", "_step_count", "_last_lr", "base_lrs", "_get_lr_called_within_step", "_is_initial",
+            "verbose")
 
 
 def method_name(cls: type) -> str:
@@ -90,10 +103,53 @@ def check_resume(checkpoint: dict, method: type, hparams: dict, where: str) -> N
     check_method(checkpoint, method, where)
     saved_hparams = checkpoint.get("hyper_parameters", {})
     check_teacher_file(saved_hparams.get("teacher_ckpt"), hparams.get("teacher_ckpt"))
-    ignored = (*SPEED_OPTIONS, *LINKED, "teacher_ckpt", "optimizer", "_class_path", "_instantiator")
+    ignored = (*SAFE_CHANGES, *LINKED, "_class_path", "_instantiator")
     changed = [d for d in differences(saved_hparams, hparams) if d[0].split(".")[0] not in ignored]
     if changed:
         listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in changed[:6])
         raise ValueError(f"{where} was written by a run with other settings than this one ({listed}). A resumed "
                          f"run keeps its settings: drop those overrides to resume, or start a new run "
                          f"(without ckpt_path) to change them.")
+
+
+def schedule_of(scheduler) -> dict:
+    """An LR scheduler's settings: its state without what is progress (see :data:`PROGRESS`)."""
+    return {k: plain(dict(v) if hasattr(v, "items") else v) for k, v in scheduler.state_dict().items()
+            if k not in PROGRESS}
+
+
+def check_schedules(restored: list[dict], configured: list[dict], ckpt_path: str) -> None:
+    """Refuse a resume whose restored LR schedules (:func:`schedule_of`) differ from this run's."""
+    for restored_one, configured_one in zip(restored, configured):
+        if restored_one != configured_one:
+            changed = {k: (restored_one.get(k), configured_one.get(k)) for k in restored_one
+                       if restored_one.get(k) != configured_one.get(k)}
+            raise ValueError(
+                f"ckpt_path {ckpt_path!r} was trained with another LR schedule than this run's "
+                f"({'; '.join(f'{k}: {a} in the checkpoint, {b} now' for k, (a, b) in changed.items())}; a "
+                f"changed trainer.max_epochs moves the milestones of a relative schedule). A resumed run keeps "
+                f"its schedule: resume with the run's settings, or start a new run without ckpt_path.")
+
+
+def apply_optimizer_settings(optimizer) -> None:
+    """This run's configured optimizer settings (e.g. a lower learning rate) on a restored optimizer, said."""
+    for group in optimizer.param_groups:
+        for key, value in optimizer.defaults.items():  # this run's configured settings
+            if key == "lr":
+                apply_learning_rate(group, value)
+            elif key in group and group[key] != value and isinstance(value, (bool, int, float)):
+                rank_zero_info(f"Resuming with {key}={value} from this run's optimizer settings "
+                               f"(the checkpoint's run used {group[key]}).")
+                group[key] = value
+
+
+def apply_learning_rate(group: dict, lr: float) -> None:
+    """Scale a restored param group's schedule to a new initial learning rate."""
+    initial = group.get("initial_lr", group["lr"])
+    if initial == lr:
+        return
+    rank_zero_info(f"Resuming with lr={lr} from this run's optimizer settings (the checkpoint's run used "
+                   f"{initial}); the schedule continues from there.")
+    group["lr"] = group["lr"] * lr / initial if initial else lr
+    if "initial_lr" in group:
+        group["initial_lr"] = lr
