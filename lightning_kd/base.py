@@ -19,7 +19,7 @@ from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
-from lightning_kd.resume import check_resume
+from lightning_kd.resume import check_loaded_resume
 from lightning_kd.schedules import check_schedule, fit_to_run
 from lightning_kd.teacher import FrozenTeacher
 
@@ -204,7 +204,7 @@ class StudentModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":  # a resume continues its run (lightning_kd.resume)
-            check_resume(checkpoint, type(self), dict(self.hparams), f"ckpt_path {str(trainer.ckpt_path)!r}")
+            check_loaded_resume(checkpoint, self, trainer.ckpt_path)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):

@@ -82,7 +82,7 @@ class KDCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # `args` is the command line, as a list when built from Python (make_cli).
         self.config = parser.parse_args(args)
-        self.kept = {}
+        self.kept, self.checked_resume = {}, None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or "://" in str(ckpt_path) or ckpt_path in ("best", "last"):
@@ -95,6 +95,7 @@ class KDCLI(LightningCLI):
         hparams = model.init_args.as_dict() if model.get("init_args") else {}
         if subcommand == "fit":
             check_resume(checkpoint, method, hparams, where)
+            self.checked_resume = str(ckpt_path)
         elif method is not None:
             check_method(checkpoint, method, where)
         self.kept = {k: copy.deepcopy(model.init_args[k]) for k in SAFE_CHANGES if k in hparams}
@@ -120,6 +121,11 @@ class KDCLI(LightningCLI):
                 for path in run_files(folder):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
 
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.checked_resume is not None:  # checked in parse_arguments: the module need not check it again
+            self.model.resume_checked = self.checked_resume
 
 def config_path(path: str | Path) -> Path:
     """``path`` if it exists, else the shipped config of that name: ``configs/quickstart/kd.yaml`` and

@@ -6,11 +6,12 @@ Safe to change on a resume: the teacher file's location (the same teacher moved)
 lower learning rate after a divergence: applied to the restored optimizer). Anything else (the
 method, the networks, the loss weights, the LR schedule, a relative schedule's run length) is the run.
 
-This module is the policy's one owner; the others only call it at their moment: the CLI (before
-LightningCLI replaces the model's settings with the checkpoint's, it alone sees what the command line
-asked for; it keeps :data:`SAFE_CHANGES`), a module's ``on_load_checkpoint`` (a fit started from Python,
-before the weights load) and :class:`~lightning_kd.callbacks.ResumeCheck` (the restored schedules and
-optimizers, once the trainer has them).
+This module is the policy's one owner; the others only call it at their moment, and a resume's settings are
+checked once: by the CLI for ``lightning-kd fit --ckpt_path`` (before LightningCLI replaces the model's
+settings with the checkpoint's, it alone sees what the command line asked for; it keeps :data:`SAFE_CHANGES`),
+else by the module's ``on_load_checkpoint`` (:func:`check_loaded_resume`, a fit resumed from Python, before
+the weights load); :class:`~lightning_kd.callbacks.ResumeCheck` checks the restored schedules and applies the
+optimizer settings once the trainer has them.
 """
 from __future__ import annotations
 
@@ -110,6 +111,15 @@ def check_resume(checkpoint: dict, method: type, hparams: dict, where: str) -> N
         raise ValueError(f"{where} was written by a run with other settings than this one ({listed}). A resumed "
                          f"run keeps its settings: drop those overrides to resume, or start a new run "
                          f"(without ckpt_path) to change them.")
+
+
+def check_loaded_resume(checkpoint: dict, module, ckpt_path) -> None:
+    """A fit's resume as its module loads the checkpoint (before the weights): :func:`check_resume` of the
+    module's settings, unless the CLI has checked the command line's against this checkpoint already
+    (``module.resume_checked``, set by the CLI; the module's settings are then the checkpoint's, as LightningCLI
+    loaded them, plus the safe changes)."""
+    if getattr(module, "resume_checked", None) != str(ckpt_path):
+        check_resume(checkpoint, type(module), dict(module.hparams), f"ckpt_path {str(ckpt_path)!r}")
 
 
 def schedule_of(scheduler) -> dict:
