@@ -239,15 +239,17 @@ def ddp_run(shards: Path, out: Path) -> None:
 
 
 class ImageRecorder(Recorder):
-    """Also the images of every training batch."""
+    """Also the images of every training batch, and whether a checkpoint written then would be flagged as
+    taken in the middle of a peer-parallel epoch."""
 
     def __init__(self):
         super().__init__()
-        self.images = []
+        self.images, self.flagged = [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self.images.append(batch[0].clone())
+        self.flagged.append(trainer.datamodule.state_dict()["mid_epoch_peer_parallel"])
 
 
 def peer_parallel_run(shards: Path, out: Path) -> None:
@@ -262,7 +264,8 @@ def peer_parallel_run(shards: Path, out: Path) -> None:
     trainer = quick_trainer(shards, callbacks=[recorder], limit_train_batches=None, max_epochs=1, devices=2,
                             strategy="peer_parallel")
     trainer.fit(model, datamodule=data)
-    torch.save({"indices": recorder.batches, "images": recorder.images}, out / f"rank{trainer.global_rank}.pt")
+    torch.save({"indices": recorder.batches, "images": recorder.images, "flagged": recorder.flagged},
+               out / f"rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
@@ -284,16 +287,20 @@ def test_peer_parallel_ranks_of_a_data_group_stream_the_same_crops_of_the_whole_
     assert len(ranks[0]["images"]) == len(ranks[1]["images"]) == CLASSES * TRAIN_PER_CLASS // 8
     for x0, x1 in zip(ranks[0]["images"], ranks[1]["images"]):
         assert torch.equal(x0, x1), "the peers trained on different random crops of the same samples"
+    for rank in ranks:  # the strategy's parts (data groups) are not its processes: flagged until the last batch
+        assert rank["flagged"] == [True] * (len(rank["images"]) - 1) + [False]
 
 
 def test_a_peer_parallel_checkpoint_written_mid_epoch_is_refused_on_resume_only(shards):
     """Refused when a fit resumes from it; testing, validating or predicting it reads no loader position."""
     data = StreamingImageDataModule(str(shards / "shards"), **SMALL)
-    for layout, last_batch, fn, refused in [(object(), False, "fit", True), (object(), False, "test", False),
-                                            (object(), False, "validate", False), (object(), True, "fit", False),
-                                            (None, False, "fit", False)]:
-        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(layout=layout), is_last_batch=last_batch,
-                                       state=SimpleNamespace(fn=TrainerFn(fn)))
+    peer_parallel = {"num_replicas": 1, "rank": 0}  # 2 processes, 1 data group: the strategy's parts
+    ddp = {"num_replicas": 2, "rank": 0}  # one part per process
+    for sharding, last_batch, fn, refused in [(peer_parallel, False, "fit", True), (peer_parallel, False, "test", False),
+                                              (peer_parallel, False, "validate", False),
+                                              (peer_parallel, True, "fit", False), (ddp, False, "fit", False)]:
+        data.trainer = SimpleNamespace(strategy=SimpleNamespace(distributed_sampler_kwargs=sharding), world_size=2,
+                                       is_last_batch=last_batch, state=SimpleNamespace(fn=TrainerFn(fn)))
         state = data.state_dict()
         if refused:
             with pytest.raises(ValueError, match="middle of an epoch of a peer-parallel run.*epoch end"):
