@@ -15,13 +15,14 @@ from torch import Tensor
 
 
 def in_float32(fn):
-    """Run ``fn`` on float32 inputs with autocast off. Autocast would run its matrix products in
-    bfloat16 (8-bit mantissa), and Gram matrices, distances and cosines built from them lose too
-    much there: a distance from the Gram matrix is a difference of nearly equal numbers."""
+    """Run ``fn`` on float32 tensor arguments with autocast off (other arguments pass as they are).
+    Autocast would run its matrix products in bfloat16 (8-bit mantissa), and Gram matrices, distances
+    and cosines built from them lose too much there: a distance from the Gram matrix is a difference
+    of nearly equal numbers."""
     @functools.wraps(fn)
-    def run(*tensors: Tensor) -> Tensor:
-        with torch.autocast(tensors[0].device.type, enabled=False):
-            return fn(*(t.float() for t in tensors))
+    def run(*args, **kwargs) -> Tensor:
+        with torch.autocast(args[0].device.type, enabled=False):
+            return fn(*(a.float() if isinstance(a, Tensor) else a for a in args), **kwargs)
     return run
 
 
@@ -51,6 +52,108 @@ def dml_loss(logits: Tensor, peer_logits: Tensor) -> Tensor:
     log_p = F.log_softmax(logits.float(), dim=1)
     log_p_peer = F.log_softmax(peer_logits.detach().float(), dim=1)
     return F.kl_div(log_p, log_p_peer, reduction="batchmean", log_target=True)
+
+
+def standardize_logits(logits: Tensor, unbiased: bool = True, eps: float = 1e-7) -> Tensor:
+    """Z-score each sample's logits: ``(z - mean(z)) / (std(z) + eps)`` over the classes.
+
+    Logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024,
+    https://arxiv.org/abs/2403.01427): applied to the student's and the teacher's logits before the
+    temperature of KD or DKD, so the student matches the teacher's logit relations, not their scale.
+
+    Args:
+        logits: ``(N, C)`` logits, ``C >= 2``.
+        unbiased: ``True`` (default, the authors' code: ``torch.std``) divides the squared deviations
+            by ``C - 1``; ``False`` by ``C`` (the population std, after which the std is exactly 1).
+        eps: added to the std (not the variance), as the authors do (1e-7); 0 divides by the bare std.
+    """
+    logits = logits.float()
+    centered = logits - logits.mean(dim=1, keepdim=True)
+    return centered / (logits.std(dim=1, keepdim=True, correction=1 if unbiased else 0) + eps)
+
+
+def check_targets(logits: Tensor, target: Tensor, what: str) -> None:
+    if target.shape != logits.shape[:1]:
+        raise ValueError(f"{what} needs one class index per sample, got targets {tuple(target.shape)} "
+                         f"for logits {tuple(logits.shape)}.")
+    if logits.shape[1] < 2:
+        raise ValueError(f"{what} needs at least 2 classes (a target and a non-target class), "
+                         f"got logits {tuple(logits.shape)}.")
+
+
+def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor,
+              temperature: float = 4.0) -> tuple[Tensor, Tensor]:
+    """The two terms of Decoupled KD (Zhao et al., CVPR 2022, https://arxiv.org/abs/2203.08679):
+    ``(TCKD, NCKD)``, each a KL divergence times ``T^2`` averaged over the batch.
+
+    TCKD compares the binary distributions ``(p_target, 1 - p_target)`` of the teacher and the
+    student; NCKD compares their distributions over the non-target classes alone (the softmax of the
+    non-target logits). Per sample, classical KD = TCKD + (1 - p_target of the teacher) * NCKD.
+
+    Args:
+        student_logits: ``(N, C)``.
+        teacher_logits: ``(N, C)``, used as given (detach them to keep gradients away).
+        target: ``(N,)`` class indices.
+        temperature: the softmax temperature ``T`` (the authors' CIFAR-100 value 4).
+    """
+    T = check_temperature(temperature)
+    check_targets(student_logits, target, "dkd_loss")
+    n, c = student_logits.shape
+    is_target = F.one_hot(target, c).bool()
+
+    def binary_log_probs(logits: Tensor) -> Tensor:  # (N, 2): log p_target, log (1 - p_target)
+        log_p = F.log_softmax(logits.float() / T, dim=1)
+        log_target = log_p.masked_fill(~is_target, float("-inf")).logsumexp(dim=1)
+        log_rest = log_p.masked_fill(is_target, float("-inf")).logsumexp(dim=1)
+        return torch.stack([log_target, log_rest], dim=1)
+
+    tckd = F.kl_div(binary_log_probs(student_logits), binary_log_probs(teacher_logits),
+                    reduction="batchmean", log_target=True) * (T * T)
+    non_target = ~is_target
+    nckd = kd_loss(student_logits[non_target].view(n, c - 1), teacher_logits[non_target].view(n, c - 1), T)
+    return tckd, nckd
+
+
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float = 1.0,
+             beta: float = 8.0, temperature: float = 4.0) -> Tensor:
+    """``alpha * TCKD + beta * NCKD`` (see :func:`dkd_terms`); the defaults are the authors'
+    CIFAR-100 ones (beta 8 for resnet32x4 -> resnet8x4). The authors' linear warm-up of this term
+    over the first 20 of 240 epochs is a weight schedule of the method, not part of the loss."""
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature)
+    return alpha * tckd + beta * nckd
+
+
+def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(N,)`` Pearson correlation of each row of ``a`` with the same row of ``b``: the cosine of the
+    centered rows, with ``eps`` added to the product of their norms (DIST's convention)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0, gamma: float = 1.0,
+              temperature: float = 1.0) -> Tensor:
+    """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022,
+    https://arxiv.org/abs/2205.10536): ``T^2 * (beta * inter + gamma * intra)``, where on the
+    softened predictions ``p = softmax(z / T)``, ``inter = 1 - mean over samples of the Pearson
+    correlation of a sample's student and teacher predictions`` and ``intra`` the same over classes
+    (columns of the ``(N, C)`` predictions). 0 when the predictions are equal (up to ``eps``).
+
+    Args:
+        student_logits: ``(N, C)``, ``N >= 2`` (a class's correlation runs over the batch).
+        teacher_logits: ``(N, C)``, used as given (detach them to keep gradients away).
+        beta, gamma: the weights of the inter- and intra-class terms (the authors' 1 and 1).
+        temperature: ``T`` (tau); the authors' default 1, their CIFAR-100 recipe 4 (``dist_t4``).
+    """
+    T = check_temperature(temperature)
+    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape or len(student_logits) < 2:
+        raise ValueError(f"dist_loss needs (N, C) student and teacher logits of equal shape with N >= 2, got "
+                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}.")
+    p_s = F.softmax(student_logits.float() / T, dim=1)
+    p_t = F.softmax(teacher_logits.float() / T, dim=1)
+    inter = 1 - pearson_rows(p_s, p_t).mean()
+    intra = 1 - pearson_rows(p_s.t(), p_t.t()).mean()
+    return (T * T) * (beta * inter + gamma * intra)
 
 
 # ----------------------------------------------------------------------------- feature maps
@@ -105,6 +208,34 @@ def fsp_loss(student_matrices: Sequence[Tensor], teacher_matrices: Sequence[Tens
         raise ValueError(f"fsp_loss got {len(student_matrices)} student and {len(teacher_matrices)} "
                          f"teacher matrices; they must pair up one to one.")
     return sum((s - t).pow(2).mean() for s, t in zip(student_matrices, teacher_matrices))
+
+
+def hcl_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor],
+             levels: Sequence[int] = (4, 2, 1)) -> Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al., "Distilling Knowledge via Knowledge Review",
+    CVPR 2021, https://arxiv.org/abs/2104.09044), summed over the pairs of maps.
+
+    For each pair of ``(N, C, H, W)`` maps of equal shape: the mean squared error of the maps and of
+    their average-pooled ``l x l`` versions for each level ``l`` smaller than ``H``, weighted 1, 1/2,
+    1/4, ... in that order and divided by the sum of the weights used (the authors' code).
+    """
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(f"hcl_loss got {len(student_feats)} student and {len(teacher_feats)} teacher maps; "
+                         f"they must pair up one to one.")
+    total = 0.0
+    for s, t in zip(student_feats, teacher_feats):
+        if s.shape != t.shape:
+            raise ValueError(f"hcl_loss needs maps of equal shape, got student {tuple(s.shape)} and teacher "
+                             f"{tuple(t.shape)}; fuse the student's features to the teacher's shapes first.")
+        s, t = s.float(), t.float()
+        weight, weights, loss = 1.0, 1.0, F.mse_loss(s, t)
+        for size in levels:
+            if size < s.shape[-2]:
+                weight /= 2
+                weights += weight
+                loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size))
+        total = total + loss / weights
+    return total
 
 
 # ----------------------------------------------------------------------------- relations (RKD)
@@ -227,6 +358,39 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
     hardest_positive = distances.masked_fill(~positives, float("-inf")).amax(1)
     hardest_negative = distances.masked_fill(~negatives, float("inf")).amin(1)
     return (hardest_positive - hardest_negative + margin).relu()[valid].mean()
+
+
+# ----------------------------------------------------------------------------- contrast (CRD)
+@in_float32
+def contrast_scores(embeddings: Tensor, rows: Tensor, temperature: float = 0.07) -> Tensor:
+    """``exp(<row, embedding> / T)`` of each sample's memory rows: ``(N, D)`` and ``(N, K + 1, D)``
+    give ``(N, K + 1)``: the unnormalized scores of CRD's contrast (Tian et al., ICLR 2020)."""
+    return torch.exp(torch.bmm(rows, embeddings.unsqueeze(2)).squeeze(2) / temperature)
+
+
+def crd_nce_loss(scores: Tensor, num_samples: int, eps: float = 1e-7) -> Tensor:
+    """CRD's NCE loss (Tian et al., "Contrastive Representation Distillation", ICLR 2020,
+    https://arxiv.org/abs/1910.10699; eq. 18 by the authors' code) of normalized scores, summed over
+    the samples' terms and divided by the batch size.
+
+    With ``K`` negatives and the uniform noise ``P_n = 1 / num_samples``, a score ``s`` is the
+    positive with probability ``h = s / (s + K P_n + eps)``: the loss is ``-log h`` of the positive
+    plus ``-log(K P_n / (s + K P_n + eps))`` (``-log(1 - h)`` but for eps) of each negative.
+
+    Args:
+        scores: ``(N, K + 1)`` scores divided by the memory's constant ``Z``, the positive's first.
+        num_samples: the size of the training set (rows of the memory), which sets ``P_n``.
+        eps: the authors' 1e-7 in the denominators.
+    """
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"crd_nce_loss needs (N, K + 1) scores, the positive first and K >= 1 negatives, "
+                         f"got {tuple(scores.shape)}.")
+    scores = scores.float()
+    noise = (scores.shape[1] - 1) / num_samples
+    positive, negatives = scores[:, 0], scores[:, 1:]
+    log_h_positive = torch.log(positive / (positive + noise + eps))
+    log_not_h_negatives = torch.log(noise / (negatives + noise + eps))
+    return -(log_h_positive.sum() + log_not_h_negatives.sum()) / scores.shape[0]
 
 
 # ----------------------------------------------------------------------------- factors (IE-KD)
