@@ -9,13 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.published import load_fixture
+from helpers.published import NETWORKS, load_fixture
 from lightning_kd.models import MODELS, CifarResNet, MobileNetV2, SmallCNN, WideResNet, build_network
 
-# The networks of the CRD paper's CIFAR-100 table (Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699,
-# Tables 1 and 2), as its code (RepDistiller) builds them at num_classes=100: tests/fixtures/published/.
-CIFAR_NETS = ["resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "ResNet50", "wrn_16_2",
-              "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "MobileNetV2", "ShuffleNetV1", "ShuffleNetV2"]
+CIFAR_NETS = NETWORKS  # those of the CRD paper's CIFAR-100 table
 RESNETS = ["resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
 # Stage widths and sizes for a 32x32 input, from the CRD code (RepDistiller's feature points f1..f4).
 STAGES = {"ResNet50": [(256, 32), (512, 16), (1024, 8), (2048, 4)],
@@ -24,13 +21,7 @@ STAGES = {"ResNet50": [(256, 32), (512, 16), (1024, 8), (2048, 4)],
           "ShuffleNetV2": [(116, 16), (232, 8), (464, 4)]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-2 inputs are too small to profit from threads; one thread avoids contention stalls."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run_with_hooks(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import ROOT
-from helpers.published import fixture_input, load_fixture, save_their_checkpoint
+from helpers.published import NETWORKS, fixture_input, load_fixture, save_their_checkpoint
 from lightning_kd.checkpoints import load_network_weights
 from lightning_kd.cli import make_cli
 from lightning_kd.datamodules import SyntheticDataModule
@@ -22,17 +22,7 @@ from lightning_kd.datamodules.base import normalize
 from lightning_kd.methods import Supervised
 from lightning_kd.models import build_network
 
-# The networks of CRD's 13 pairs (Tian et al., ICLR 2020, Table 1 and 2).
-NETWORKS = ["wrn_40_2", "wrn_16_2", "wrn_40_1", "resnet56", "resnet20", "resnet110", "resnet32", "resnet32x4",
-            "resnet8x4", "vgg13", "vgg8", "MobileNetV2", "ResNet50", "ShuffleNetV1", "ShuffleNetV2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,8 @@ from torch import nn
 
 from .staged import StagedNet
 
-__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "BottleneckResNet", "resnet20", "resnet32", "resnet56",
-           "resnet110", "resnet8x4", "resnet32x4", "ResNet50"]
+__all__ = ["ResidualBlock", "BasicBlock", "Bottleneck", "CifarResNet", "BottleneckResNet", "resnet20", "resnet32",
+           "resnet56", "resnet110", "resnet8x4", "resnet32x4", "ResNet50"]
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -35,20 +35,20 @@ def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Mod
     ]
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN) shortcut; post-ReLU output.
+class ResidualBlock(nn.Module):
+    """``relu(residual(x) + shortcut(x))``; the shortcut is the identity, or a 1x1 conv-BN (option B) when
+    the block changes the shape.
 
     Args:
+        residual: The residual branch, ending in a BatchNorm.
         c_in: Input channels.
         c_out: Output channels.
-        stride: Stride of the first convolution (and of the shortcut).
+        stride: Stride of the block (and of the shortcut).
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(self, residual: nn.Sequential, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
-        self.residual = nn.Sequential(
-            *_conv_bn(c_in, c_out, 3, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out, 3)
-        )
+        self.residual = residual
         if stride != 1 or c_in != c_out:
             self.shortcut: nn.Module = nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
         else:
@@ -57,6 +57,20 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.residual(x) + self.shortcut(x))
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 conv-BN layers with a ReLU between them (see :class:`ResidualBlock`).
+
+    Args:
+        c_in: Input channels.
+        c_out: Output channels.
+        stride: Stride of the first convolution (and of the shortcut).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        residual = nn.Sequential(*_conv_bn(c_in, c_out, 3, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out, 3))
+        super().__init__(residual, c_in, c_out, stride)
 
 
 class CifarResNet(StagedNet):
@@ -95,9 +109,8 @@ class CifarResNet(StagedNet):
         self.add_head(["layer1", "layer2", "layer3"], c_in, num_classes)
 
 
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand (x4), each conv-BN, ReLU between; identity or 1x1 conv-BN
-    shortcut; post-ReLU output.
+class Bottleneck(ResidualBlock):
+    """1x1 reduce, 3x3 (strided), 1x1 expand (x4), each conv-BN, ReLU between (see :class:`ResidualBlock`).
 
     Args:
         c_in: Input channels.
@@ -108,20 +121,10 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, c_in: int, width: int, stride: int = 1) -> None:
-        super().__init__()
         c_out = self.expansion * width
-        self.residual = nn.Sequential(
-            *_conv_bn(c_in, width, 1), nn.ReLU(inplace=True), *_conv_bn(width, width, 3, stride),
-            nn.ReLU(inplace=True), *_conv_bn(width, c_out, 1)
-        )
-        if stride != 1 or c_in != c_out:
-            self.shortcut: nn.Module = nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
-        else:
-            self.shortcut = nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.residual(x) + self.shortcut(x))
+        residual = nn.Sequential(*_conv_bn(c_in, width, 1), nn.ReLU(inplace=True), *_conv_bn(width, width, 3, stride),
+                                 nn.ReLU(inplace=True), *_conv_bn(width, c_out, 1))
+        super().__init__(residual, c_in, c_out, stride)
 
 
 class BottleneckResNet(StagedNet):

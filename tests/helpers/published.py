@@ -17,6 +17,10 @@ from torch import Tensor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "published"
 INPUT_SHAPE = (2, 3, 32, 32)
+# The networks of the CRD paper's 13 CIFAR-100 pairs (Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699,
+# Tables 1 and 2), by our names; their fixtures hold the CRD code's names.
+NETWORKS = ["resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "ResNet50", "wrn_16_2",
+            "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "MobileNetV2", "ShuffleNetV1", "ShuffleNetV2"]
 
 
 def uniform(name: str, count: int) -> Tensor:
