@@ -20,7 +20,7 @@ from lightning_kd.callbacks.resume import ResumeCheck
 from lightning_kd.callbacks.rng import RNGState
 from lightning_kd.callbacks.run_folder import OneRunPerFolder
 from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
-from lightning_kd.checkpoints import load_checkpoint_file, save_published
+from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
 from lightning_kd.resume import check_resume
@@ -218,12 +218,12 @@ class StudentModule(pl.LightningModule):
             load_checkpoint_file(checkpoint_path, what="checkpoint")
         return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
 
-    def export_student(self, path: str, published: bool = False) -> None:
-        """Save the student as a plain state_dict that loads into its architecture; with ``published``, as
+    def export_student(self, path: str, repdistiller: bool = False) -> None:
+        """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as
         the CRD code saves a network (``{"model": state_dict}`` under its names), which RepDistiller's and
-        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_published`)."""
-        if published:
-            save_published(self.student, path)
+        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
+        if repdistiller:
+            save_repdistiller(self.student, path)
         else:
             torch.save(self.student.state_dict(), path)
 

@@ -7,7 +7,7 @@ plain state_dict, or the wrappers of the KD repositories (``{"state_dict": ...}`
 ...}``, ``{"net": ...}``, ``{"module": ...}``), with the ``module.`` (DDP) and ``_orig_mod.``
 (``torch.compile``) prefixes in any combination; keys must then match the network exactly, under
 its own names or, for a network of the CRD code, under that code's (RepDistiller's and mdistiller's
-``{"model": state_dict, ...}`` files: :meth:`~lightning_kd.models.staged.StagedNet.published_names`).
+``{"model": state_dict, ...}`` files: :meth:`~lightning_kd.models.staged.StagedNet.repdistiller_names`).
 """
 from __future__ import annotations
 
@@ -117,19 +117,19 @@ def network_candidates(state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
 
 
 def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "checkpoint",
-                 network: str = "the network", published: dict[str, str] | None = None) -> dict[str, Tensor]:
+                 network: str = "the network", repdistiller: dict[str, str] | None = None) -> dict[str, Tensor]:
     """The weights in ``path`` for the ``network`` whose ``state_dict()`` is ``expected``; any missing or
     unexpected key, or any shape that differs, raises an error that names them and the likely cause.
-    ``published`` (each key of ``expected`` -> its name in the CRD code) also reads that code's files,
+    ``repdistiller`` (each key of ``expected`` -> its name in the CRD code) also reads that code's files,
     and errors about such a file name its keys as that code does."""
     candidates = network_candidates(unwrap(load_checkpoint_file(path, what)))
-    ours = {theirs: key for key, theirs in (published or {}).items()}
-    translated = [{ours.get(k, k): v for k, v in c.items()} for c in candidates] if published else []
+    ours = {theirs: key for key, theirs in (repdistiller or {}).items()}
+    translated = [{ours.get(k, k): v for k, v in c.items()} for c in candidates] if repdistiller else []
     wanted = set(expected)
     state = next((c for c in candidates + translated if set(c) == wanted),
                  max(candidates + translated, key=lambda c: (len(wanted & set(c)), -len(set(c) - wanted))))
     in_their_names = any(state is c for c in translated)
-    name = (lambda k: published[k]) if in_their_names else (lambda k: k)
+    name = (lambda k: repdistiller[k]) if in_their_names else (lambda k: k)
     missing, unexpected = sorted(name(k) for k in wanted - set(state)), sorted(set(state) - wanted)
     if missing or unexpected:
         if not missing:
@@ -159,25 +159,25 @@ def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "che
     return {k: state[k] for k in expected}
 
 
-def published_names(net: nn.Module) -> dict[str, str] | None:
+def repdistiller_names(net: nn.Module) -> dict[str, str] | None:
     """``net``'s keys -> their names in the CRD code, for a network that has them (else None)."""
-    return net.published_names() if getattr(net, "published_renames", None) else None
+    return net.repdistiller_names() if getattr(net, "repdistiller_renames", None) else None
 
 
 def load_network_weights(net: nn.Module, path: str | Path, what: str = "checkpoint") -> None:
     """Load weights into ``net`` from ``path``; any mismatch raises an error that names it."""
-    net.load_state_dict(read_weights(path, net.state_dict(), what, type(net).__name__, published_names(net)))
+    net.load_state_dict(read_weights(path, net.state_dict(), what, type(net).__name__, repdistiller_names(net)))
 
 
-def save_published(net: nn.Module, path: str | Path) -> None:
+def save_repdistiller(net: nn.Module, path: str | Path) -> None:
     """Write ``net`` as the CRD code writes its checkpoints, ``{"model": state_dict}`` under that code's
     names, so RepDistiller's and mdistiller's scripts load it (e.g. mdistiller's ``tools/eval.py -m
     resnet8x4 -c PATH``)."""
-    names = published_names(net)
+    names = repdistiller_names(net)
     if names is None:
         raise ValueError(f"{type(net).__name__} is not a network of the CRD code (RepDistiller, mdistiller): "
-                         f"there is no published format to write it in; export its own state_dict instead.")
-    atomic_save({"model": net.published_state_dict()}, path)
+                         f"there is no RepDistiller format to write it in; export its own state_dict instead.")
+    atomic_save({"model": net.repdistiller_state_dict()}, path)
 
 
 def classifier_key(state: dict[str, Tensor]) -> str | None:

@@ -43,7 +43,7 @@ def test_their_checkpoint_loads_and_computes_their_logits(network, tmp_path):
     load_network_weights(net, tmp_path / "ckpt_epoch_240.pth", what="teacher_ckpt")
     assert_float32_close(logits(net, fixture_input()), torch.tensor(fixture["logits"]))
 
-    exported = net.published_state_dict()  # and back: their keys, in their order, shapes and values
+    exported = net.repdistiller_state_dict()  # and back: their keys, in their order, shapes and values
     assert [(k, list(v.shape)) for k, v in exported.items()] == [tuple(ks) for ks in fixture["state_dict"]]
     assert all(torch.equal(exported[k], v) and exported[k].dtype == v.dtype for k, v in theirs.items())
 
@@ -66,13 +66,13 @@ def test_a_mismatch_names_their_keys(tmp_path):
 def test_keys_of_our_naming_never_mean_another_tensor_in_theirs():
     """A file is read in our naming or theirs; no key of one names a different tensor in the other."""
     for network in NETWORKS:
-        names = build_network(network, 100).published_names()
+        names = build_network(network, 100).repdistiller_names()
         assert all(theirs not in names or names[theirs] == theirs for theirs in names.values()), network
 
 
 def test_export_student_in_their_format(tmp_path):
     module = Supervised(student="ShuffleNetV2", num_classes=100, input_shape=(3, 32, 32))
-    module.export_student(str(tmp_path / "student.pth"), published=True)
+    module.export_student(str(tmp_path / "student.pth"), repdistiller=True)
     saved = torch.load(tmp_path / "student.pth", weights_only=True)
     assert list(saved) == ["model"]
     theirs = [tuple(ks) for ks in load_fixture("ShuffleNetV2")["state_dict"]]
@@ -83,7 +83,7 @@ def test_export_student_in_their_format(tmp_path):
     assert torch.equal(logits(reloaded, x), logits(module.student, x))
     digits = Supervised(student="small_cnn", num_classes=10, input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="not a network of the CRD code"):
-        digits.export_student(str(tmp_path / "s.pth"), published=True)
+        digits.export_student(str(tmp_path / "s.pth"), repdistiller=True)
     assert not (tmp_path / "s.pth").exists()
 
 

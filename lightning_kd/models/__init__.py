@@ -8,7 +8,7 @@ penultimate embedding) and ``fc``, so intermediate features can be hooked by nam
 Architectures and parameter counts follow "Contrastive Representation Distillation"
 (Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699), Table 1, and its code: every CIFAR
 network is the same function as RepDistiller's and loads its (and mdistiller's) checkpoints
-(:meth:`~lightning_kd.models.staged.StagedNet.published_names`).
+(:meth:`~lightning_kd.models.staged.StagedNet.repdistiller_names`).
 """
 
 from __future__ import annotations

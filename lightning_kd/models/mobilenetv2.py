@@ -7,7 +7,7 @@ Distillation" (Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699), from i
 stride 2 and the second group's stride 1 (the paper's is 2), so a 32x32 input ends at 2x2. Unlike the
 paper, a block of expansion 1 keeps its 1x1 expansion convolution. The 1x1 conv-BN-ReLU to 1280
 channels runs in ``pool``, before the average. It is the same function as RepDistiller's network,
-whose checkpoints load into it (``published_renames``).
+whose checkpoints load into it (``repdistiller_renames``).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class MobileNetV2(StagedNet):
     """
 
     # RepDistiller's models/mobilenetv2.py names: conv1 stem, blocks.G.j, conv2 (our pool.0), classifier.0.
-    published_renames = ((r"^stem\.", "conv1."),
+    repdistiller_renames = ((r"^stem\.", "conv1."),
                          (r"^layer(\d)\.(\d)\.", lambda m: f"blocks.{_STAGES[int(m[1]) - 1][int(m[2])]}."),
                          (r"^pool\.0\.", "conv2."), (r"^fc\.", "classifier.0."))
 

@@ -14,7 +14,7 @@ is what reproduces the parameter counts of CRD's Table 1.
 of widths 64..512, expansion 4) after a 3x3 stem with no max-pool, so a 32x32 input ends at 4x4.
 
 All are the same functions as the CRD code's networks (RepDistiller's ``models/resnet.py`` and
-``models/resnetv2.py``), whose checkpoints load into them (``published_renames``).
+``models/resnetv2.py``), whose checkpoints load into them (``repdistiller_renames``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class CifarResNet(StagedNet):
     """
 
     # RepDistiller's models/resnet.py names: conv1/bn1 stem, blocks' conv1 bn1 conv2 bn2, `downsample`.
-    published_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."),
+    repdistiller_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."),
                          (r"\.residual\.0\.", ".conv1."), (r"\.residual\.1\.", ".bn1."),
                          (r"\.residual\.3\.", ".conv2."), (r"\.residual\.4\.", ".bn2."),
                          (r"\.shortcut\.", ".downsample."))
@@ -141,7 +141,7 @@ class BottleneckResNet(StagedNet):
     """
 
     # RepDistiller's models/resnetv2.py names: conv1/bn1 stem, blocks' conv1..bn3, `shortcut`, `linear`.
-    published_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."),
+    repdistiller_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."),
                          (r"\.residual\.0\.", ".conv1."), (r"\.residual\.1\.", ".bn1."),
                          (r"\.residual\.3\.", ".conv2."), (r"\.residual\.4\.", ".bn2."),
                          (r"\.residual\.6\.", ".conv3."), (r"\.residual\.7\.", ".bn3."),

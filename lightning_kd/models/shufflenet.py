@@ -7,7 +7,7 @@ of "Contrastive Representation Distillation" (Tian et al., ICLR 2020, https://ar
 and its code (RepDistiller's ``ShuffleV1``, ``ShuffleV2``): a 1x1 conv-BN-ReLU stem of 24 channels and
 no max-pool, then three stages that each halve the resolution (32x32 -> 4x4). V1 keeps a detail of
 that code that differs from its paper, a ReLU after the depthwise convolution, so the code's published
-checkpoints load and compute the same function (``published_renames``).
+checkpoints load and compute the same function (``repdistiller_renames``).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class ShuffleNetV1(StagedNet):
     """
 
     # RepDistiller's models/ShuffleNetv1.py names: conv1/bn1 stem, `linear`.
-    published_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"^fc\.", "linear."))
+    repdistiller_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"^fc\.", "linear."))
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3, channels: tuple[int, ...] = (240, 480, 960),
                  blocks: tuple[int, ...] = (4, 8, 4), groups: int = 3) -> None:
@@ -145,7 +145,7 @@ class ShuffleNetV2(StagedNet):
     """
 
     # RepDistiller's models/ShuffleNetv2.py names: conv1/bn1 stem, conv2/bn2 (our pool.0), `linear`.
-    published_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"^pool\.0\.0\.", "conv2."),
+    repdistiller_renames = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"^pool\.0\.0\.", "conv2."),
                          (r"^pool\.0\.1\.", "bn2."), (r"^fc\.", "linear."))
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3,

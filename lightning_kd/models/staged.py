@@ -20,14 +20,14 @@ class StagedNet(nn.Module):
 
     The CIFAR networks are also those of the CRD code (RepDistiller,
     https://github.com/HobbitLong/RepDistiller, and mdistiller, which has the same modules), which
-    published the teachers nearly every paper uses. A subclass lists in ``published_renames`` how its
+    published the teachers nearly every paper uses. A subclass lists in ``repdistiller_renames`` how its
     ``state_dict`` keys become theirs (``re.sub`` applied in order to each key), so their checkpoint
-    files load into it and it can be written in their format: :meth:`published_names`.
+    files load into it and it can be written in their format: :meth:`repdistiller_names`.
     """
 
     stage_names: list[str]
     embedding_dim: int
-    published_renames: tuple[Rename, ...] = ()
+    repdistiller_renames: tuple[Rename, ...] = ()
 
     def add_head(self, stage_names: list[str], channels: int, num_classes: int,
                  neck: Optional[nn.Module] = None, pooled_channels: Optional[int] = None) -> None:
@@ -49,24 +49,24 @@ class StagedNet(nn.Module):
             x = getattr(self, name)(x)
         return self.fc(self.pool(x))
 
-    def published_names(self) -> dict[str, str]:
+    def repdistiller_names(self) -> dict[str, str]:
         """Each ``state_dict`` key -> its name in the CRD code's network (RepDistiller / mdistiller).
 
         Raises:
             NotImplementedError: For a network the CRD code does not have.
         """
-        if not self.published_renames:
+        if not self.repdistiller_renames:
             raise NotImplementedError(f"{type(self).__name__} is not a network of the CRD code (RepDistiller, "
-                                      f"mdistiller): it has no published naming.")
+                                      f"mdistiller): it has no RepDistiller naming.")
         names = {}
         for key in self.state_dict():
             theirs = key
-            for pattern, replacement in self.published_renames:
+            for pattern, replacement in self.repdistiller_renames:
                 theirs = re.sub(pattern, replacement, theirs)
             names[key] = theirs
         return names
 
-    def published_state_dict(self) -> dict[str, Tensor]:
+    def repdistiller_state_dict(self) -> dict[str, Tensor]:
         """The ``state_dict`` under the CRD code's names: what their ``model.state_dict()`` holds."""
-        names = self.published_names()
+        names = self.repdistiller_names()
         return {names[k]: v.detach().cpu().clone() for k, v in self.state_dict().items()}

@@ -9,7 +9,7 @@ global average pooling and a single linear classifier. ``vgg8`` has one conv
 per block, ``vgg13`` two.
 
 The convolutions keep their bias, as in the CRD code (RepDistiller's ``models/vgg.py``), whose
-checkpoints hold it and load into these networks (``published_renames``): in front of BatchNorm it
+checkpoints hold it and load into these networks (``repdistiller_renames``): in front of BatchNorm it
 is redundant in training (the batch mean removes it) but not in its evaluation, where it shifts the
 running mean. With it the counts are 3,965,028 (vgg8) and 9,462,180 (vgg13) parameters.
 """
@@ -45,7 +45,7 @@ class CifarVGG(StagedNet):
     """
 
     # RepDistiller's models/vgg.py names: block0..block4 (without our leading max-pool), `classifier`.
-    published_renames = ((r"^layer(\d)\.(\d+)\.",
+    repdistiller_renames = ((r"^layer(\d)\.(\d+)\.",
                           lambda m: f"block{int(m[1]) - 1}.{int(m[2]) - (m[1] in '234')}."),
                          (r"^fc\.", "classifier."))
 

@@ -7,7 +7,7 @@ pre-activation wide blocks (BN-ReLU-conv-BN-ReLU-conv) with widths
 teacher/student pair of "Contrastive Representation Distillation"
 (Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699), ``wrn_40_1`` a student of its table.
 They are the same functions as the CRD code's (RepDistiller's ``models/wrn.py``), whose checkpoints
-load into them (``published_renames``).
+load into them (``repdistiller_renames``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class WideResNet(StagedNet):
 
     # RepDistiller's models/wrn.py names: conv1 stem, blockI.layer.J (bn1 conv1 bn2 conv2 convShortcut),
     # the final BN (last module of our layer3) bn1.
-    published_renames = ((r"^stem\.", "conv1."),
+    repdistiller_renames = ((r"^stem\.", "conv1."),
                          (r"^layer3\.\d+\.(weight|bias|running_\w+|num_batches_tracked)$", r"bn1.\1"),
                          (r"^layer(\d)\.(\d+)\.", r"block\1.layer.\2."), (r"\.preact\.0\.", ".bn1."),
                          (r"\.residual\.0\.", ".conv1."), (r"\.residual\.1\.", ".bn2."),
