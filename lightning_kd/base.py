@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.callbacks import FiniteCheck, guarantees
-from lightning_kd.checkpoints import load_checkpoint_file
+from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
 from lightning_kd.resume import check_loaded_resume
@@ -214,9 +214,14 @@ class StudentModule(pl.LightningModule):
             load_checkpoint_file(checkpoint_path, what="checkpoint")
         return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
 
-    def export_student(self, path: str) -> None:
-        """Save the student as a plain state_dict that loads into its architecture."""
-        torch.save(self.student.state_dict(), path)
+    def export_student(self, path: str, repdistiller: bool = False) -> None:
+        """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as
+        the CRD code saves a network (``{"model": state_dict}`` under its names), which RepDistiller's and
+        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
+        if repdistiller:
+            save_repdistiller(self.student, path)
+        else:
+            torch.save(self.student.state_dict(), path)
 
 
 class DistillationModule(StudentModule):

@@ -5,7 +5,9 @@ unpickled is refused, never executed. A file that is not a checkpoint is reporte
 Network weights are found in a Lightning ``.ckpt`` (ours keep the network under ``student.``), a
 plain state_dict, or the wrappers of the KD repositories (``{"state_dict": ...}``, ``{"model":
 ...}``, ``{"net": ...}``, ``{"module": ...}``), with the ``module.`` (DDP) and ``_orig_mod.``
-(``torch.compile``) prefixes in any combination; keys must then match the network exactly.
+(``torch.compile``) prefixes in any combination; keys must then match the network exactly, under
+its own names or, for a network of the CRD code, under that code's (RepDistiller's and mdistiller's
+``{"model": state_dict, ...}`` files: :meth:`~lightning_kd.models.staged.StagedNet.repdistiller_names`).
 """
 from __future__ import annotations
 
@@ -115,14 +117,20 @@ def network_candidates(state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
 
 
 def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "checkpoint",
-                 network: str = "the network") -> dict[str, Tensor]:
+                 network: str = "the network", repdistiller: dict[str, str] | None = None) -> dict[str, Tensor]:
     """The weights in ``path`` for the ``network`` whose ``state_dict()`` is ``expected``; any missing or
-    unexpected key, or any shape that differs, raises an error that names them and the likely cause."""
+    unexpected key, or any shape that differs, raises an error that names them and the likely cause.
+    ``repdistiller`` (each key of ``expected`` -> its name in the CRD code) also reads that code's files,
+    and errors about such a file name its keys as that code does."""
     candidates = network_candidates(unwrap(load_checkpoint_file(path, what)))
+    ours = {theirs: key for key, theirs in (repdistiller or {}).items()}
+    translated = [{ours.get(k, k): v for k, v in c.items()} for c in candidates] if repdistiller else []
     wanted = set(expected)
-    state = next((c for c in candidates if set(c) == wanted),
-                 max(candidates, key=lambda c: (len(wanted & set(c)), -len(set(c) - wanted))))
-    missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    state = next((c for c in candidates + translated if set(c) == wanted),
+                 max(candidates + translated, key=lambda c: (len(wanted & set(c)), -len(set(c) - wanted))))
+    in_their_names = any(state is c for c in translated)
+    name = (lambda k: repdistiller[k]) if in_their_names else (lambda k: k)
+    missing, unexpected = sorted(name(k) for k in wanted - set(state)), sorted(set(state) - wanted)
     if missing or unexpected:
         if not missing:
             cause = ("a bigger network of the same family (e.g. a deeper or wider one: resnet32x4 weights for "
@@ -133,7 +141,8 @@ def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "che
             cause = "another architecture?"
         parts = [f"{len(missing)} of its {len(expected)} tensors are missing (e.g. {missing[:3]})" if missing else "",
                  f"{len(unexpected)} tensors are not in it (e.g. {unexpected[:3]})" if unexpected else ""]
-        raise ValueError(f"{what} {str(path)!r} does not fit {network}: " + "; ".join(p for p in parts if p)
+        naming = " (a file of the CRD code, RepDistiller/mdistiller, named as there)" if in_their_names else ""
+        raise ValueError(f"{what} {str(path)!r}{naming} does not fit {network}: " + "; ".join(p for p in parts if p)
                          + f". Is it a checkpoint of {cause} Check the network spec against the checkpoint.")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
              if tuple(state[k].shape) != tuple(v.shape)]
@@ -145,14 +154,30 @@ def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "che
                 f"has num_classes={expected[head].shape[0]}. Use a teacher trained on this dataset.")
         raise ValueError(
             f"{what} {str(path)!r} does not fit {network}: shape mismatch in "
-            f"{len(wrong)} tensors, e.g. " + "; ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:3])
+            f"{len(wrong)} tensors, e.g. " + "; ".join(f"{name(k)}: file {a} vs model {b}" for k, a, b in wrong[:3])
             + ". Is it a checkpoint of another architecture or width?")
     return {k: state[k] for k in expected}
 
 
+def repdistiller_names(net: nn.Module) -> dict[str, str] | None:
+    """``net``'s keys -> their names in the CRD code, for a network that has them (else None)."""
+    return net.repdistiller_names() if getattr(net, "repdistiller_renames", None) else None
+
+
 def load_network_weights(net: nn.Module, path: str | Path, what: str = "checkpoint") -> None:
     """Load weights into ``net`` from ``path``; any mismatch raises an error that names it."""
-    net.load_state_dict(read_weights(path, net.state_dict(), what, type(net).__name__))
+    net.load_state_dict(read_weights(path, net.state_dict(), what, type(net).__name__, repdistiller_names(net)))
+
+
+def save_repdistiller(net: nn.Module, path: str | Path) -> None:
+    """Write ``net`` as the CRD code writes its checkpoints, ``{"model": state_dict}`` under that code's
+    names, so RepDistiller's and mdistiller's scripts load it (e.g. mdistiller's ``tools/eval.py -m
+    resnet8x4 -c PATH``)."""
+    names = repdistiller_names(net)
+    if names is None:
+        raise ValueError(f"{type(net).__name__} is not a network of the CRD code (RepDistiller, mdistiller): "
+                         f"there is no RepDistiller format to write it in; export its own state_dict instead.")
+    atomic_save({"model": net.repdistiller_state_dict()}, path)
 
 
 def classifier_key(state: dict[str, Tensor]) -> str | None:

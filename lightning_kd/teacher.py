@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from lightning_kd.checkpoints import load_network_weights, read_weights
+from lightning_kd.checkpoints import load_network_weights, repdistiller_names, read_weights
 from lightning_kd.features import FeatureHooks, NetOutput
 from lightning_kd.models import build_network, is_pretrained
 
@@ -177,7 +177,7 @@ class FrozenTeacher:
     def read_weights(self, path: Union[str, Path], what: str) -> dict[str, Tensor]:
         """The weights of ``path`` checked strictly against this network's keys and shapes, as float32."""
         expected = {k: v.float() if v.is_floating_point() else v for k, v in self.net.state_dict().items()}
-        return read_weights(path, expected, what, type(self.net).__name__)
+        return read_weights(path, expected, what, type(self.net).__name__, repdistiller_names(self.net))
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Swap in other weights during a fit (RCO's route anchors): copied into the current dtype and

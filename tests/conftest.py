@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytest
+import torch
 
 from helpers import TINY_CNN, save_teacher
 
@@ -39,3 +40,12 @@ def digits_teacher(tmp_path) -> str:
 def tiny_teacher(tmp_path) -> str:
     """A state_dict file of a small_cnn width 4 teacher for the digits data (see helpers.build_method)."""
     return save_teacher(tmp_path / "tiny_teacher.pt", TINY_CNN, seed=1)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Batch-2 inputs are too small to profit from threads; one thread avoids contention stalls."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)

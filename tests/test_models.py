@@ -9,31 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_kd.models import MODELS, CifarResNet, SmallCNN, WideResNet, build_network
+from helpers.published import NETWORKS, load_fixture
+from lightning_kd.models import MODELS, CifarResNet, MobileNetV2, SmallCNN, WideResNet, build_network
 
-# Parameter counts in millions at num_classes=100 (CRD, Tian et al. ICLR 2020, Table 1).
-PUBLISHED_PARAMS_M = {
-    "resnet8x4": 1.23,
-    "resnet32x4": 7.43,
-    "resnet20": 0.28,
-    "resnet56": 0.86,
-    "resnet110": 1.74,
-    "wrn_16_2": 0.70,
-    "wrn_40_2": 2.26,
-    "vgg8": 3.96,
-    "vgg13": 9.46,
-}
-CIFAR_NETS = list(PUBLISHED_PARAMS_M)
-RESNETS = ["resnet20", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
+CIFAR_NETS = NETWORKS  # those of the CRD paper's CIFAR-100 table
+RESNETS = ["resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
+# Stage widths and sizes for a 32x32 input, from the CRD code (RepDistiller's feature points f1..f4).
+STAGES = {"ResNet50": [(256, 32), (512, 16), (1024, 8), (2048, 4)],
+          "MobileNetV2": [(12, 16), (16, 8), (48, 4), (160, 2)],
+          "ShuffleNetV1": [(240, 16), (480, 8), (960, 4)],
+          "ShuffleNetV2": [(116, 16), (232, 8), (464, 4)]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-2 inputs are too small to profit from threads; one thread avoids contention stalls."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run_with_hooks(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -61,10 +49,11 @@ def test_models_registry_and_signatures():
 
 
 @pytest.mark.parametrize("name", CIFAR_NETS)
-def test_parameter_counts_match_literature(name):
+def test_parameter_counts_equal_the_crd_code(name):
+    """The exact counts of the CRD paper's code (RepDistiller's models at num_classes=100, recorded in the
+    fixture by tests/fixtures/published/make_fixtures.py): the paper's table gives them in millions."""
     model = MODELS[name](num_classes=100)
-    n_params = sum(p.numel() for p in model.parameters())
-    assert round(n_params / 1e6, 2) == pytest.approx(PUBLISHED_PARAMS_M[name]), n_params
+    assert sum(p.numel() for p in model.parameters()) == load_fixture(name)["parameters"]
 
 
 @pytest.mark.parametrize("name", CIFAR_NETS)
@@ -80,12 +69,17 @@ def test_cifar_net_output_and_features(name):
     assert logits.shape == (2, 10)
     assert feats["pool"].shape == (2, model.embedding_dim)
     torch.testing.assert_close(model.fc(feats["pool"]), logits)  # pool is the penultimate embedding
-    assert feats[model.stage_names[-1]].min() >= 0  # last stage is post-ReLU (WRN included)
-    if not isinstance(model, WideResNet):  # pre-activation WRN: only layer3 ends in a ReLU
+    if not isinstance(model, (WideResNet, MobileNetV2)):  # the others' stages end in a ReLU
         assert all(feats[s].min() >= 0 for s in model.stage_names)
+    elif isinstance(model, WideResNet):  # pre-activation: only layer3 ends in a ReLU (the final BN-ReLU)
+        assert feats["layer3"].min() >= 0 and feats["layer2"].min() < 0
+    else:  # linear bottlenecks, then the 1x1 conv-BN-ReLU inside pool
+        assert all(feats[s].min() < 0 for s in model.stage_names) and feats["pool"].min() >= 0
     if name in RESNETS:
         assert isinstance(model, CifarResNet)
         assert [feats[s].shape[-1] for s in model.stage_names] == [32, 16, 8]
+    if name in STAGES:
+        assert [(feats[s].shape[1], feats[s].shape[-1]) for s in model.stage_names] == STAGES[name]
 
 
 def test_small_cnn_on_digits_shape():

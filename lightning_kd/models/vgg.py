@@ -8,9 +8,10 @@ conv3x3-BN-ReLU layers with max-pools between the first four blocks,
 global average pooling and a single linear classifier. ``vgg8`` has one conv
 per block, ``vgg13`` two.
 
-The convolutions have no bias: it is redundant in front of BatchNorm. (The CRD
-code keeps it, which adds 1,472 / 2,944 parameters and gives 3.965 M for vgg8;
-without it the counts are 3.96 M and 9.46 M, the figures of CRD's Table 1.)
+The convolutions keep their bias, as in the CRD code (RepDistiller's ``models/vgg.py``), whose
+checkpoints hold it and load into these networks (``repdistiller_renames``): in front of BatchNorm it
+is redundant in training (the batch mean removes it) but not in its evaluation, where it shifts the
+running mean. With it the counts are 3,965,028 (vgg8) and 9,462,180 (vgg13) parameters.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class CifarVGG(StagedNet):
         in_channels: Number of input image channels.
     """
 
+    # RepDistiller's models/vgg.py names: block0..block4 (without our leading max-pool), `classifier`.
+    repdistiller_renames = ((r"^layer(\d)\.(\d+)\.",
+                          lambda m: f"block{int(m[1]) - 1}.{int(m[2]) - (m[1] in '234')}."),
+                         (r"^fc\.", "classifier."))
+
     def __init__(self, config: list[list[int]], num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
         self.stem = nn.Identity()
@@ -50,7 +56,7 @@ class CifarVGG(StagedNet):
         for i, channels in enumerate(config, start=1):
             layers: list[nn.Module] = [nn.MaxPool2d(2)] if i in (2, 3, 4) else []
             for c_out in channels:
-                conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+                conv = nn.Conv2d(c_in, c_out, 3, padding=1)
                 layers += [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
                 c_in = c_out
             setattr(self, f"layer{i}", nn.Sequential(*layers))
@@ -58,7 +64,7 @@ class CifarVGG(StagedNet):
 
 
 def vgg8(num_classes: int = 100, in_channels: int = 3, **kwargs) -> CifarVGG:
-    """VGG-8 with BatchNorm (~3.96 M parameters)."""
+    """VGG-8 with BatchNorm (~3.97 M parameters)."""
     return CifarVGG(_CONFIGS["vgg8"], num_classes, in_channels, **kwargs)
 
 

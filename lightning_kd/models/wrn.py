@@ -5,7 +5,9 @@ https://arxiv.org/abs/1605.07146): a 3x3 stem and three stages of
 pre-activation wide blocks (BN-ReLU-conv-BN-ReLU-conv) with widths
 16k, 32k, 64k and ``depth = 6n + 4``. ``wrn_16_2`` and ``wrn_40_2`` are the
 teacher/student pair of "Contrastive Representation Distillation"
-(Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699).
+(Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699), ``wrn_40_1`` a student of its table.
+They are the same functions as the CRD code's (RepDistiller's ``models/wrn.py``), whose checkpoints
+load into them (``repdistiller_renames``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from .staged import StagedNet
 
-__all__ = ["WideBlock", "WideResNet", "wrn_16_2", "wrn_40_2"]
+__all__ = ["WideBlock", "WideResNet", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
 
 
 class WideBlock(nn.Module):
@@ -65,6 +67,14 @@ class WideResNet(StagedNet):
         drop_rate: Dropout probability inside the blocks.
     """
 
+    # RepDistiller's models/wrn.py names: conv1 stem, blockI.layer.J (bn1 conv1 bn2 conv2 convShortcut),
+    # the final BN (last module of our layer3) bn1.
+    repdistiller_renames = ((r"^stem\.", "conv1."),
+                         (r"^layer3\.\d+\.(weight|bias|running_\w+|num_batches_tracked)$", r"bn1.\1"),
+                         (r"^layer(\d)\.(\d+)\.", r"block\1.layer.\2."), (r"\.preact\.0\.", ".bn1."),
+                         (r"\.residual\.0\.", ".conv1."), (r"\.residual\.1\.", ".bn2."),
+                         (r"\.residual\.4\.", ".conv2."), (r"\.shortcut\.", ".convShortcut."))
+
     def __init__(
         self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0
     ) -> None:
@@ -89,6 +99,11 @@ class WideResNet(StagedNet):
 def wrn_16_2(num_classes: int = 100, in_channels: int = 3, **kwargs) -> WideResNet:
     """WRN-16-2 (~0.70 M parameters)."""
     return WideResNet(16, 2, num_classes, in_channels, **kwargs)
+
+
+def wrn_40_1(num_classes: int = 100, in_channels: int = 3, **kwargs) -> WideResNet:
+    """WRN-40-1 (~0.57 M parameters)."""
+    return WideResNet(40, 1, num_classes, in_channels, **kwargs)
 
 
 def wrn_40_2(num_classes: int = 100, in_channels: int = 3, **kwargs) -> WideResNet:
