@@ -13,6 +13,8 @@ import importlib
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning_kd.trust import already_imported
+
 SPEED_OPTIONS = ("compile", "channels_last", "check_finite_every_n_steps")
 LINKED = ("num_classes", "input_shape")  # linked from the data by the CLI; checked against the data itself
 
@@ -78,7 +80,7 @@ def saved_method(checkpoint: dict) -> Optional[str]:
 def check_method(checkpoint: dict, method: type, where: str) -> None:
     """Refuse a checkpoint that another method wrote."""
     saved = saved_method(checkpoint)
-    if saved and imported(saved) is not method:
+    if saved and already_imported(saved) is not method:  # a path read from a file: never imported
         raise ValueError(f"{where} is a checkpoint of {saved}, but this run trains {method_name(method)}: "
                          f"resume or test a run with the config it was started with, or start a new run "
                          f"without ckpt_path.")

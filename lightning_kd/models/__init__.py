@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from lightning_kd.trust import check_arguments, check_constructor, check_name
+
 from .ensemble import CheckpointEnsemble
 from .resnet import BasicBlock, CifarResNet, resnet8x4, resnet20, resnet32x4, resnet56, resnet110
 from .small_cnn import SmallCNN, small_cnn
@@ -62,6 +64,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def _import_callable(path: str) -> Callable[..., Any]:
+    check_name(path)  # a network named in a file: refused before its module is imported (lightning_kd.trust)
     module_name, _, attr = path.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
@@ -69,6 +72,7 @@ def _import_callable(path: str) -> Callable[..., Any]:
         raise ValueError(f"Cannot import network {path!r}: {type(err).__name__}: {err}") from err
     if not callable(obj):
         raise ValueError(f"Network {path!r} resolved to a non-callable {type(obj).__name__}")
+    check_constructor(path, obj)
     return obj
 
 
@@ -132,6 +136,7 @@ def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int
         raise TypeError(f"Network spec must be a str or a dict, got {type(spec).__name__}")
 
     constructor = _resolve(name)
+    check_arguments(name, kwargs)
     if _accepts_in_channels(constructor):
         kwargs["in_channels"] = in_channels
     elif in_channels != 3:
