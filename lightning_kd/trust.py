@@ -87,7 +87,7 @@ def from_file(value: str) -> Optional[str]:
 def refuse(source: str, what: str, fix: str) -> None:
     raise UntrustedNameError(
         f"{source} names {what}: a name read from a file is never imported, as building it could run any "
-        f"code (only the library's networks and torchvision's and timm's model constructors are). If you "
+        f"code (the library's networks and torchvision's and timm's model constructors are trusted). If you "
         f"trust it, name it yourself: {fix}.")
 
 
