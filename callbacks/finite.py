@@ -1,9 +1,11 @@
-"""FiniteCheck: a NaN or Inf loss, or a non-finite weight, stops the run before it reaches the weights or
-a checkpoint, naming the term (or tensor) and the step and the last good checkpoint on disk."""
+"""FiniteCheck: a NaN or Inf loss, a non-finite validation metric, or a diverged weight stops the run before
+it reaches the weights or a file, naming the term (or tensor) and the step and the last good checkpoint on
+disk; :func:`check_sound` is the one check of every file of tensors a run writes (checkpoints, RCO anchors)."""
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Collection, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -29,6 +31,54 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str:
             f"resume from it (--ckpt_path) with a lower learning rate, or start over.")
 
 
+#: The largest magnitude a parameter may have in a written file: beyond it the weights diverged (a trained
+#: network's stay orders of magnitude below; float32 overflows only at 3.4e38, so a diverging run can write
+#: finite 1e30s). BatchNorm statistics and optimizer state (Adam's exp_avg_sq) need only be finite.
+MAX_ABS_PARAMETER = 1e6
+
+
+def floating_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` of every floating tensor in nested dicts, lists and tuples; a checkpoint's
+    ``state_dict`` entries by their own names, the rest by their path (``optimizer_states[0].state.3.exp_avg``)."""
+    if isinstance(obj, Tensor):
+        if obj.is_floating_point():
+            yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            name = "" if key == "state_dict" and not prefix else f"{prefix}.{key}" if prefix else str(key)
+            yield from floating_tensors(value, name)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from floating_tensors(value, f"{prefix}[{i}]")
+
+
+def unsound(tensors: list[tuple[str, Tensor]], parameters: Collection[str] = ()) -> list[str]:
+    """The names of the tensors holding NaN/Inf and of the ``parameters`` beyond :data:`MAX_ABS_PARAMETER`,
+    with one host-device sync per device."""
+    flags: dict[torch.device, list[Tensor]] = defaultdict(list)
+    for name, tensor in tensors:
+        ok = torch.isfinite(tensor).all()
+        if name in parameters and tensor.numel():
+            ok = ok & (tensor.detach().abs().amax() <= MAX_ABS_PARAMETER)
+        flags[tensor.device].append(ok)
+    names = {device: [n for n, t in tensors if t.device == device] for device in flags}
+    return [n for device, oks in flags.items() for n, ok in zip(names[device], torch.stack(oks).tolist()) if not ok]
+
+
+def check_sound(obj: Any, what: str, trainer: Optional[pl.Trainer] = None, parameters: Collection[str] = ()) -> None:
+    """Refuse to write ``obj`` (a checkpoint, an anchor's state_dict): ``FloatingPointError`` naming its
+    tensors that hold NaN/Inf or, among ``parameters``, a value beyond :data:`MAX_ABS_PARAMETER`, and the
+    last good checkpoint of ``trainer``'s run."""
+    tensors = list(floating_tensors(obj))
+    bad = unsound(tensors, set(parameters))
+    if bad:
+        at = f" at epoch {trainer.current_epoch}, global step {trainer.global_step}" if trainer is not None else ""
+        raise FloatingPointError(
+            f"refused to write {what}{at}: {len(bad)} of its {len(tensors)} tensors hold NaN/Inf or a parameter "
+            f"beyond ±{MAX_ABS_PARAMETER:g} (e.g. {bad[:3]}): the weights diverged."
+            + (f" {last_good_checkpoint(trainer)}" if trainer is not None else ""))
+
+
 class FiniteCheck(Callback):
     """Checks the loss terms of every training step, and every checkpoint's tensors, for NaN/Inf.
 
@@ -39,10 +89,13 @@ class FiniteCheck(Callback):
     step on CPU (before the backward pass, so a NaN never reaches the weights) and every 100 steps on
     an accelerator; the terms of the steps in between stay on the device, and pending ones are always
     checked at the end of each training epoch and before a checkpoint is written. Finite losses can
-    still end in non-finite weights (a diverging step); so before a checkpoint is written every one
-    of its floating tensors (parameters, BatchNorm statistics) is checked, with one host-device sync,
-    and a non-finite one stops the run instead of reaching the disk. Every method adds this callback
-    through ``configure_callbacks``.
+    still end in diverged weights; so before a checkpoint is written every floating tensor of the
+    network and optimizer (parameters, BatchNorm statistics, Adam's ``exp_avg_sq``) is checked by
+    :func:`check_sound`, with one host-device sync: a non-finite tensor, or a parameter beyond
+    :data:`MAX_ABS_PARAMETER`, stops the run instead of reaching the disk (so ``last.ckpt`` stays the
+    last good one). A non-finite validation metric (``val/loss`` inf) of a fit stops it too, before
+    that validation's checkpoints are written. Every method adds this callback through
+    ``configure_callbacks``.
 
     Args:
         every_n_steps: check the loss terms every this many steps (None: every step on CPU, every 100 on GPU).
@@ -79,20 +132,25 @@ class FiniteCheck(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.raise_if_not_finite(trainer)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before the ModelCheckpoints (Lightning runs them last): a diverged run writes nothing more.
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.raise_if_not_finite(trainer)  # a pending NaN loss term is the cause: named first
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/") and isinstance(v, Tensor)}
+        bad = [k for k, v in metrics.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise FloatingPointError(
+                f"{bad[0]} is {float(metrics[bad[0]])} at epoch {trainer.current_epoch}, global step "
+                f"{trainer.global_step}: the run diverged; training stopped. {last_good_checkpoint(trainer)}")
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        # Raised before the file is written: the checkpoints on disk stay as they are.
+        # Raised before the file is written: the checkpoints on disk stay as they are. Every tensor of it
+        # (weights, BatchNorm statistics, optimizer state, callbacks' state) is checked.
         self.raise_if_not_finite(trainer)
-        tensors = [(k, v) for k, v in checkpoint["state_dict"].items() if v.is_floating_point()]
-        if not tensors:
-            return
-        finite = torch.stack([torch.isfinite(v).all() for _, v in tensors])
-        if bool(finite.all()):
-            return
-        bad = [k for (k, _), ok in zip(tensors, finite.tolist()) if not ok]
-        raise FloatingPointError(
-            f"refused to write a checkpoint at epoch {trainer.current_epoch}, global step {trainer.global_step}: "
-            f"{len(bad)} of its {len(tensors)} tensors hold NaN/Inf (e.g. {bad[:3]}) although every loss term "
-            f"checked was finite: the weights diverged. {last_good_checkpoint(trainer)}")
+        trained = {k: checkpoint[k] for k in ("state_dict", "optimizer_states") if k in checkpoint}  # not the
+        check_sound(trained, "a checkpoint", trainer,  # callbacks' bookkeeping (a ModelCheckpoint's inf bound)
+                    [name for name, _ in pl_module.named_parameters()])
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.pending.clear()

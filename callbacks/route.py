@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
+from lightning_kd.callbacks.finite import check_sound
 from lightning_kd.checkpoints import atomic_save
 from lightning_kd.losses import kd_loss
 from lightning_kd.schedules import check_fractions, epoch_of, fit_to_run
@@ -44,8 +45,14 @@ def write_manifest(dirpath: Union[str, Path], entries: list[dict]) -> Path:
     return path
 
 
+def anchor_what(dirpath: Union[str, Path], epoch: int) -> str:
+    return f"the RCO route anchor {str(Path(dirpath) / anchor_filename(epoch))!r}"
+
+
 def save_anchor(dirpath: Union[str, Path], epoch: int, state: dict[str, Tensor]) -> str:
-    """Save one anchor as a plain state_dict (loads with ``weights_only=True``), atomically; returns its name."""
+    """Save one anchor as a plain state_dict (loads with ``weights_only=True``), atomically; returns its name.
+    A non-finite tensor is refused first (:func:`~lightning_kd.callbacks.finite.check_sound`)."""
+    check_sound(state, anchor_what(dirpath, epoch))
     name = anchor_filename(epoch)
     atomic_save({k: v.detach().cpu() for k, v in state.items()}, Path(dirpath) / name)
     return name
@@ -192,12 +199,15 @@ class RouteRecorder(Callback):
             self.record(trainer, pl_module, max(trainer.current_epoch - 1, 0))
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        state = pl_module.student.state_dict()
+        # The check of every written file, on every process (they hold the same weights, so all stop together).
+        check_sound(state, anchor_what(self.dirpath, epoch), trainer, [n for n, _ in pl_module.student.named_parameters()])
         epoch_of_acc, acc = self._val_acc
         entry = {"epoch": epoch, "step": trainer.global_step,
                  "val_acc": acc if epoch_of_acc == epoch else None, "file": anchor_filename(epoch)}
         self.entries = [e for e in self.entries if e["epoch"] != epoch] + [entry]
         if trainer.is_global_zero:
-            save_anchor(self.dirpath, epoch, pl_module.student.state_dict())
+            save_anchor(self.dirpath, epoch, state)
             write_manifest(self.dirpath, self.entries)
 
     def state_dict(self) -> dict:

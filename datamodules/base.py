@@ -170,6 +170,12 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.held_out: Optional[tuple[Tensor, Tensor]] = None
         self.shuffle: Optional[EpochShuffle] = None
 
+    @property
+    def random_augmentation(self) -> bool:
+        """Whether training batches are drawn at random (``pad``, ``flip``): what every datamodule declares
+        for ``cache_teacher_outputs``, which is valid only when an image is the same tensor every epoch."""
+        return bool(self.pad) or bool(self.flip)
+
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Return ``{"train"|"val"|"test": (uint8 images (N, C, H, W), int64 labels (N,))}``."""
         raise NotImplementedError

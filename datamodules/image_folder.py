@@ -21,13 +21,26 @@ from lightning_kd.checkpoints import atomic_save
 from lightning_kd.datamodules.base import InMemoryDataModule
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+# The PIL decoders of those extensions, the only ones asked to open a file: PIL detects a format by content,
+# and some (EPS, through Ghostscript) run what a file says.
+PIL_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "DIB", "TIFF", "WEBP")
 
 
 def to_8bit(img):
     """16-bit greyscale (PIL modes ``I;16*``, or ``I`` holding values above 255) scaled to 8 bits;
-    PIL's own conversion saturates those to white. Other images pass unchanged."""
+    PIL's own conversion saturates those to white. 32-bit float greyscale (mode ``F``, float TIFFs) is
+    read on the [0, 1] scale of float images and scaled to 0..255 (PIL's conversion clips it, so it
+    comes out black); a float image with values outside [0, 1] or non-finite ones is an error, as its
+    scale is unknown. Other images pass unchanged."""
     from PIL import Image
 
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ValueError(f"it is a 32-bit float image with values in [{values.min():g}, {values.max():g}]: "
+                             f"float images are read on the [0, 1] scale; save it with values in [0, 1], or as "
+                             f"an 8- or 16-bit image")
+        return Image.fromarray(np.rint(values * 255.0).astype(np.uint8), mode="L")
     if not (img.mode.startswith("I;16") or img.mode == "I"):
         return img
     values = np.asarray(img, dtype=np.float64)
@@ -76,7 +89,7 @@ def image_format(path: Path) -> tuple[int, int, int]:
     """``(channels, height, width)`` the decoder gives ``path``: 1 channel for greyscale images, else 3."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(path, formats=PIL_FORMATS) as img:
         grey = img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16")
         return (1 if grey else 3, img.height, img.width)
 
@@ -229,12 +242,12 @@ class ImageFolderDataModule(InMemoryDataModule):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=PIL_FORMATS) as img:
                 img = to_8bit(img).convert("L" if self.channels == 1 else "RGB")
                 if img.size != (self.image_size, self.image_size):
                     img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, ValueError) as err:
             raise ValueError(f"cannot decode image {str(path)!r}: {err}; remove or replace the file.") from None
         return data.view(self.image_size, self.image_size, self.channels).permute(2, 0, 1)
 

@@ -19,10 +19,15 @@ import torch
 
 from lightning_kd.compat import epochs_begun
 from lightning_kd.datamodules.base import normalize, refuse_mid_epoch_resume
+from lightning_kd.datamodules.image_folder import PIL_FORMATS, to_8bit
 
 # What the converter (lightning_kd.tools.shards) writes and this module reads. Bump SHARD_FORMAT when what a
 # shard holds changes: shards of another format are refused, not misread.
 SHARD_FORMAT = 1
+# What convert_tree's records declare in a split's index.json: (index, label, encoded image bytes), each
+# field read by litdata's serializer of that name, uncompressed and unencrypted.
+SHARD_CONFIG = {"data_format": ["int", "int", "bytes"], "compression": None, "encryption": None,
+                "item_loader": "PyTreeLoader"}
 META_FILE = "shards.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,6 +41,28 @@ def litdata():
         raise ImportError("streaming data needs litdata: pip install 'lightning_kd[streaming]' "
                           "(or pip install litdata).") from None
     return ld
+
+
+def check_shard_index(split_dir: Path) -> None:
+    """Refuse, before litdata reads a byte of them, shards that are not what :func:`convert_tree` writes
+    (:data:`SHARD_CONFIG`, chunk files inside the folder): litdata decodes every field with the serializer
+    its ``index.json`` names, and one of them unpickles, which runs whatever the file holds."""
+    path = split_dir / "index.json"
+    try:
+        index = json.loads(path.read_text())
+        config, chunks = index["config"] or {}, [c["filename"] for c in index["chunks"]]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{str(path)!r} is not a litdata shard index ({type(err).__name__}: {err}); "
+                         f"{CONVERT_HINT} --overwrite.") from None
+    declared = {key: config.get(key, None if key != "item_loader" else "PyTreeLoader") for key in SHARD_CONFIG}
+    outside = [c for c in chunks if not isinstance(c, str) or Path(c).name != c]
+    if declared != SHARD_CONFIG or outside:
+        differs = {k: v for k, v in declared.items() if v != SHARD_CONFIG[k]}
+        raise ValueError(f"the shards in {str(split_dir)!r} are not the converter's (they declare "
+                         f"{differs or f'chunk files outside the folder: {outside[:3]}'}, where "
+                         f"lightning_kd.tools.shards writes {SHARD_CONFIG}) and were not read: some formats run "
+                         f"code when read (pickle). Convert the image tree into a new folder: python -m "
+                         f"lightning_kd.tools.shards ROOT OUT.")
 
 
 class DecodeImage:
@@ -53,8 +80,8 @@ class DecodeImage:
     def __call__(self, record: dict):
         from PIL import Image
 
-        with Image.open(io.BytesIO(record["image"])) as img:
-            image = self.transform(img.convert("RGB"))
+        with Image.open(io.BytesIO(record["image"]), formats=PIL_FORMATS) as img:
+            image = self.transform(to_8bit(img).convert("RGB"))
         return image, record["label"], record["index"]
 
 
@@ -142,6 +169,7 @@ class StreamingImageDataModule(pl.LightningDataModule):
                 raise ValueError(f"StreamingImageDataModule: {split} split {name!r} is not converted in "
                                  f"{str(self.root)!r} (converted: {sorted(meta['splits'])}); {CONVERT_HINT} "
                                  f"--splits ... {name}, or set data.init_args.{split}_split.")
+            check_shard_index(self.root / name)
         if batch_size < 1 or image_size < 1 or resize < image_size:
             raise ValueError(f"need batch_size >= 1 and resize >= image_size >= 1, got batch_size={batch_size}, "
                              f"image_size={image_size}, resize={resize}.")
@@ -152,6 +180,9 @@ class StreamingImageDataModule(pl.LightningDataModule):
         self.image_size, self.resize, self.num_workers = image_size, resize, num_workers
         self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         self.return_index, self.seed = return_index, seed
+
+    #: Training batches are random resized crops and flips: cached teacher outputs would be of other crops.
+    random_augmentation = True
 
     def _loader(self, split: str, train: bool):
         ld = litdata()

@@ -22,6 +22,7 @@ from lightning_kd.models import build_network
 from lightning_kd.resume import check_loaded_resume
 from lightning_kd.schedules import check_schedule, fit_to_run
 from lightning_kd.teacher import FrozenTeacher
+from lightning_kd.trust import check_class_paths, named_by_user, reading
 
 NetSpec = Union[str, dict[str, Any]]
 
@@ -209,10 +210,14 @@ class StudentModule(pl.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's ``load_from_checkpoint`` with ``weights_only=True``, after our read of a local
-        file for a clear error on a missing, empty, truncated or unsafe one."""
+        file for a clear error on a missing, empty, truncated or unsafe one. What the file names is built
+        from trusted names only (:mod:`lightning_kd.trust`); ``kwargs`` (e.g. ``student=...``) replace
+        the file's and count as named by you."""
+        where = f"checkpoint {str(checkpoint_path)!r}"
         if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
-            load_checkpoint_file(checkpoint_path, what="checkpoint")
-        return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
+            check_class_paths(load_checkpoint_file(checkpoint_path, what="checkpoint"), where, cls, kwargs, kwargs)
+        with named_by_user(kwargs), reading(where):
+            return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
 
     def export_student(self, path: str, repdistiller: bool = False) -> None:
         """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as

@@ -28,6 +28,7 @@ from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
 from lightning_kd.configs import SHIPPED_CONFIGS
 from lightning_kd.resume import SAFE_CHANGES, check_method, check_resume, imported
+from lightning_kd.trust import check_class_paths, named_by_user, reading, strings
 
 # The default logger: wandb, offline (a real run directory; `wandb sync runs/wandb/offline-run-*`
 # uploads it later). `--trainer.logger.init_args.offline false` logs live.
@@ -82,23 +83,33 @@ class KDCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # `args` is the command line, as a list when built from Python (make_cli).
         self.config = parser.parse_args(args)
-        self.kept, self.checked_resume = {}, None
+        self.kept, self.checked_resume, self.source = {}, None, None
         subcommand = self.config.get("subcommand")
+        model = (self.config[subcommand] if subcommand else self.config).get("model")
+        self.named = strings(model.get("init_args")) if model else set()  # what the user named (lightning_kd.trust)
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or "://" in str(ckpt_path) or ckpt_path in ("best", "last"):
             return
         # LightningCLI replaces the model's config with --ckpt_path's hyperparameters next (right
         # after this method); check them against what was asked for first, and keep the safe changes.
         checkpoint = load_checkpoint_file(ckpt_path, what="ckpt_path")
-        model = self.config[subcommand].model
-        method, where = imported(model.class_path), f"ckpt_path {ckpt_path!r}"
+        self.source = where = f"ckpt_path {ckpt_path!r}"
+        method = imported(model.class_path) if model else None
+        check_class_paths(checkpoint, where, method, self.named)  # before jsonargparse imports any of them
+        if method is None:
+            return
         hparams = model.init_args.as_dict() if model.get("init_args") else {}
         if subcommand == "fit":
             check_resume(checkpoint, method, hparams, where)
             self.checked_resume = str(ckpt_path)
-        elif method is not None:
+        else:
             check_method(checkpoint, method, where)
         self.kept = {k: copy.deepcopy(model.init_args[k]) for k in SAFE_CHANGES if k in hparams}
+
+    def instantiate_classes(self) -> None:
+        # The networks --ckpt_path's hyper-parameters name are built from trusted names only (lightning_kd.trust).
+        with named_by_user(self.named), reading(self.source):
+            super().instantiate_classes()
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")

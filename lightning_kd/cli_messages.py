@@ -31,10 +31,14 @@ def raised_by_library(err: BaseException) -> bool:
 
 
 def root_cause(err: BaseException) -> BaseException:
-    """The exception at the bottom of ``raise ... from`` chains (jsonargparse wraps a method's own error)."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
+    """The library's error in a ``raise ... from`` chain, else the exception at its bottom. jsonargparse wraps
+    a constructor's error in its own ("Does not validate against any of the Union subtypes"), and a library
+    error may explain the third-party one below it (an import, a download): the outermost error raised in
+    lightning_kd is the one written for the user, whatever wraps it or lies under it."""
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return next((e for e in chain if raised_by_library(e)), chain[-1])
 
 
 def report(err: BaseException) -> bool:
@@ -78,15 +82,15 @@ def suggestion(message: str, parser) -> str:
 
 
 NOISE = [r"Expected a path but \S+ either not accessible or invalid", r"Does not validate against any of the Union subtypes",
-         r"Subtypes: \[.*?\]", r"- Expected a <class 'NoneType'>", r"Given value type: .*", r"Given value: .*",
-         r"Errors:"]
+         r"Subtypes: .*", r"- Expected a <class 'NoneType'>", r"Given value type: .*", r"Given value: .*",
+         r"Errors:", r"Type .*? expects a function or a callable class: "]
 
 
 def plain(message: str) -> str:
     """jsonargparse's message without the union-type bookkeeping around the error that matters."""
     for pattern in NOISE:
         message = re.sub(pattern, "", message)
-    return " ".join(message.replace("\n  - ", " ").replace("\n- ", " ").split()).replace(": - ", ": ")
+    return re.sub(r"(?: -)+ ", " ", " ".join(message.split()))  # and the list bullets left without an item
 
 
 class KDArgumentParser(LightningArgumentParser):

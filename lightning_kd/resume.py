@@ -22,6 +22,8 @@ from typing import Any, Optional
 
 from pytorch_lightning.utilities import rank_zero_info
 
+from lightning_kd.trust import already_imported
+
 SPEED_OPTIONS = ("compile", "channels_last", "check_finite_every_n_steps")
 #: The settings a resumed run may change: applied, and said where they differ.
 SAFE_CHANGES = (*SPEED_OPTIONS, "teacher_ckpt", "optimizer")
@@ -92,7 +94,7 @@ def saved_method(checkpoint: dict) -> Optional[str]:
 def check_method(checkpoint: dict, method: type, where: str) -> None:
     """Refuse a checkpoint that another method wrote."""
     saved = saved_method(checkpoint)
-    if saved and imported(saved) is not method:
+    if saved and already_imported(saved) is not method:  # a path read from a file: never imported
         raise ValueError(f"{where} is a checkpoint of {saved}, but this run trains {method_name(method)}: "
                          f"resume or test a run with the config it was started with, or start a new run "
                          f"without ckpt_path.")

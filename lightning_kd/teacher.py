@@ -64,10 +64,16 @@ def check_cacheable(datamodule, layers: Sequence[str]) -> None:
     if datamodule is None or not getattr(datamodule, "return_index", False):
         raise ValueError("cache_teacher_outputs keys the cache on sample indices: use a datamodule with "
                          f"`return_index: true` (any InMemoryDataModule) passed to the Trainer, {fix}.")
-    if getattr(datamodule, "pad", 0) or getattr(datamodule, "flip", False):
-        raise ValueError(f"cache_teacher_outputs is valid only without random augmentation, but the data "
-                         f"has pad={datamodule.pad}, flip={datamodule.flip}: set data.init_args.pad: 0 "
-                         f"and flip: false, {fix}.")
+    random = getattr(datamodule, "random_augmentation", None)  # every datamodule of the library declares it
+    if random is None:
+        raise ValueError(f"cache_teacher_outputs is valid only without random augmentation, but "
+                         f"{type(datamodule).__name__} does not say whether it has any: give it an attribute "
+                         f"random_augmentation (False when every epoch sees the same training tensors), {fix}.")
+    if random:
+        how = f"pad={datamodule.pad}, flip={datamodule.flip}" if hasattr(datamodule, "pad") else "random crops"
+        raise ValueError(f"cache_teacher_outputs is valid only without random augmentation, but "
+                         f"{type(datamodule).__name__} draws its training batches at random ({how}): turn it off "
+                         f"(data.init_args.pad: 0 and flip: false for the in-memory datamodules), {fix}.")
     if layers:
         raise ValueError(f"cache_teacher_outputs caches the teacher's logits only, but this method reads "
                          f"teacher features through hooks on {list(layers)}; those need the live forward, {fix}.")

@@ -8,6 +8,7 @@ into its own, fresh folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from helpers import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, save_teacher, trainer as quick_trainer
-from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule
+from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, build_method, png_bytes, save_teacher, trainer as quick_trainer,
+                     write_shards)
+from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule, StreamingImageDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError
-from lightning_kd.cli import make_cli
+from lightning_kd.cli import main, make_cli
 from lightning_kd.callbacks import RouteConstrainedTeacher, RouteRecorder
 from lightning_kd.callbacks.route import write_route
+from lightning_kd.callbacks.run_folder import lock_folder
+from lightning_kd.trust import UntrustedNameError
 from lightning_kd.methods import DML, KD, Supervised
 from lightning_kd.models import build_network
 from lightning_kd.schedules import RelativeCosineAnnealingLR
@@ -73,6 +77,12 @@ class Env:
         make_cli(["fit", "-c", str(ROOT / "configs/quickstart" / config), "--trainer.logger=false",
                   f"--model.init_args.teacher_ckpt={self.teacher}", f"--model.init_args.teacher={json.dumps(TINY_CNN)}",
                   f"--checkpoint.dirpath={folder or self.new_dir}", "--trainer.max_epochs=1", *args])
+
+    def main(self, subcommand: str, *args, config="kd.yaml"):
+        """``lightning-kd SUBCOMMAND`` as the shell runs it (library errors: one line, exit 1)."""
+        main([subcommand, "-c", str(ROOT / "configs/quickstart" / config), "--trainer.logger=false",
+              f"--model.init_args.teacher_ckpt={self.teacher}", f"--model.init_args.teacher={json.dumps(TINY_CNN)}",
+              f"--checkpoint.dirpath={self.new_dir}", "--trainer.max_epochs=1", *args])
 
     def file(self, name: str, data: bytes) -> str:
         path = self.tmp / name
@@ -182,6 +192,94 @@ def unsafe_teacher(env: Env) -> str:
     return str(path)
 
 
+PAYLOAD_NETWORK = {"name": "helpers.payload.marker_network"}  # a callable no file may name (lightning_kd.trust)
+KD_PATH = "lightning_kd.methods.KD"  # what a checkpoint written by lightning-kd records as its class
+
+
+def crafted(env: Env, checkpoint_keys: dict = {}, **hparams) -> str:
+    """The earlier run's last.ckpt with ``hparams`` in its hyper-parameters (what an attacker would edit)."""
+    checkpoint = torch.load(env.last, weights_only=True)
+    checkpoint["hyper_parameters"].update(hparams)
+    checkpoint.update(checkpoint_keys)
+    path = env.tmp / "crafted.ckpt"
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def ensemble_of(path: str) -> dict:
+    return {"name": "lightning_kd.models.CheckpointEnsemble", "checkpoints": [path]}
+
+
+def pickled_shards(env: Env) -> str:
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(env.tmp / 'payload_ran')!r}, 'w').write('ran')",)
+
+    return write_shards(env.tmp / "shards", [Payload()] * 4)
+
+
+def streamed_kd(env: Env):
+    """KD on streamed 3-channel 8-pixel crops, caching the teacher's outputs."""
+    data = StreamingImageDataModule(write_shards(env.tmp / "shards", [png_bytes()] * 4), image_size=8, resize=8,
+                                    batch_size=2, num_workers=0, return_index=True)
+    model = env.kd(num_classes=2, input_shape=(3, 8, 8), teacher_ckpt=teacher_of(env, TINY_CNN, 2, in_channels=3),
+                   cache_teacher_outputs=True)
+    env.fit(model, data)
+
+
+def float_tiffs(root: Path, brightest: float) -> str:
+    """A greyscale tree of 32-bit float TIFFs (values in [0, 1]), one of them reaching ``brightest``."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(root / split / cls / "0.tif")
+    ramp = np.linspace(0, brightest, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp).save(root / "train" / "dog" / "1.tif")
+    return str(root)
+
+
+class Poison(Callback):
+    """At the end of epoch ``epoch``'s training (before its checkpoint and anchor are written), ``poison`` hits
+    the module and its optimizer: finite loss terms, but what would be written has diverged."""
+
+    def __init__(self, poison, epoch: int = 1):
+        self.poison, self.epoch = poison, epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            self.poison(pl_module, trainer.optimizers[0])
+
+
+def inf_second_moment(module, optimizer):
+    optimizer.state[next(iter(optimizer.state))]["exp_avg_sq"].fill_(float("inf"))
+
+
+def huge_weight(module, optimizer):
+    module.student.stem[0].weight.data.mul_(1e30)  # finite, and far beyond any trained network's
+
+
+def inf_batchnorm(module, optimizer):
+    next(m for m in module.student.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("inf"))
+
+
+def poisoned_fit(env: Env, poison, model=None, callbacks=()):
+    """Two epochs without validation (a checkpoint at each epoch end), ``poison`` at the end of the second."""
+    model = model or env.kd(optimizer=partial(torch.optim.Adam, lr=1e-3))
+    env.fit(model, callbacks=[Poison(poison), *callbacks], max_epochs=2, limit_val_batches=0)
+
+
+def fit_while_another_run_writes(env: Env):
+    """A fit into a folder whose lock another writer holds (as a run started at the same moment would)."""
+    held = lock_folder(env.new_dir)
+    try:
+        env.fit(env.kd())
+    finally:
+        os.close(held)  # the only descriptor of that lock: closing it unlocks
+
+
 # ----------------------------------------------------------------------------- the catalogue
 # (id, exception type, message regex, the failing call)
 CASES = [
@@ -277,6 +375,11 @@ CASES = [
      r"refused to write a checkpoint at epoch \d+, global step \d+: \d+ of its \d+ tensors hold NaN/Inf.*the weights "
      r"diverged.*(the last good checkpoint on disk is .*new_run/.*: resume from it|No checkpoint of this run)",
      lambda e: e.fit(diverging_kd(e), DigitsDataModule(batch_size=1257), max_epochs=3, limit_train_batches=None,
+                     limit_val_batches=0)),
+    ("validation-loss-diverges", FloatingPointError,
+     r"val/loss is nan at epoch 1, global step 2: the run diverged; training stopped.*the last good checkpoint on "
+     r"disk is .*new_run/last.ckpt' \(epoch 0, global step 1\)",
+     lambda e: e.fit(diverging_kd(e), DigitsDataModule(batch_size=1257), max_epochs=3, limit_train_batches=None,
                      limit_val_batches=1)),
     # teacher files: a wrong network never loads, a file that is not a checkpoint says what it is
     ("teacher-ckpt-of-a-deeper-network", ValueError,
@@ -334,8 +437,61 @@ CASES = [
      lambda e: e.fit(build_method("FSP", e.teacher, stage1_fraction=0.9), max_epochs=2)),
     ("route-manifest-lists-an-epoch-twice", ValueError, r"lists epoch\(s\) \[0\] twice",
      lambda e: RouteConstrainedTeacher(duplicated_route(e))),
+    # nothing named in a file runs code (lightning_kd.trust)
+    ("checkpoint-names-an-arbitrary-network", UntrustedNameError,
+     r"checkpoint '.*crafted.ckpt' names the network 'helpers.payload.marker_network': a name read from a file is "
+     r"never imported.*name it yourself",
+     lambda e: KD.load_from_checkpoint(crafted(e, student=PAYLOAD_NETWORK))),
+    ("cli-test-checkpoint-names-an-arbitrary-network", SystemExit,
+     r"lightning-kd: UntrustedNameError: ckpt_path '.*crafted.ckpt' names the network 'helpers.payload",
+     lambda e: e.main("test", f"--ckpt_path={crafted(e, student=PAYLOAD_NETWORK, _class_path=KD_PATH)}")),
+    ("ensemble-member-names-an-arbitrary-network", UntrustedNameError,
+     r"ensemble member '.*crafted.ckpt' names the network 'helpers.payload.marker_network'",
+     lambda e: e.kd(teacher=ensemble_of(crafted(e, student=PAYLOAD_NETWORK)))),
+    ("checkpoint-names-an-optimizer-class", UntrustedNameError,
+     r"names the class or function 'helpers.payload.MarkerOptimizer' at hyper-parameter 'optimizer'",
+     lambda e: KD.load_from_checkpoint(crafted(e, optimizer={"class_path": "helpers.payload.MarkerOptimizer"}))),
+    ("cli-checkpoint-names-an-unimported-method", SystemExit,
+     r"names the method 'helpers.payload.KD', which is not a LightningModule already imported",
+     lambda e: e.main("test", f"--ckpt_path={crafted(e, _class_path='helpers.payload.KD')}")),
+    ("shards-declare-a-pickle-format", ValueError,
+     r"the shards in '.*shards/train' are not the converter's \(they declare \{'data_format': \['int', 'int', "
+     r"'pickle'\]\}.*were not read",
+     lambda e: StreamingImageDataModule(pickled_shards(e), image_size=8, resize=8, num_workers=0)),
+    # data read as it is
+    ("cache-with-random-resized-crops", ValueError,
+     r"cache_teacher_outputs is valid only without random augmentation, but StreamingImageDataModule draws",
+     streamed_kd),
+    ("float-image-beyond-0-1", ValueError,
+     r"cannot decode image '.*train/dog/1.tif': it is a 32-bit float image with values in \[0, 300\]",
+     lambda e: e.fit(e.kd(), ImageFolderDataModule(float_tiffs(e.tmp / "d", 300.0), batch_size=2))),
+    # every file written is finite and sane
+    ("optimizer-state-diverges", FloatingPointError,
+     r"refused to write a checkpoint at epoch 1, global step 4: 1 of its \d+ tensors hold NaN/Inf.*"
+     r"optimizer_states\[0\].state.\d+.exp_avg_sq.*the last good checkpoint on disk is .*new_run/last.ckpt' "
+     r"\(epoch 0, global step 2\)",
+     lambda e: poisoned_fit(e, inf_second_moment)),
+    ("weights-beyond-the-bound", FloatingPointError,
+     r"refused to write a checkpoint at epoch 1, global step 4: 1 of its \d+ tensors hold NaN/Inf or a parameter "
+     r"beyond ±1e\+06 \(e.g. \['student.stem.0.weight'\]\).*new_run/last.ckpt' \(epoch 0, global step 2\)",
+     lambda e: poisoned_fit(e, huge_weight)),
+    ("route-anchor-diverges", FloatingPointError,
+     r"refused to write the RCO route anchor '.*new_run/route/epoch0001.pt' at epoch 1, global step 4: .*"
+     r"running_var.*the last good checkpoint on disk is .*new_run/last.ckpt' \(epoch 0, global step 2\)",
+     lambda e: poisoned_fit(e, inf_batchnorm, Supervised(student=TINY_CNN, input_shape=DIGITS_SHAPE),
+                            [RouteRecorder(num_anchors=2, at_milestones=False)])),
+    # one writer per folder
+    ("fit-into-a-folder-another-run-writes", FileExistsError,
+     r"the checkpoint folder '.*new_run' is being written by another run \(process \d+\)",
+     fit_while_another_run_writes),
+    # errors one line
+    ("cli-network-that-cannot-be-imported", SystemExit,
+     r"lightning-kd: ValueError: Cannot import network 'nope.mod.x': ModuleNotFoundError: No module named 'nope'\n"
+     r"\(LIGHTNING_KD_TRACEBACK=1 shows the traceback.\)\n$",
+     lambda e: e.main("fit", "--model.init_args.student=nope.mod.x")),
 ]
-AFTER_STEPS = {"weights-diverge-before-a-checkpoint"}  # the input is fine until training diverges
+AFTER_STEPS = {"weights-diverge-before-a-checkpoint", "validation-loss-diverges", "optimizer-state-diverges",
+               "weights-beyond-the-bound", "route-anchor-diverges"}  # the input is fine until training diverges
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_a_clear_error_before_training(case, env, capsys):

@@ -215,3 +215,27 @@ def test_generations_folder_needs_one_gen0_and_one_ban_config(tmp_path):
     (tmp_path / "gen0.yaml").write_text("{}")
     with pytest.raises(ValueError, match=r"needs exactly one ban\*.yaml, found \[\]"):
         born_again.discover(tmp_path)
+
+
+def test_a_generation_s_teacher_network_is_the_one_its_config_states_never_its_run_s_files(tmp_path, monkeypatch):
+    from lightning_kd.tools.results import Run
+
+    calls = []
+
+    def run_one(key, config, seed, overrides, run_dir, teacher_finished, rerun):  # records a tampered resolved config
+        calls.append(overrides)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(json.dumps({"model": {"init_args": {"student": "helpers.payload.x"}}}))
+        return Run(key, config, seed, overrides, resolved_config=run_dir / "config.yaml",
+                   best_ckpt=str(run_dir / "best.ckpt"), finished=f"gen {len(calls)}")
+
+    monkeypatch.setattr(born_again, "run_one", run_one)
+    gen0, ban = born_again.discover(ROOT / "configs/ban_digits")
+    widths = {gen0: 6, ban: 8}
+    overrides = {c: [f"--model.init_args.student={json.dumps({'name': 'small_cnn', 'width': w})}"]
+                 for c, w in widths.items()}
+    born_again.run_chain(0, gen0, ban, 2, tmp_path, overrides, rerun=False)
+    teachers = [next(a for a in call if a.startswith("--model.init_args.teacher=")) for call in calls[1:]]
+    assert [json.loads(t.split("=", 1)[1]) for t in teachers] == [{"name": "small_cnn", "width": 6},
+                                                                   {"name": "small_cnn", "width": 8}]
+    assert not any("helpers.payload" in arg for call in calls for arg in call)

@@ -67,3 +67,28 @@ def test_class_help_takes_short_names(args, shown, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", *args])
     assert info.value.code == 0 and shown in capsys.readouterr().out
+
+
+def test_the_library_error_is_found_between_what_wraps_it_and_what_it_explains():
+    with pytest.raises(ValueError) as info:
+        try:
+            build_network("nope_module.net", 10)  # the library's error, raised from the ImportError below it
+        except ValueError as library:
+            raise ValueError("Does not validate against any of the Union subtypes") from library  # as jsonargparse
+    found = root_cause(info.value)
+    assert isinstance(info.value.__cause__.__cause__, ModuleNotFoundError)
+    assert found is info.value.__cause__ and str(found).startswith("Cannot import network 'nope_module.net'")
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--model.init_args.student=nope_module.net"],
+     "lightning-kd: ValueError: Cannot import network 'nope_module.net': ModuleNotFoundError: No module named"),
+    (["--model.init_args.optimizer=torch.optim.SDG"],
+     "lightning-kd fit: error: Parser key \"model\": Problem with given class_path 'lightning_kd.methods.KD': Parser key "
+     "\"optimizer\": module 'torch.optim' has no attribute 'SDG' Did you mean 'SGD'?"),
+])
+def test_a_union_failure_is_one_line_naming_the_error_that_matters(args, shown, tmp_path, capsys):
+    code, err = run(["fit", "-c", "configs/quickstart/kd.yaml", f"--checkpoint.dirpath={tmp_path}", *args], capsys)
+    lines = [line for line in err.splitlines() if not line.startswith("Seed set")]
+    assert code in (1, 2) and lines[0].startswith(shown) and len(lines) == 2  # the message, then the --help hint
+    assert "Subtypes" not in err and " - " not in lines[0] and "Traceback" not in err

@@ -209,6 +209,20 @@ def test_image_folder_scales_16_bit_images_to_8_bits(tmp_path):
     assert x[3].max() == 255 and x[3][0, 0, 2] == 128  # 65535 -> 255, 32768 -> 128 (not saturated to white)
 
 
+def test_image_folder_scales_float_images_from_0_1_and_refuses_other_ranges(tmp_path):
+    make_tree(tmp_path)
+    values = np.array([0.0, 0.25, 0.5, 0.998, 1.0] * 5, dtype=np.float32).reshape(5, 5)
+    Image.fromarray(values).save(tmp_path / "train" / "dog" / "0.tif")  # a 32-bit float TIFF
+    (tmp_path / "train" / "dog" / "0.png").unlink()
+    assert Image.open(tmp_path / "train" / "dog" / "0.tif").mode == "F"
+    x, _ = decoded_splits(tmp_path)["train"]
+    expected = torch.tensor([0, 64, 128, 254, 255] * 5, dtype=torch.uint8).reshape(5, 5)  # round(255 v) by hand
+    assert all(torch.equal(x[3][c], expected) for c in range(3))  # PIL's own conversion gave 0 and 1: black
+    Image.fromarray(values * 2).save(tmp_path / "train" / "dog" / "0.tif")
+    with pytest.raises(ValueError, match=r"0.tif': it is a 32-bit float image with values in \[0, 2\]"):
+        decoded_splits(tmp_path)
+
+
 def test_image_folder_cache_is_keyed_on_the_image_size(tmp_path, monkeypatch):
     make_tree(tmp_path)
     decoded_splits(tmp_path)

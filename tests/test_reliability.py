@@ -17,6 +17,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 import lightning_kd.methods as methods
 from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, build_method, save_teacher, snapshot, teacher_methods,
                      trainer as quick_trainer)
+from lightning_kd.callbacks.finite import MAX_ABS_PARAMETER, floating_tensors, unsound
+from lightning_kd.callbacks.route import save_anchor
 from lightning_kd.checkpoints import UnsafeCheckpointError, load_checkpoint_file, load_network_weights
 from lightning_kd.cli import make_cli
 from lightning_kd.datamodules import DigitsDataModule
@@ -201,6 +203,22 @@ def test_non_finite_weights_never_reach_disk_and_the_error_names_the_last_good_c
     assert "['student.stem.1.running_var']" in message and "the weights diverged" in message
     assert f"the last good checkpoint on disk is '{ckpt_dir}" in message and "(epoch 0, global step 3)" in message
     assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == saved and set(saved) == {"epoch=0.ckpt", "last.ckpt"}
+
+
+def test_the_check_of_written_files_bounds_parameters_and_wants_every_tensor_finite(tmp_path):
+    bound = MAX_ABS_PARAMETER
+    checkpoint = {"state_dict": {"w": torch.tensor([bound, -bound]), "bn.running_var": torch.tensor([1e30]),
+                                 "steps": torch.tensor([7])},
+                  "optimizer_states": [{"state": {0: {"exp_avg_sq": torch.tensor([1e30, 2.0])}}}]}
+    tensors = list(floating_tensors(checkpoint))  # integer tensors are not read
+    assert [name for name, _ in tensors] == ["w", "bn.running_var", "optimizer_states[0].state.0.exp_avg_sq"]
+    assert unsound(tensors, {"w"}) == []  # the bound itself passes; only parameters are bounded
+    checkpoint["state_dict"]["w"][0] = bound * (1 + 2 ** -20)  # the next float32 above it
+    checkpoint["optimizer_states"][0]["state"][0]["exp_avg_sq"][1] = math.nan
+    assert unsound(list(floating_tensors(checkpoint)), {"w"}) == ["w", "optimizer_states[0].state.0.exp_avg_sq"]
+    with pytest.raises(FloatingPointError, match=r"refused to write the RCO route anchor '.*epoch0003.pt': 1 of its 2"):
+        save_anchor(tmp_path, 3, {"fc.weight": torch.ones(2), "bn.running_var": torch.tensor([math.inf])})
+    assert list(tmp_path.iterdir()) == []
 
 
 class PoisonedDML(DML):

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from lightning_kd.trust import check_arguments, check_constructor, check_name
+
 from .ensemble import CheckpointEnsemble
 from .mobilenetv2 import MobileNetV2, mobilenetv2
 from .resnet import (BasicBlock, BottleneckResNet, CifarResNet, ResNet50, resnet8x4, resnet20, resnet32, resnet32x4,
@@ -85,6 +87,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def _import_callable(path: str) -> Callable[..., Any]:
+    check_name(path)  # a network named in a file: refused before its module is imported (lightning_kd.trust)
     module_name, _, attr = path.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
@@ -92,6 +95,7 @@ def _import_callable(path: str) -> Callable[..., Any]:
         raise ValueError(f"Cannot import network {path!r}: {type(err).__name__}: {err}") from err
     if not callable(obj):
         raise ValueError(f"Network {path!r} resolved to a non-callable {type(obj).__name__}")
+    check_constructor(path, obj)
     return obj
 
 
@@ -155,6 +159,7 @@ def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int
         raise TypeError(f"Network spec must be a str or a dict, got {type(spec).__name__}")
 
     constructor = _resolve(name)
+    check_arguments(name, kwargs)
     if _accepts_in_channels(constructor):
         kwargs["in_channels"] = in_channels
     elif in_channels != 3:

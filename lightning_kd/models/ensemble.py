@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.checkpoints import classifier_key, load_checkpoint_file, load_network_weights, unwrap
+from lightning_kd.trust import reading
 
 NetSpec = Union[str, dict[str, Any]]
 
@@ -54,7 +55,9 @@ class CheckpointEnsemble(nn.Module):
         checkpoints: the members' files: Lightning ``.ckpt`` of any method (the student is taken) or
             plain state_dicts, read with ``weights_only=True`` and loaded strictly.
         network: the members' architecture; default: the ``student`` each Lightning checkpoint names
-            (members may then differ in architecture). Needed for plain state_dicts.
+            (members may then differ in architecture; a name read from a file resolves only to the
+            library's, torchvision's and timm's networks or one the user named, see
+            :mod:`lightning_kd.trust`). Needed for plain state_dicts.
         num_classes, in_channels: of the data; every member must have been trained on ``num_classes``.
     """
 
@@ -80,7 +83,9 @@ class CheckpointEnsemble(nn.Module):
                              f"num_classes={num_classes}: use members trained on this data.")
         self.members = nn.ModuleList()
         for path, file in zip(paths, files):
-            net = build_network(member_network(file, path, network), num_classes, in_channels)
+            # a network the member's file names resolves to trusted constructors only (lightning_kd.trust)
+            with reading(None if network is not None else f"ensemble member {path!r}"):
+                net = build_network(member_network(file, path, network), num_classes, in_channels)
             load_network_weights(net, path, what=f"ensemble member {path!r}")
             self.members.append(net)
 

@@ -7,7 +7,7 @@ Furlanello et al., "Born-Again Neural Networks", ICML 2018 (https://arxiv.org/ab
 and Fig. 1. The folder holds ``gen0*.yaml`` (a ``Supervised`` run: generation 0, the teacher trained
 from the labels) and ``ban*.yaml`` (a ``BAN`` run). Each seed ``s`` is one chain: generation 0 is the
 gen0 config; generation ``k >= 1`` is the BAN config whose teacher is generation ``k - 1`` of the same
-chain, its network (read from that run's resolved config) and its ``best.ckpt`` (highest ``val/acc``).
+chain, its network (as the config of that run states it) and its ``best.ckpt`` (highest ``val/acc``).
 The student is the network the BAN config states (the same architecture in the shipped configs).
 Generation ``k`` runs with seed ``s + 1000 k``: the paper starts every generation from another random
 seed (Fig. 1). Then each chain's BAN ensembles, the mean probabilities of generations ``1..m`` for
@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 from lightning_kd.tools.options import add_run_arguments, check_run_arguments, prepare_data_root, run_overrides
 from lightning_kd.tools.records import Run, run_one, student_spec
@@ -55,18 +54,19 @@ def generation_key(k: int) -> str:
     return "gen 0 (Supervised)" if k == 0 else f"BAN gen {k}"
 
 
-def teacher_overrides(teacher: Run) -> list[str]:
-    """The BAN run's teacher: the network and the best checkpoint of the previous generation's run."""
-    spec = student_spec(yaml.safe_load(Path(teacher.resolved_config).read_text()))
+def teacher_overrides(teacher: Run, spec) -> list[str]:
+    """The BAN run's teacher: the previous generation's network ``spec`` and its run's best checkpoint."""
     return [f"--model.init_args.teacher={json.dumps(spec)}", f"--model.init_args.teacher_ckpt={teacher.best_ckpt}"]
 
 
 def run_chain(seed: int, gen0: Path, ban: Path, generations: int, run_dir: Path, overrides: dict[Path, list[str]],
               rerun: bool) -> list[Run]:
     """Generations 0..``generations`` of one chain, each distilled from the one before."""
+    # The teachers' networks as the configs state them, never as a run's files on disk say (lightning_kd.trust).
+    students = {c: student_spec(resolve(c, *overrides[c])) for c in (gen0, ban)}
     runs: list[Run] = []
     for k in range(generations + 1):
-        config, extra = (gen0, []) if k == 0 else (ban, teacher_overrides(runs[-1]))
+        config, extra = (gen0, []) if k == 0 else (ban, teacher_overrides(runs[-1], students[gen0 if k == 1 else ban]))
         runs.append(run_one(generation_key(k), config, seed + SEED_STEP * k, [*overrides[config], *extra],
                             run_dir / f"gen{k}" / f"seed{seed}", runs[-1].finished if runs else "", rerun))
     return runs

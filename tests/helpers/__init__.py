@@ -14,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_SHAPE = (1, 8, 8)
 TINY_CNN = {"name": "small_cnn", "width": 4}
+MARKER_VARIABLE = "LIGHTNING_KD_TEST_MARKER"  # the file helpers.payload writes when imported or called
 # Arguments that let a method's default constructor finish a 2-epoch digits run in both stages.
 SHORT_RUN_ARGS = {"FSP": {"stage1_fraction": 0.5}, "IEKD": {"stage1_fraction": 0.5}}
 
@@ -124,3 +125,32 @@ class RecordLR(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         RecordLR.seen[trainer.current_epoch] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def write_shards(root: Path, images: list, classes=("a", "b")) -> str:
+    """A shard folder as StreamingImageDataModule reads it, written in this process with litdata's writer:
+    ``train`` and ``val`` splits of records ``{index, label, image}`` whose ``image`` is each of ``images``
+    in turn (encoded bytes, as the converter writes; any other object makes litdata declare another format)."""
+    import json
+
+    from litdata.streaming.writer import BinaryWriter
+
+    for split in ("train", "val"):
+        writer = BinaryWriter(str(root / split), chunk_bytes="1MB")
+        for i, image in enumerate(images):
+            writer[i] = {"index": i, "label": i % len(classes), "image": image}
+        writer.done()
+        writer.merge()
+    splits = {split: {"count": len(images), "fingerprint": "written by the test"} for split in ("train", "val")}
+    (root / "shards.json").write_text(json.dumps({"format": 1, "classes": list(classes), "splits": splits}))
+    return str(root)
+
+
+def png_bytes(size: int = 8, color=(200, 10, 10)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
