@@ -125,9 +125,8 @@ def is_model_constructor(obj: Any) -> bool:
     asked)."""
     from torch import nn
 
-    from lightning_kd import models
-
-    if obj in models.MODELS.values() or (isinstance(obj, type) and issubclass(obj, nn.Module)
+    models = sys.modules.get("lightning_kd.models")  # imported already: it asks; importing it here is a circle
+    if (models is not None and obj in models.MODELS.values()) or (isinstance(obj, type) and issubclass(obj, nn.Module)
                                          and obj.__module__.startswith("lightning_kd.models")):
         return True
     torchvision = sys.modules.get("torchvision.models")
