@@ -32,6 +32,7 @@ from lightning_kd.trust import UntrustedNameError
 from lightning_kd.methods import DML, KD, Supervised
 from lightning_kd.models import build_network
 from lightning_kd.schedules import RelativeCosineAnnealingLR
+from lightning_kd.tools.shards import convert_tree
 
 WIDE = {"name": "small_cnn", "width": 8}
 
@@ -161,6 +162,22 @@ def tree(root: Path, splits: dict[str, list[str]], empty: tuple[str, ...] = ()) 
             else:
                 png(root / split / cls / "0.png")
     return str(root)
+
+
+def convert_into(env: Env, out: Path, extra: dict[str, bytes] = {}) -> None:
+    """The shard converter from a two-class tree (plus ``extra`` files) into ``out``; the tree must stay as it was."""
+    root = Path(image_folder(env.tmp / "tree", extra))
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    try:
+        convert_tree(str(root), str(out if out.is_absolute() else root / out), splits=["train"], num_workers=1)
+    finally:
+        assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before, "the tree changed"
+
+
+def not_the_converters(env: Env) -> Path:
+    (env.tmp / "out" / "train").mkdir(parents=True)
+    (env.tmp / "out" / "train" / "notes.txt").write_text("mine")
+    return env.tmp / "out"
 
 
 def duplicated_route(env: Env) -> str:
@@ -458,7 +475,17 @@ CASES = [
      r"the shards in '.*shards/train' are not the converter's \(they declare \{'data_format': \['int', 'int', "
      r"'pickle'\]\}.*were not read",
      lambda e: StreamingImageDataModule(pickled_shards(e), image_size=8, resize=8, num_workers=0)),
+    # tools delete only what they wrote, after checking their inputs
+    ("shards-output-inside-the-tree", ValueError,
+     r"the output folder '.*tree/train/shards' and the image tree '.*tree' overlap",
+     lambda e: convert_into(e, Path("train/shards"))),
+    ("shards-output-not-the-converters", ValueError,
+     r"the output folder '.*out' holds \['train'\] but no shards.json: it is not a folder this converter wrote",
+     lambda e: convert_into(e, not_the_converters(e))),
     # data read as it is
+    ("shards-truncated-image", ValueError,
+     r"1 image\(s\) do not decode \('.*tree/train/dog/1.png': .*nothing was written",
+     lambda e: convert_into(e, e.tmp / "out", {"train/dog/1.png": png_bytes()[:40]})),
     ("cache-with-random-resized-crops", ValueError,
      r"cache_teacher_outputs is valid only without random augmentation, but StreamingImageDataModule draws",
      streamed_kd),

@@ -192,10 +192,16 @@ def test_second_invocation_reuses_every_run_and_writes_the_same_report(tmp_path,
 def test_changes_rerun_exactly_what_they_touch(tmp_path, monkeypatch, capsys):
     configs, run_dir, invoke = resumable_setup(tmp_path, monkeypatch)
     invoke(capsys=capsys)
-    # The KD config's content changes (a comment is enough): KD alone runs again.
-    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
+    # The KD config's bytes change but not what it resolves to (a comment, its optimizer block read from a copy):
+    # reused. Then the copied block it includes changes: KD alone runs again.
+    kd, block = configs / "kd.yaml", tmp_path / "_base" / "kd_sgd.yaml"
+    block.write_text((tmp_path / "_base" / "sgd.yaml").read_text())
+    kd.write_text(kd.read_text().replace("../_base/sgd.yaml", "../_base/kd_sgd.yaml") + "# edited\n")
     _, _, fitted, printed = invoke(capsys=capsys)
-    assert fitted == ["kd"] and "the config file changed" in printed
+    assert fitted == [] and printed.count(": reused ") == 3
+    block.write_text(block.read_text().replace("momentum: 0.9", "momentum: 0.8"))
+    _, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["kd"] and "the config (or a file it includes) changed" in printed
     # The baseline's recorded overrides differ from this command's (as after another --epochs): it runs again.
     record = run_dir / "baseline" / "seed0" / "run.json"
     data = json.loads(record.read_text())
