@@ -264,10 +264,10 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
     assert fitted == ["kd"] and "KD seed 0: running (no record yet; resuming after epoch 0)" in printed
     assert runs[2].test_acc == clean[2].test_acc
     assert runs[2].history == clean[2].history and len(runs[2].history) == 2  # epoch 0 came from last.ckpt
-    # A checkpoint of other settings (here: the config changed) is not resumed but started afresh.
+    # A checkpoint of other settings (here: the config's temperature changed) is not resumed but started afresh.
     monkeypatch.setattr(records, "fit_and_test", counting_fit)  # no more crashes
     (run_dir / "kd" / "seed0" / "run.json").unlink()
-    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
+    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text().replace("temperature: 4.0", "temperature: 3.0"))
     _, _, fitted, printed = invoke("--epochs", "2", capsys=capsys)
     assert fitted == ["kd"] and "KD seed 0: running (no record yet; its unfinished run had other settings: starting afresh)" in printed
 
