@@ -35,12 +35,12 @@ def assert_same_training_state(full_model, full_trainer, resumed_model, resumed_
 
 @pytest.fixture
 def kd_cli(tmp_path, monkeypatch):
-    """Runs configs/quickstart/kd.yaml for a few tiny epochs; returns the finished CLI."""
+    """Runs configs/quickstart/kd.yaml (or ``config``) for a few tiny epochs; returns the finished CLI."""
     monkeypatch.chdir(tmp_path)
     teacher = save_teacher(tmp_path / "teacher.pt", {"name": "small_cnn", "width": 64})
 
-    def run(name: str, epochs: int, *extra: str):
-        return make_cli(["fit", "-c", str(ROOT / "configs/quickstart/kd.yaml"), "--trainer.logger=false",
+    def run(name: str, epochs: int, *extra: str, config: str = "kd.yaml"):
+        return make_cli(["fit", "-c", str(ROOT / "configs/quickstart" / config), "--trainer.logger=false",
                          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                          f"--trainer.max_epochs={epochs}", "--trainer.limit_train_batches=3",
                          "--trainer.limit_val_batches=1", "--data.init_args.batch_size=16",
@@ -95,6 +95,22 @@ def test_a_resume_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path):
     saved = torch.load(tmp_path / "half" / "last.ckpt", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (1, 9)
     resumed = kd_cli("half", 2, *mid_epoch, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1")
+    assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
+
+
+@pytest.mark.parametrize("config", ["crd.yaml"])
+def test_a_stateful_method_resumed_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path, config):
+    """The same kill and resume for methods with per-sample state (CRD's memory bank), extra trainable modules
+    and random draws of their own: the module's state (bank included), optimizer and schedule end equal."""
+    mid_epoch = ("--trainer.limit_train_batches=6", "--trainer.val_check_interval=0.5", "--model.init_args.negatives=64")
+    full = kd_cli("full", 2, *mid_epoch, config=config)
+    with pytest.raises(Interrupted):
+        kd_cli("half", 2, *mid_epoch, '--trainer.callbacks=[{"class_path": "helpers.KillAtStep", '
+                                      '"init_args": {"step": 9}}]', config=config)
+    resumed = kd_cli("half", 2, *mid_epoch, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1",
+                     config=config)
+    state = resumed.model.state_dict()
+    assert any(k.startswith("memory.") for k in state) and any(k.startswith("embed_student.") for k in state)
     assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
 
 

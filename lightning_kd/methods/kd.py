@@ -31,5 +31,5 @@ class KD(DistillationModule):
         self.loss_weights = {"ce": ce_weight, "kd": kd_weight}
 
     def distill_losses(self, student, teacher, batch):
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
+        return {"ce": F.cross_entropy(student.logits, batch.y),
                 "kd": kd_loss(student.logits, teacher.logits, self.temperature)}
