@@ -12,7 +12,9 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
+import torch
 import yaml
 from pytorch_lightning import LightningDataModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -28,6 +30,7 @@ from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
 from lightning_kd.configs import SHIPPED_CONFIGS
 from lightning_kd.resume import SAFE_CHANGES, check_method, check_resume, imported
+from lightning_kd.threads import choose_threads
 from lightning_kd.trust import check_class_paths, named_by_user, reading, strings
 
 # The default logger: wandb, offline (a real run directory; `wandb sync runs/wandb/offline-run-*`
@@ -73,6 +76,9 @@ class KDCLI(LightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: start over in a checkpoint folder that holds another run's checkpoints "
                                  "(its *.ckpt files and route/ are deleted first)")
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch threads per process on the CPU (default: OMP_NUM_THREADS if set, else the "
+                                 "cores divided by this run's processes and those already busy; said in the log)")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -116,6 +122,10 @@ class KDCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else self.config
         for key, value in self.kept.items():  # the safe changes of a resume (see lightning_kd.resume)
             config.model.init_args[key] = value
+        trainer = config.trainer
+        if str(trainer.get("accelerator")) == "cpu" or not torch.cuda.is_available():
+            devices = trainer.get("devices")
+            choose_threads(config.get("threads"), devices if isinstance(devices, int) and devices > 0 else 1)
         loggers = config.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             # wandb's service process outlives a run: given a relative save_dir, a later run of this
@@ -139,14 +149,15 @@ class KDCLI(LightningCLI):
             self.model.resume_checked = self.checked_resume
 
 def config_path(path: str | Path) -> Path:
-    """``path`` if it exists, else the shipped config of that name: ``configs/quickstart/kd.yaml`` and
-    ``quickstart/kd.yaml`` work from any working directory."""
+    """``path`` if it exists, else the shipped config (file or folder) of that name:
+    ``configs/quickstart/kd.yaml``, ``quickstart/kd.yaml`` and ``configs/quickstart`` work from any
+    working directory."""
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path
     relative = path.relative_to("configs") if path.parts[:1] == ("configs",) else path
     shipped = SHIPPED_CONFIGS / relative
-    return shipped if shipped.is_file() else path
+    return shipped if shipped.exists() and relative.parts else path
 
 
 def with_shipped_configs(args: list[str]) -> list[str]:

@@ -12,6 +12,9 @@ from helpers import TINY_CNN, save_teacher
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite keeps torch's thread count: the CLI picks none when OMP_NUM_THREADS is set (tests/test_threads.py
+# checks the picking itself).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
