@@ -24,11 +24,13 @@ from pytorch_lightning.loggers import WandbLogger
 import lightning_kd.datamodules  # noqa: F401 - imported, their classes answer to short names (--model KD)
 import lightning_kd.methods  # noqa: F401
 from lightning_kd.base import StudentModule
+from lightning_kd.callbacks.best_epoch import BestEpochSummary
 from lightning_kd.callbacks.report import RunReport
 from lightning_kd.callbacks.run_folder import run_files
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
 from lightning_kd.configs import SHIPPED_CONFIGS
+from lightning_kd.naming import run_name
 from lightning_kd.resume import SAFE_CHANGES, check_method, check_resume, imported
 from lightning_kd.threads import choose_threads
 from lightning_kd.trust import check_class_paths, named_by_user, reading, strings
@@ -42,12 +44,14 @@ DEFAULT_LOGGER = {
 
 
 class SaveConfigToRun(SaveConfigCallback):
-    """Save the full resolved config into the wandb run (as its config and as config.yaml)."""
+    """Save the full resolved config into the wandb run (as its config and as config.yaml) and tag the run
+    with its method."""
 
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                logger.experiment.tags = tuple(sorted({*logger.experiment.tags, type(pl_module).__name__}))
                 logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
                 Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
 
@@ -83,7 +87,7 @@ class KDCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer.callbacks.append(RunReport(print_summary=config.get("summary", True)))
+        trainer.callbacks += [RunReport(print_summary=config.get("summary", True)), BestEpochSummary()]
         return trainer
 
     def parse_arguments(self, parser, args) -> None:
@@ -131,6 +135,9 @@ class KDCLI(LightningCLI):
             # wandb's service process outlives a run: given a relative save_dir, a later run of this
             # process started from another working directory loses its event file. Anchor it here.
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and str(logger.get("class_path")).endswith("WandbLogger") \
+                    and not init_args.get("name") and config.get("model"):  # method, pair, seed
+                init_args.name = run_name(config.model.as_dict(), config.get("seed_everything"))
             if init_args is not None and init_args.get("save_dir"):
                 init_args.save_dir = str(Path(init_args.save_dir).absolute())
         # No subcommand: built by the tools (run=False), which fit it.
