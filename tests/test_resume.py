@@ -36,12 +36,12 @@ def assert_same_training_state(full_model, full_trainer, resumed_model, resumed_
 
 @pytest.fixture
 def kd_cli(tmp_path, monkeypatch):
-    """Runs configs/quickstart/kd.yaml for a few tiny epochs; returns the finished CLI."""
+    """Runs configs/quickstart/kd.yaml (or ``config``) for a few tiny epochs; returns the finished CLI."""
     monkeypatch.chdir(tmp_path)
     teacher = save_teacher(tmp_path / "teacher.pt", {"name": "small_cnn", "width": 64})
 
-    def run(name: str, epochs: int, *extra: str):
-        return make_cli(["fit", "-c", str(ROOT / "configs/quickstart/kd.yaml"), "--trainer.logger=false",
+    def run(name: str, epochs: int, *extra: str, config: str = "kd.yaml"):
+        return make_cli(["fit", "-c", str(ROOT / "configs/quickstart" / config), "--trainer.logger=false",
                          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                          f"--trainer.max_epochs={epochs}", "--trainer.limit_train_batches=3",
                          "--trainer.limit_val_batches=1", "--data.init_args.batch_size=16",
@@ -50,13 +50,16 @@ def kd_cli(tmp_path, monkeypatch):
     return run
 
 
-def test_kd_resume_through_the_cli_is_exact(kd_cli, tmp_path):
-    full = kd_cli("full", 2)
+# DKD with its term's weight warmed up over both epochs (round(0.75 * 2) = 2): 1/2, then 1.
+@pytest.mark.parametrize("config, extra", [("kd.yaml", ()), ("dkd.yaml", ("--model.init_args.warmup=0.75",))])
+def test_kd_resume_through_the_cli_is_exact(config, extra, kd_cli, tmp_path):
+    full = kd_cli("full", 2, *extra, config=config)
     # Cut off after epoch 0 of the same 2-epoch run (its schedule spans 2 epochs, as the resumed one's).
-    half = kd_cli("half", 2, "--trainer.max_steps=3")
+    half = kd_cli("half", 2, "--trainer.max_steps=3", *extra, config=config)
     assert half.trainer.current_epoch == 1 and half.trainer.global_step == 3
     after_one_epoch = {k: v.clone() for k, v in half.model.student.state_dict().items()}
-    resumed = kd_cli("resumed", 2, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1")
+    resumed = kd_cli("resumed", 2, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1", *extra,
+                     config=config)
     assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
     assert any(not torch.equal(v, full.model.student.state_dict()[k]) for k, v in after_one_epoch.items()), \
         "the second epoch changed nothing, so the comparison proves nothing"
