@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lightning_kd.datamodules.streaming import litdata
-from lightning_kd.tools.shards import convert_tree
+from lightning_kd.tools.shards import convert_tree, main
 
 litdata()  # fails here, naming the install, where litdata is missing
 
@@ -49,6 +49,14 @@ def test_overlapping_folders_are_refused_and_the_tree_is_untouched(tmp_path, whe
     with pytest.raises(ValueError, match="overlap.*give an output folder outside the tree"):
         convert(tree, out)
     assert contents(tmp_path) == before
+
+
+def test_the_command_says_a_refusal_in_one_line(tmp_path, capsys):
+    tree = make_tree(tmp_path / "tree")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tree), str(tree / "out"), "--splits", "train"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and "ValueError: the output folder" in err
 
 
 def test_a_folder_the_converter_did_not_write_is_refused_and_kept(tmp_path):

@@ -171,7 +171,8 @@ def write_meta(path: Path, meta: dict) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="python -m lightning_kd.tools.shards",
+                                     description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("root", help="the ImageFolder tree (ROOT/<split>/<class>/<image>)")
     parser.add_argument("out", help="the shard folder to write")
     parser.add_argument("--splits", nargs="+", default=["train", "val"],
@@ -180,7 +181,10 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk-bytes", default="64MB", help="shard size")
     parser.add_argument("--overwrite", action="store_true", help="replace shards of another tree in OUT")
     args = parser.parse_args(argv)
-    meta = convert_tree(args.root, args.out, args.splits, args.workers, args.chunk_bytes, args.overwrite)
+    try:
+        meta = convert_tree(args.root, args.out, args.splits, args.workers, args.chunk_bytes, args.overwrite)
+    except (ValueError, FileNotFoundError) as err:  # refused before anything was written: one line, exit 1
+        parser.exit(1, f"{parser.prog}: {type(err).__name__}: {err}\n")
     counts = ", ".join(f"{split} {info['count']}" for split, info in meta["splits"].items())
     print(f"{args.out}: {len(meta['classes'])} classes; {counts} images")
 
