@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from helpers.published import save_teacher_of, split, synthetic_cifar100, their_network
 from lightning_kd.callbacks.route import write_route
 from lightning_kd.cli import make_cli, with_shipped_configs
 from lightning_kd.models import build_network
@@ -163,3 +164,23 @@ def test_grid_errors_name_the_fix(tmp_path, monkeypatch):
     (pairs / "a_b.yaml").write_text("teacher: a\nstudnet: b\n")
     with pytest.raises(ValueError, match="needs teacher and student"):
         grid.load_pair("a_b")
+
+
+def test_a_cell_fits_from_a_repdistiller_teacher_file_and_logs_its_accuracy(tmp_path, monkeypatch):
+    """`lightning-kd fit` of a pair's cell (resnet32x4 -> ShuffleNetV2, AT, the student's 0.01 LR) with
+    RepDistiller's teacher file (its layout, names and wrapper; the fixture's deterministic weights, the head
+    favouring one label) as teacher_ckpt: the teacher is theirs and teacher/acc is its accuracy."""
+    monkeypatch.chdir(tmp_path)
+    data_args, data = synthetic_cifar100()
+    x, y = split(data, "val")
+    teacher = tmp_path / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    save_teacher_of("resnet32x4", teacher, label=int(y[0]))
+    reference = their_network("resnet32x4", teacher)
+    assert reference(x).argmax(1).tolist() == [int(y[0])] * len(y)
+    cli = make_cli(["fit", *grid.cell_args(grid.load_pair("resnet32x4_ShuffleNetV2"), "at"), *data_args,
+                    f"--model.init_args.teacher_ckpt={teacher}", "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+                    "--trainer.accelerator=cpu", "--summary=false", f"--checkpoint.dirpath={tmp_path / 'at'}"])
+    assert cli.trainer.global_step == 2
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in cli.model.teacher.net.state_dict().items())
+    assert float(cli.trainer.callback_metrics["teacher/acc"]) == pytest.approx(float((y == y[0]).float().mean()))
