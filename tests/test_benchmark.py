@@ -295,3 +295,18 @@ def test_the_whole_grid_with_published_teachers_fills_every_cell(tmp_path, capsy
     assert rows[label("fsp") + " (epochs: 1 + 1)"][grid.pair_names().index("resnet56_resnet20")] != "n/a"
     assert len(runs) == len({p.student for p in pairs}) + sum(
         grid.applies(p, m) for p in pairs for m in methods if m != "baseline")
+
+
+def test_a_baseline_identical_to_the_teacher_run_is_the_teacher_run(tmp_path, capsys):
+    """FSP's student is the quickstart teacher's network: its baseline's seed 0 trains exactly as the teacher
+    run (same resolved config but the folders and RouteRecorder), so it is that run; seed 1 is trained."""
+    runs = results_main(["--configs", str(CONFIGS / "quickstart"), "--seeds", "0", "1", "--epochs", "1",
+                         "--limit-train-batches", "1", "--only", "fsp", "--out", str(tmp_path / "R.md"),
+                         "--run-dir", str(tmp_path / "runs")])
+    printed = capsys.readouterr().out
+    wide = [r for r in runs if r.key == "baseline@small_cnn(width=64)"]
+    assert [r.seed for r in wide] == [0, 1]
+    assert wide[0].best_ckpt == runs[0].best_ckpt and wide[0].test_acc == runs[0].test_acc
+    assert wide[1].best_ckpt != runs[0].best_ckpt
+    assert "baseline (small_cnn(width=64)) seed 0: running" not in printed
+    assert "baseline (small_cnn(width=64)) seed 1: running" in printed

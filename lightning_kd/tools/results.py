@@ -27,6 +27,8 @@ by re-running the command. ``--rerun`` trains everything again.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -40,7 +42,7 @@ from lightning_kd.tools.options import (add_run_arguments, check_run_arguments, 
                                         run_overrides, student_epochs_overrides)
 from lightning_kd.cli import config_path
 from lightning_kd.tools import grid
-from lightning_kd.tools.records import Run, checkpoint_dir, network_name, run_one, student_spec
+from lightning_kd.tools.records import Run, checkpoint_dir, label, network_name, run_one, student_spec
 from lightning_kd.tools.report import plot_histories, write_grid_report, write_report
 from lightning_kd.tools.runner import data_overrides, resolve
 from lightning_kd.tools.scheduling import in_order, run_all
@@ -205,6 +207,20 @@ def method_config(method: str) -> dict:
     return resolve(data, *cell)
 
 
+def same_training(teacher: dict, baseline: dict) -> bool:
+    """Whether two resolved configs train the same: equal but for the checkpoint folders and RouteRecorder,
+    which only saves weights."""
+    def trained(cfg: dict) -> dict:
+        cfg = copy.deepcopy(cfg)
+        for key in ("checkpoint", "last_checkpoint"):
+            (cfg.get(key) or {}).pop("dirpath", None)
+        callbacks = cfg["trainer"].get("callbacks") or []
+        cfg["trainer"]["callbacks"] = [c for c in callbacks if not str(c.get("class_path")).endswith("RouteRecorder")]
+        return cfg
+
+    return trained(teacher) == trained(baseline)
+
+
 def main(argv=None) -> list[Run]:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -240,6 +256,12 @@ def main(argv=None) -> list[Run]:
             folder = args.run_dir / f"{baseline_cfg.stem}@{re.sub(r'[^A-Za-z0-9_.=-]+', '_', name)}"
             wider += [(f"baseline@{name}", baseline_cfg, seed, overrides, folder / f"seed{seed}", False)
                       for seed in args.seeds]
+    teacher_overrides = overrides_for(teacher_cfg)
+    # A baseline run identical to the teacher's (the same resolved config, seed and data: e.g. FSP's student as
+    # wide as the teacher, seed 0) is the teacher's run, not trained twice.
+    same = [job for job in wider if job[2] == args.seeds[0]
+            and same_training(resolve(teacher_cfg, *teacher_overrides), resolve(baseline_cfg, *job[3]))]
+    wider = [job for job in wider if job not in same]
     students = []  # (key, config, seed, overrides, run folder, uses the teacher)
     for config in [baseline_cfg, *method_cfgs]:
         overrides = overrides_for(config)
@@ -249,8 +271,13 @@ def main(argv=None) -> list[Run]:
                       uses_teacher) for seed in args.seeds]
         if config == baseline_cfg:
             students += wider
-    teacher_job = ("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)
+    teacher_job = ("teacher", teacher_cfg, args.seeds[0], teacher_overrides, teacher_dir)
     runs = run_all(teacher_job, students, args.jobs, args.rerun)
+    for job in same:  # in its place among the baselines
+        print(f"[results] {label(job[0])} seed {job[2]}: the teacher's run (the same training), reused", flush=True)
+        keys = [r.key for r in runs]
+        at = keys.index(job[0]) if job[0] in keys else max(i for i, k in enumerate(keys) if k == "baseline") + 1
+        runs.insert(at, dataclasses.replace(runs[0], key=job[0], seed=job[2]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot = args.out.with_suffix(".png")
     plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")
