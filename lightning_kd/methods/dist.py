@@ -19,6 +19,9 @@ class DIST(DistillationModule):
     predictions (:func:`~lightning_kd.losses.dist_loss`). The defaults are the authors' CIFAR-100
     recipe (hunto/image_classification_sota ``configs/strategies/distill/dist_cifar.yaml``: ``kd:
     dist_t4``, ``ori_loss_weight: 1``, ``kd_loss_weight: 2``): beta 1, gamma 1, T 4, CE 1, DIST 2.
+    Under DDP the intra-class relation (a class's correlation over the batch) is taken over each
+    process's own batch, as in the authors' distributed training, so it is not the one-process value
+    on the global batch.
 
     Args:
         beta: weight of the inter-class relation (per sample, over its classes).
@@ -49,5 +52,5 @@ class DIST(DistillationModule):
 
     def distill_losses(self, student, teacher, batch):
         s, t = standardized_if(self.logit_standardization, student.logits, teacher.logits)
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
+        return {"ce": F.cross_entropy(student.logits, batch.y),
                 "dist": dist_loss(s, t, self.beta, self.gamma, self.temperature)}

@@ -20,8 +20,8 @@ Built from :mod:`~lightning_kd.tools.records` (one run and its record), :mod:`~l
 born_again shares; this module only finds the configs and plans the runs.
 
 Resumable: each finished run leaves its record (``run.json``) beside its checkpoints in
-``--run-dir``; the same command run again reuses every run whose config file content and
-overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
+``--run-dir``; the same command run again reuses every run whose resolved config (includes
+expanded) and overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
 by re-running the command. ``--rerun`` trains everything again.
 """
 from __future__ import annotations
@@ -42,8 +42,9 @@ from lightning_kd.tools.options import (add_run_arguments, check_run_arguments, 
                                         run_overrides, student_epochs_overrides)
 from lightning_kd.cli import config_path
 from lightning_kd.tools import grid
+from lightning_kd.tools.dashboards import log_table, wandb_group
 from lightning_kd.tools.records import Run, checkpoint_dir, label, network_name, run_one, student_spec
-from lightning_kd.tools.report import plot_histories, write_grid_report, write_report
+from lightning_kd.tools.report import plot_histories, summarize, write_grid_report, write_report
 from lightning_kd.tools.runner import data_overrides, resolve
 from lightning_kd.tools.scheduling import in_order, run_all
 
@@ -272,7 +273,9 @@ def main(argv=None) -> list[Run]:
         if config == baseline_cfg:
             students += wider
     teacher_job = ("teacher", teacher_cfg, args.seeds[0], teacher_overrides, teacher_dir)
-    runs = run_all(teacher_job, students, args.jobs, args.rerun)
+    group = f"table {args.out}"  # --wandb: the table's runs in one group
+    with wandb_group(group, args.wandb):
+        runs = run_all(teacher_job, students, args.jobs, args.rerun)
     for job in same:  # in its place among the baselines
         print(f"[results] {label(job[0])} seed {job[2]}: the teacher's run (the same training), reused", flush=True)
         keys = [r.key for r in runs]
@@ -282,6 +285,12 @@ def main(argv=None) -> list[Run]:
     plot = args.out.with_suffix(".png")
     plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")
     print(write_report(runs, args.out, plot, command, args.configs, args.note))
+    if args.wandb:
+        rows = summarize(runs)
+        log_table(group, "results", ["method", "config", "network", "top-1 mean", "top-1 std", "delta vs baseline",
+                                     "seeds", "wall s / run"],
+                  [[label(key), row["config"].name, row["network"], row["mean"], row["std"], row["delta"], row["n"],
+                    row["wall_s"]] for key, row in rows.items()])
     return runs
 
 
