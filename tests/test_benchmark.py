@@ -4,16 +4,28 @@ itself; a new method block and its per-pair setting join the grid by themselves.
 from __future__ import annotations
 
 import math
+import re
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from helpers.published import save_teacher_of, split, synthetic_cifar100, their_network
 from lightning_kd.callbacks.route import write_route
+from lightning_kd.checkpoints import save_repdistiller
 from lightning_kd.cli import make_cli, with_shipped_configs
+from lightning_kd.configs import SHIPPED_CONFIGS as CONFIGS
 from lightning_kd.models import build_network
+from lightning_kd.stages import TwoStageDistillation
 from lightning_kd.tools import grid
+from lightning_kd.tools.options import student_epochs_overrides
+from lightning_kd.tools.records import label
+from lightning_kd.tools.report import CRD_CIFAR100
+from lightning_kd.tools.results import main as results_main
+from lightning_kd.tools.runner import resolve
 
 # The 13 teacher -> student pairs of the CRD paper's CIFAR-100 Tables 1 and 2 (Tian et al., ICLR 2020).
 CRD_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
@@ -163,3 +175,138 @@ def test_grid_errors_name_the_fix(tmp_path, monkeypatch):
     (pairs / "a_b.yaml").write_text("teacher: a\nstudnet: b\n")
     with pytest.raises(ValueError, match="needs teacher and student"):
         grid.load_pair("a_b")
+
+
+def test_a_cell_fits_from_a_repdistiller_teacher_file_and_logs_its_accuracy(tmp_path, monkeypatch):
+    """`lightning-kd fit` of a pair's cell (resnet32x4 -> ShuffleNetV2, AT, the student's 0.01 LR) with
+    RepDistiller's teacher file (its layout, names and wrapper; the fixture's deterministic weights, the head
+    favouring one label) as teacher_ckpt: the teacher is theirs and teacher/acc is its accuracy."""
+    monkeypatch.chdir(tmp_path)
+    data_args, data = synthetic_cifar100()
+    x, y = split(data, "val")
+    teacher = tmp_path / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    save_teacher_of("resnet32x4", teacher, label=int(y[0]))
+    reference = their_network("resnet32x4", teacher)
+    assert reference(x).argmax(1).tolist() == [int(y[0])] * len(y)
+    cli = make_cli(["fit", *grid.cell_args(grid.load_pair("resnet32x4_ShuffleNetV2"), "at"), *data_args,
+                    f"--model.init_args.teacher_ckpt={teacher}", "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+                    "--trainer.accelerator=cpu", "--summary=false", f"--checkpoint.dirpath={tmp_path / 'at'}"])
+    assert cli.trainer.global_step == 2
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in cli.model.teacher.net.state_dict().items())
+    assert float(cli.trainer.callback_metrics["teacher/acc"]) == pytest.approx(float((y == y[0]).float().mean()))
+
+
+@pytest.mark.parametrize("config,epochs,expected", [
+    ("cifar100/fsp_resnet32x4_resnet8x4.yaml", 240, (270, 30)),  # the recipe: 30 FSP epochs, then 240
+    ("cifar100/iekd_resnet32x4_resnet8x4.yaml", 240, (270, 30)),
+    ("cifar100/fsp_resnet32x4_resnet8x4.yaml", 16, (18, 2)),  # 30 / 240 of 16 = 2
+    ("quickstart/fsp.yaml", 30, (35, 5)),  # 5 stage-1 epochs, then 30
+    ("quickstart/iekd.yaml", 12, (14, 2)),  # 5 / 30 of 12 = 2
+    ("cifar100/fitnet_resnet32x4_resnet8x4.yaml --model.init_args.stages=hints_first", 12, (16, 4)),  # 60 of 240
+    ("cifar100/fitnet_resnet32x4_resnet8x4.yaml", 12, (12, 0)),  # joint: no stage 1
+    ("cifar100/kd_resnet32x4_resnet8x4.yaml", 12, (12, 0)),
+])
+def test_epochs_n_trains_every_student_n_epochs_and_a_first_stage_on_top(config, epochs, expected):
+    """The results tool's --epochs N: N student epochs for every method, a stage that does not train the whole
+    student added on top; the method's own count of its stage-1 epochs (TwoStageDistillation) is the judge."""
+    config, *options = config.split()
+    cfg = resolve(CONFIGS / config, *options)
+    overrides = dict(o.lstrip("-").split("=") for o in student_epochs_overrides(cfg, epochs))
+    total = int(overrides.get("trainer.max_epochs", epochs))
+    fraction = float(overrides.get("model.init_args.stage1_fraction", 0))
+    method = SimpleNamespace(stage1_fraction=fraction, trainer=SimpleNamespace(max_epochs=total))
+    stage1 = TwoStageDistillation.stage1_epochs.fget(method)
+    assert (total, stage1) == expected and total - stage1 == epochs
+
+
+def grid_command(tmp_path, *extra: str) -> tuple[list, str]:
+    """The results command over the grid at tiny settings: one seed, one epoch of one batch of 4 synthetic
+    CIFAR-100-shaped images, validation and test on 4."""
+    data = ["--data=lightning_kd.datamodules.SyntheticDataModule", "--data.num_classes=100",
+            "--data.input_shape=[3, 32, 32]", "--data.train_size=4", "--data.val_size=4", "--data.test_size=4",
+            "--data.batch_size=4", "--trainer.accelerator=cpu"]
+    out = tmp_path / "BENCHMARK.md"
+    runs = results_main(["--seeds", "0", "--epochs", "1", "--limit-train-batches", "1", "--out", str(out),
+                         "--run-dir", str(tmp_path / "runs"), *[f"--override={o}" for o in data], *extra])
+    return runs, out.read_text()
+
+
+def grid_rows(text: str) -> dict[str, list[str]]:
+    """The benchmark table's rows by their first cell (the header's under "method")."""
+    lines = [line for line in text.split("## Runs")[0].splitlines() if line.startswith("| ")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+
+def test_the_grid_command_trains_teachers_shares_runs_and_resumes(tmp_path, capsys):
+    """Two pairs sharing a student: the teachers are trained (RCO walks their routes), resnet20's baseline once
+    for both; the same command again reuses every run and writes the same table."""
+    runs, text = grid_command(tmp_path, "--pairs", "resnet56_resnet20", "resnet110_resnet20", "--methods", "kd", "rco")
+    printed = capsys.readouterr().out
+    assert printed.count("[results] baseline resnet20 seed 0: running") == 1
+    assert sorted(r.key for r in runs) == sorted(["teacher resnet56", "teacher resnet110", "baseline resnet20",
+                                                  "resnet56_resnet20 kd", "resnet56_resnet20 rco",
+                                                  "resnet110_resnet20 kd", "resnet110_resnet20 rco"])
+    rows = grid_rows(text)
+    assert rows["method"] == ["resnet56 → resnet20", "resnet110 → resnet20"]
+    by_key = {r.key: f"{100 * r.test_acc:.2f} ± 0.00" for r in runs}
+    assert rows["student baseline"] == [f"{by_key['baseline resnet20']} (CRD 69.06)"] * 2
+    assert rows["KD"] == [f"{by_key['resnet56_resnet20 kd']} (CRD 70.66)", f"{by_key['resnet110_resnet20 kd']} (CRD 70.67)"]
+    assert rows["RCO"] == [by_key["resnet56_resnet20 rco"], by_key["resnet110_resnet20 rco"]]  # no published figure
+    assert rows["teacher"] == [f"{by_key['teacher resnet56']} (CRD 72.34)", f"{by_key['teacher resnet110']} (CRD 74.31)"]
+    rco = next(r for r in runs if r.key == "resnet56_resnet20 rco")
+    teacher = next(r for r in runs if r.key == "teacher resnet56")
+    assert f"--model.init_args.teacher_ckpt={teacher.best_ckpt}" in rco.overrides
+    assert (Path(teacher.best_ckpt).parent / "route" / "route.json").is_file()
+
+    again, text_again = grid_command(tmp_path, "--pairs", "resnet56_resnet20", "resnet110_resnet20", "--methods",
+                                     "kd", "rco")
+    assert "running" not in capsys.readouterr().out and text_again == text
+
+
+@pytest.mark.slow
+def test_the_whole_grid_with_published_teachers_fills_every_cell(tmp_path, capsys):
+    """Every pair x every method that applies (RCO needs a recorded route: not with --teachers), from teachers
+    in RepDistiller's layout and format: every cell of the table is ours, n/a exactly where the pair says."""
+    for teacher in {grid.load_pair(p).teacher for p in grid.pair_names()}:
+        net = build_network(teacher, 100)
+        net.load_state_dict(calibrated(teacher))
+        (tmp_path / "teachers" / f"{teacher}_vanilla").mkdir(parents=True)
+        save_repdistiller(net, tmp_path / "teachers" / f"{teacher}_vanilla" / "ckpt_epoch_240.pth")
+    methods = [m for m in grid.method_names() if m != "rco"]
+    runs, text = grid_command(tmp_path, "--pairs", "all", "--methods", *methods, "--teachers",
+                              str(tmp_path / "teachers"))
+    rows = grid_rows(text)
+    pairs = [grid.load_pair(p) for p in grid.pair_names()]
+    assert rows["method"] == [f"{p.teacher} → {p.student}" for p in pairs]
+    assert "teacher" not in rows  # published: not trained here
+    assert len(rows) == 1 + len(methods)
+    for key, cells in rows.items():
+        if key == "method":
+            continue
+        method = next(m for m in methods if key.startswith(label(m)))
+        for pair, cell in zip(pairs, cells):
+            if not grid.applies(pair, method):
+                assert cell == "n/a"
+                continue
+            assert re.fullmatch(r"\d+\.\d\d ± 0\.00( \((CRD|DKD) \d+\.\d\d\))?", cell), cell
+            paper = CRD_CIFAR100[pair.name].get(method)
+            assert (paper is None) == ("(CRD" not in cell) and (paper is None or f"(CRD {paper:.2f})" in cell)
+    assert rows[label("fsp") + " (epochs: 1 + 1)"][grid.pair_names().index("resnet56_resnet20")] != "n/a"
+    assert len(runs) == len({p.student for p in pairs}) + sum(
+        grid.applies(p, m) for p in pairs for m in methods if m != "baseline")
+
+
+def test_a_baseline_identical_to_the_teacher_run_is_the_teacher_run(tmp_path, capsys):
+    """FSP's student is the quickstart teacher's network: its baseline's seed 0 trains exactly as the teacher
+    run (same resolved config but the folders and RouteRecorder), so it is that run; seed 1 is trained."""
+    runs = results_main(["--configs", str(CONFIGS / "quickstart"), "--seeds", "0", "1", "--epochs", "1",
+                         "--limit-train-batches", "1", "--only", "fsp", "--out", str(tmp_path / "R.md"),
+                         "--run-dir", str(tmp_path / "runs")])
+    printed = capsys.readouterr().out
+    wide = [r for r in runs if r.key == "baseline@small_cnn(width=64)"]
+    assert [r.seed for r in wide] == [0, 1]
+    assert wide[0].best_ckpt == runs[0].best_ckpt and wide[0].test_acc == runs[0].test_acc
+    assert wide[1].best_ckpt != runs[0].best_ckpt
+    assert "baseline (small_cnn(width=64)) seed 0: running" not in printed
+    assert "baseline (small_cnn(width=64)) seed 1: running" in printed

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from helpers import ROOT
-from helpers.published import NETWORKS, fixture_input, load_fixture, save_their_checkpoint
+from helpers.published import (NETWORKS, fixture_input, load_fixture, save_teacher_of, save_their_checkpoint,
+                               split, synthetic_cifar100, their_network)
 from lightning_kd.checkpoints import load_network_weights
 from lightning_kd.cli import make_cli
-from lightning_kd.datamodules import SyntheticDataModule
-from lightning_kd.datamodules.base import normalize
 from lightning_kd.methods import Supervised
 from lightning_kd.models import build_network
 
@@ -85,36 +84,6 @@ def test_export_student_in_their_format(tmp_path):
     with pytest.raises(ValueError, match="not a network of the CRD code"):
         digits.export_student(str(tmp_path / "s.pth"), repdistiller=True)
     assert not (tmp_path / "s.pth").exists()
-
-
-def synthetic_cifar100(sizes: int = 8) -> tuple[list[str], SyntheticDataModule]:
-    """CIFAR-100-shaped synthetic data: its command-line arguments and the datamodule itself."""
-    args = ["--data=lightning_kd.datamodules.SyntheticDataModule", "--data.num_classes=100",
-            "--data.input_shape=[3, 32, 32]", f"--data.train_size={2 * sizes}", f"--data.val_size={sizes}",
-            f"--data.test_size={sizes}", f"--data.batch_size={sizes}"]
-    data = SyntheticDataModule(num_classes=100, train_size=2 * sizes, val_size=sizes, test_size=sizes)
-    data.setup("fit")
-    return args, data
-
-
-def split(data: SyntheticDataModule, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = data.splits[name]
-    return normalize(x, data.mean, data.std), y
-
-
-def save_teacher_of(network: str, path, label: int) -> None:
-    """Their checkpoint file of ``network`` whose head favours ``label`` (its deterministic weights alone
-    predict one class, rarely a label of the data: the accuracies below are then not all 0)."""
-    path.parent.mkdir()
-    state = save_their_checkpoint(path, network)
-    state["fc.bias"][label] += 100.0  # the head of their CIFAR ResNets
-    torch.save({"model": state}, path)  # as mdistiller saves a student
-
-
-def their_network(network: str, path) -> torch.nn.Module:
-    net = build_network(network, 100)
-    load_network_weights(net, path)
-    return net.eval()
 
 
 def test_cli_test_and_predict_score_their_checkpoint(tmp_path):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import tarfile
 from pathlib import Path
+from typing import Optional
+
+from lightning_kd.schedules import epoch_of
 
 from lightning_kd.cli import config_path
 
@@ -27,8 +30,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options the tools over a config folder share (data, length, overrides, reuse, a note); see
     :func:`check_run_arguments` (which also checks the tool's own ``--configs``) and :func:`run_overrides`."""
     parser.add_argument("--epochs", type=int, default=None,
-                        help="trainer.max_epochs of every run (the configs' schedules are fractions of it); "
-                             "default: the configs' own")
+                        help="the student's epochs of every run (trainer.max_epochs; the configs' schedules are "
+                             "fractions of it); a stage that does not train the whole student (FSP, IE-KD, FitNet "
+                             "hints_first) comes on top, in the config's proportion; default: the configs' own")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="ImageFolder tree (root/{train,test}/<class>/...) or a .tar.gz of one, "
                              "read with lightning_kd.datamodules.ImageFolderDataModule")
@@ -66,3 +70,27 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     if args.epochs is not None:
         common.append(f"--trainer.max_epochs={args.epochs}")
     return common
+
+
+def stage1_epochs(cfg: dict) -> tuple[int, int]:
+    """``(epochs of a stage that does not train the whole student, the student's epochs)`` of a resolved config:
+    FSP's and IE-KD's stage 1, FitNet's hint stage with ``stages: hints_first``; ``(0, max_epochs)`` for the
+    other methods."""
+    init_args = cfg["model"].get("init_args") or {}
+    total = cfg["trainer"].get("max_epochs") or 0
+    fraction = init_args.get("stage1_fraction") or 0
+    if not fraction or init_args.get("stages", "hints_first") != "hints_first":
+        return 0, total
+    stage1 = epoch_of(fraction, total)
+    return stage1, total - stage1
+
+
+def student_epochs_overrides(cfg: dict, epochs: Optional[int]) -> list[str]:
+    """``--epochs N`` for a method with a stage that does not train the whole student: N student epochs and
+    that stage on top, in the config's proportion (FSP's 30 of 270: N = 15 -> 2 + 15), every fraction of the
+    run (the LR milestones) kept. Nothing for the other methods (``--trainer.max_epochs N`` is theirs)."""
+    stage1, student = stage1_epochs(cfg)
+    if epochs is None or not stage1:
+        return []
+    extra = max(1, round(epochs * stage1 / student))
+    return [f"--trainer.max_epochs={epochs + extra}", f"--model.init_args.stage1_fraction={extra / (epochs + extra)}"]

@@ -111,10 +111,11 @@ def load_record(path: Path) -> Run:
     return run
 
 
-def resolved_sha256(config: Path) -> str:
-    """Digest of the config as the CLI resolves it (every included file expanded, defaults applied), not of the
-    file's own bytes: a run whose ``_base`` block changed is another run."""
-    return hashlib.sha256(json.dumps(resolve(config), sort_keys=True, default=str).encode()).hexdigest()
+def resolved_sha256(config: Path, *overrides: str) -> str:
+    """Digest of the config as the CLI resolves it (every included file expanded, defaults applied, and the
+    ``-c`` blocks among ``overrides``: a benchmark cell's method block), not of the file's own bytes: a run
+    whose ``_base`` block changed is another run."""
+    return hashlib.sha256(json.dumps(resolve(config, *overrides), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str) -> tuple[Optional[Run], str]:
@@ -125,12 +126,12 @@ def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finis
         run = load_record(path)
     except ValueError as err:
         return None, f"its record {path} is unreadable: {err}"
-    if run.config_sha256 != config_sha:
-        return None, "the config (or a file it includes) changed since it ran"
-    if run.overrides != overrides:
+    if run.overrides != overrides:  # first: the digest below covers the overrides too
         before, now = set(run.overrides), set(overrides)
         return None, (f"its overrides changed: now {sorted(now - before) or 'the same set, reordered'}, "
                       f"was {sorted(before - now)}")
+    if run.config_sha256 != config_sha:
+        return None, "the config (or a file it includes) changed since it ran"
     if run.teacher_finished != teacher_finished:
         return None, "its teacher was trained again since it ran"
     if not Path(run.best_ckpt).is_file():
@@ -148,7 +149,7 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     name = f"{label(key)} seed {seed}"
     ckpt_dir = checkpoint_dir(run_dir)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
-    config_sha = resolved_sha256(config)
+    config_sha = resolved_sha256(config, *overrides)
     record = record_path(run_dir)
     recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
     if recorded is not None:

@@ -15,6 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lightning_kd.checkpoints import load_network_weights
+from lightning_kd.datamodules import SyntheticDataModule
+from lightning_kd.datamodules.base import normalize
+from lightning_kd.models import build_network
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "published"
 INPUT_SHAPE = (2, 3, 32, 32)
 # The networks of the CRD paper's 13 CIFAR-100 pairs (Tian et al., ICLR 2020, https://arxiv.org/abs/1910.10699,
@@ -71,3 +76,33 @@ def save_their_checkpoint(path: Path, network: str) -> dict[str, Tensor]:
                                                 "nesterov": False, "params": list(range(len(state)))}]}
     torch.save({"epoch": 240, "model": state, "accuracy": torch.tensor(79.42), "optimizer": optimizer}, path)
     return state
+
+
+def synthetic_cifar100(sizes: int = 8) -> tuple[list[str], SyntheticDataModule]:
+    """CIFAR-100-shaped synthetic data: its command-line arguments and the datamodule itself."""
+    args = ["--data=lightning_kd.datamodules.SyntheticDataModule", "--data.num_classes=100",
+            "--data.input_shape=[3, 32, 32]", f"--data.train_size={2 * sizes}", f"--data.val_size={sizes}",
+            f"--data.test_size={sizes}", f"--data.batch_size={sizes}"]
+    data = SyntheticDataModule(num_classes=100, train_size=2 * sizes, val_size=sizes, test_size=sizes)
+    data.setup("fit")
+    return args, data
+
+
+def split(data: SyntheticDataModule, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = data.splits[name]
+    return normalize(x, data.mean, data.std), y
+
+
+def save_teacher_of(network: str, path, label: int) -> None:
+    """Their checkpoint file of ``network`` whose head favours ``label`` (its deterministic weights alone
+    predict one class, rarely a label of the data: the accuracies below are then not all 0)."""
+    path.parent.mkdir()
+    state = save_their_checkpoint(path, network)
+    state["fc.bias"][label] += 100.0  # the head of their CIFAR ResNets
+    torch.save({"model": state}, path)  # as mdistiller saves a student
+
+
+def their_network(network: str, path) -> torch.nn.Module:
+    net = build_network(network, 100)
+    load_network_weights(net, path)
+    return net.eval()
