@@ -21,7 +21,7 @@ from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
-from lightning_kd.resume import check_loaded_resume
+from lightning_kd.resume import TEACHER_FILES, check_loaded_resume, check_teacher_files
 from lightning_kd.schedules import check_schedule, fit_to_run, warmup_scale
 from lightning_kd.teacher import FrozenTeacher
 from lightning_kd.trust import check_class_paths, named_by_user, reading
@@ -358,6 +358,15 @@ class DistillationModule(StudentModule):
 
     def validation_extras(self, student: NetOutput, teacher: NetOutput, y: Tensor) -> None:
         """Method-specific logs from the outputs of a validation batch (none here)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TEACHER_FILES] = self.teacher.files  # the teacher pinned by content (lightning_kd.resume)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)  # a resume's settings first
+        trainer = attached_trainer(self)
+        where = f"ckpt_path {str(trainer.ckpt_path)!r}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        check_teacher_files(checkpoint.get(TEACHER_FILES) or {}, self.teacher.files, where)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -19,6 +19,9 @@ class DIST(DistillationModule):
     predictions (:func:`~lightning_kd.losses.dist_loss`). The defaults are the authors' CIFAR-100
     recipe (hunto/image_classification_sota ``configs/strategies/distill/dist_cifar.yaml``: ``kd:
     dist_t4``, ``ori_loss_weight: 1``, ``kd_loss_weight: 2``): beta 1, gamma 1, T 4, CE 1, DIST 2.
+    Under DDP the intra-class relation (a class's correlation over the batch) is taken over each
+    process's own batch, as in the authors' distributed training, so it is not the one-process value
+    on the global batch.
 
     Args:
         beta: weight of the inter-class relation (per sample, over its classes).
