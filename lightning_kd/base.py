@@ -19,8 +19,8 @@ from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
-from lightning_kd.resume import check_loaded_resume
-from lightning_kd.schedules import check_schedule, fit_to_run
+from lightning_kd.resume import TEACHER_FILES, check_loaded_resume, check_teacher_files
+from lightning_kd.schedules import check_schedule, fit_to_run, warmup_scale
 from lightning_kd.teacher import FrozenTeacher
 from lightning_kd.trust import check_class_paths, named_by_user, reading
 
@@ -71,6 +71,9 @@ class StudentModule(pl.LightningModule):
         self.student = build_network(student, self.num_classes, self.input_shape[0])
         self.student_hooks: Optional[FeatureHooks] = None
         self.loss_weights: dict[str, float] = {"ce": 1.0}
+        #: Term-weight schedules: ``{term: fraction}`` ramps the term's weight linearly over that fraction of
+        #: the run (:func:`~lightning_kd.schedules.warmup_scale`), logged as ``train/scale/<term>``.
+        self.weight_warmup: dict[str, float] = {}
         #: The unweighted terms of the latest training step and their weighted sum, detached.
         self.loss_terms: dict[str, Tensor] = {}
         self.val_acc, self.val_acc5 = accuracy(self.num_classes), accuracy(self.num_classes, 5)
@@ -115,14 +118,20 @@ class StudentModule(pl.LightningModule):
 
     def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "",
                        scales: Optional[dict[str, Tensor]] = None) -> Tensor:
-        """The terms' sum weighted by ``loss_weights`` (and by ``scales``, where given); each term is
-        logged unscaled as ``train/<prefix><name>`` and the sum as ``train/<prefix>loss``. A term
-        without a weight is an error."""
+        """The terms' sum weighted by ``loss_weights``, times ``scales`` (where given) and the warm-up of
+        ``weight_warmup``; each term is logged unscaled as ``train/<prefix><name>``, each factor as
+        ``train/scale/<prefix><name>`` and the sum as ``train/<prefix>loss``. A term without a weight
+        is an error."""
         unweighted = sorted(set(losses) - set(self.loss_weights))
         if unweighted:
             raise KeyError(f"{type(self).__name__} returned the loss terms {unweighted} without a weight in "
                            f"loss_weights {self.loss_weights}: give every term a weight.")
-        scales = scales or {}
+        scales = dict(scales or {})
+        for name, fraction in self.weight_warmup.items():
+            if name in losses:
+                scales[name] = scales.get(name, 1.0) * warmup_scale(fraction, self.current_epoch, self.trainer.max_epochs)
+        self.log_dict({f"train/scale/{prefix}{name}": scale for name, scale in scales.items()},
+                      on_step=True, on_epoch=False, batch_size=1)
         total = sum(self.loss_weights[name] * scales.get(name, 1.0) * value for name, value in losses.items())
         self.loss_terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
         self.loss_terms[f"{prefix}loss"] = total.detach()
@@ -158,6 +167,12 @@ class StudentModule(pl.LightningModule):
         if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
             raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
                              f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
+        if stage == "fit" and set(self.weight_warmup) - set(self.loss_weights):
+            raise ValueError(f"{type(self).__name__}'s weight warm-up {self.weight_warmup} names terms without a "
+                             f"weight in loss_weights {self.loss_weights}: warm up only weighted terms.")
+        if stage == "fit" and any(self.weight_warmup.values()) and not (self.trainer.max_epochs or 0) >= 1:
+            raise ValueError(f"{type(self).__name__}'s weight warm-up {self.weight_warmup} is a fraction of the run: "
+                             f"set trainer.max_epochs.")
         if self.channels_last:  # before the strategy moves the module, so the format travels along
             self.to(memory_format=torch.channels_last)
         if stage == "fit" and self.compile_networks:
@@ -298,11 +313,8 @@ class DistillationModule(StudentModule):
         if self.balance is None or "ce" not in losses or ce_weight == 0:
             return {}
         bound = self.balance * ce_weight * losses["ce"].detach().abs()
-        scales = {name: (bound / (self.loss_weights.get(name, 1.0) * value.detach().abs()).clamp_min(1e-12)).clamp(max=1.0)
-                  for name, value in losses.items() if name != "ce"}
-        self.log_dict({f"train/scale/{name}": scale for name, scale in scales.items()},
-                      on_step=True, on_epoch=False, batch_size=1)
-        return scales
+        return {name: (bound / (self.loss_weights.get(name, 1.0) * value.detach().abs()).clamp_min(1e-12)).clamp(max=1.0)
+                for name, value in losses.items() if name != "ce"}
 
     def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
         return self.student_forward(x), self.teacher(x)
@@ -319,6 +331,15 @@ class DistillationModule(StudentModule):
 
     def validation_extras(self, student: NetOutput, teacher: NetOutput, y: Tensor) -> None:
         """Method-specific logs from the outputs of a validation batch (none here)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TEACHER_FILES] = self.teacher.files  # the teacher pinned by content (lightning_kd.resume)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)  # a resume's settings first
+        trainer = attached_trainer(self)
+        where = f"ckpt_path {str(trainer.ckpt_path)!r}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        check_teacher_files(checkpoint.get(TEACHER_FILES) or {}, self.teacher.files, where)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

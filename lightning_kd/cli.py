@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -26,7 +25,7 @@ import lightning_kd.methods  # noqa: F401
 from lightning_kd.base import StudentModule
 from lightning_kd.callbacks.best_epoch import BestEpochSummary
 from lightning_kd.callbacks.report import RunReport
-from lightning_kd.callbacks.run_folder import run_files
+from lightning_kd.callbacks.run_folder import start_over
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
 from lightning_kd.configs import SHIPPED_CONFIGS
@@ -79,7 +78,8 @@ class KDCLI(LightningCLI):
                                  "predictions.csv beside the checkpoints are written either way)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: start over in a checkpoint folder that holds another run's checkpoints "
-                                 "(its *.ckpt files and route/ are deleted first)")
+                                 "(its *.ckpt files and route/ are deleted once the run is built; never the run's own "
+                                 "teacher files)")
         parser.add_argument("--threads", type=Optional[int], default=None,
                             help="torch threads per process on the CPU (default: OMP_NUM_THREADS if set, else the "
                                  "cores divided by this run's processes and those already busy; said in the log)")
@@ -140,20 +140,29 @@ class KDCLI(LightningCLI):
                 init_args.name = run_name(config.model.as_dict(), config.get("seed_everything"))
             if init_args is not None and init_args.get("save_dir"):
                 init_args.save_dir = str(Path(init_args.save_dir).absolute())
-        # No subcommand: built by the tools (run=False), which fit it.
-        if subcommand in ("fit", None) and config.get("overwrite") and config.checkpoint.dirpath:
-            folder = Path(config.checkpoint.dirpath)
-            ckpt_path = config.get("ckpt_path")
-            resumed = ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()
-            if folder.is_dir() and not resumed:  # --overwrite: this run starts over in its folder
-                for path in run_files(folder):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         if self.checked_resume is not None:  # checked in parse_arguments: the module need not check it again
             self.model.resume_checked = self.checked_resume
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        # No subcommand: built by the tools (run=False), which fit it. --overwrite deletes only now, with the
+        # config parsed and the model, data and teacher built, and never the run's own inputs.
+        if subcommand in ("fit", None) and config.get("overwrite") and config.checkpoint.dirpath:
+            folder = Path(config.checkpoint.dirpath)
+            ckpt_path = config.get("ckpt_path")
+            resumed = ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()
+            if folder.is_dir() and not resumed:  # --overwrite: this run starts over in its folder
+                start_over(folder, run_inputs(self.model, self.trainer))
+
+
+def run_inputs(model, trainer: Trainer) -> list[Path]:
+    """The files a run reads as teacher: its teacher's (teacher_ckpt, ensemble members), an ensemble student's
+    members and the route folders its callbacks name."""
+    files = [Path(f["path"]) for f in getattr(getattr(model, "teacher", None), "files", {}).values()]
+    files += [Path(p) for p in getattr(getattr(model, "student", None), "paths", ())]
+    return files + [Path(c.route_dir) for c in trainer.callbacks if getattr(c, "route_dir", None) is not None]
 
 def config_path(path: str | Path) -> Path:
     """``path`` if it exists, else the shipped config (file or folder) of that name:

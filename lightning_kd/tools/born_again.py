@@ -17,8 +17,8 @@ test`` scores one. With several seeds, a control: the ensemble of every chain's 
 averaging without distillation (as many members as seeds). Nothing is chosen on test accuracy.
 
 Resumable like the results command (each run is :func:`lightning_kd.tools.records.run_one`): a finished
-generation is reused while its config file, overrides and teacher run are unchanged; a retrained
-generation retrains the ones after it (their teacher changed). The ensembles are scored again every time
+generation is reused while its resolved config (includes expanded), overrides and teacher run are unchanged;
+a retrained generation retrains the ones after it (their teacher changed). The ensembles are scored again every time
 (one pass over the evaluation splits). Writes a markdown report and a PNG of validation accuracy per epoch.
 """
 from __future__ import annotations

@@ -19,8 +19,8 @@ Built from :mod:`~lightning_kd.tools.records` (one run and its record), :mod:`~l
 born_again shares; this module only finds the configs and plans the runs.
 
 Resumable: each finished run leaves its record (``run.json``) beside its checkpoints in
-``--run-dir``; the same command run again reuses every run whose config file content and
-overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
+``--run-dir``; the same command run again reuses every run whose resolved config (includes
+expanded) and overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
 by re-running the command. ``--rerun`` trains everything again.
 """
 from __future__ import annotations
