@@ -17,8 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
+from lightning_kd.export import export, preprocessing
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
-from lightning_kd.models import build_network
+from lightning_kd.models import build_network, is_pretrained
 from lightning_kd.resume import check_loaded_resume
 from lightning_kd.schedules import check_schedule, fit_to_run
 from lightning_kd.teacher import FrozenTeacher
@@ -68,7 +69,11 @@ class StudentModule(pl.LightningModule):
         self.input_shape = tuple(int(v) for v in input_shape)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.channels_last, self.compile_networks = channels_last, compile
+        self.student_spec = student
         self.student = build_network(student, self.num_classes, self.input_shape[0])
+        #: The datamodule's normalization, image size, channels and class names (lightning_kd.export),
+        #: recorded at setup and kept in checkpoints, for the export.
+        self.preprocessing: Optional[dict[str, Any]] = None
         self.student_hooks: Optional[FeatureHooks] = None
         self.loss_weights: dict[str, float] = {"ce": 1.0}
         #: The unweighted terms of the latest training step and their weighted sum, detached.
@@ -155,6 +160,7 @@ class StudentModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data_fits()
+        self.preprocessing = preprocessing(self.trainer.datamodule) or self.preprocessing
         if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
             raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
                              f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
@@ -202,7 +208,12 @@ class StudentModule(pl.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(1)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.preprocessing is not None:
+            checkpoint["preprocessing"] = self.preprocessing
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.preprocessing = checkpoint.get("preprocessing", self.preprocessing)
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":  # a resume continues its run (lightning_kd.resume)
             check_loaded_resume(checkpoint, self, trainer.ckpt_path)
@@ -219,14 +230,35 @@ class StudentModule(pl.LightningModule):
         with named_by_user(kwargs), reading(where):
             return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
 
-    def export_student(self, path: str, repdistiller: bool = False) -> None:
-        """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as
-        the CRD code saves a network (``{"model": state_dict}`` under its names), which RepDistiller's and
-        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
+    def export_student(self, path: str, repdistiller: bool = False, datamodule: Any = None) -> dict[str, str]:
+        """Write the student for use without this library: ``path``, a plain state_dict that loads into its
+        architecture; ``<stem>.json``, its preprocessing and classes (mean, std, image size, channels, class
+        names, the network spec); ``<stem>.torchscript.pt`` and ``<stem>.onnx`` (the ``export`` extra),
+        which take images on the [0, 1] scale and return class probabilities (:mod:`lightning_kd.export`).
+        The preprocessing is the fit's (kept in its checkpoints) or ``datamodule``'s (after its setup).
+        Returns {form: file}. With ``repdistiller``, only the network as the CRD code saves one
+        (``{"model": state_dict}`` under its names), which RepDistiller's and mdistiller's scripts load
+        (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
         if repdistiller:
             save_repdistiller(self.student, path)
-        else:
-            torch.save(self.student.state_dict(), path)
+            return {"repdistiller": str(path)}
+        prep = preprocessing(datamodule) if datamodule is not None else self.preprocessing
+        if prep is None:
+            raise ValueError(f"{type(self).__name__} has no record of its data's preprocessing (mean, std, size, "
+                             f"classes): export from a checkpoint of a fit, or pass datamodule= (after its setup).")
+        spec = self.student_spec
+        if is_pretrained(spec):  # the architecture without fetching the published weights again
+            spec = {**spec, **{k: None if k == "weights" else False for k in ("weights", "pretrained") if k in spec}}
+        net = build_network(spec, self.num_classes, self.input_shape[0])
+        net.load_state_dict(self.student.state_dict())
+        try:
+            import onnx  # noqa: F401 - torch's exporter needs it
+        except ImportError:
+            onnx = None
+            print("export: no ONNX file (pip install 'lightning_kd[export]' installs onnx and onnxruntime)")
+        files = export(net.eval(), self.student_spec, prep, path, onnx=onnx is not None)
+        print("export: " + ", ".join(f"{form} {file}" for form, file in files.items()), flush=True)
+        return files
 
 
 class DistillationModule(StudentModule):
