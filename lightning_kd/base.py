@@ -26,6 +26,7 @@ from lightning_kd.teacher import FrozenTeacher
 from lightning_kd.trust import check_class_paths, named_by_user, reading
 
 NetSpec = Union[str, dict[str, Any]]
+DEFAULT_SHAPE = {"num_classes": 10, "input_shape": (3, 32, 32)}  # what a module given neither is built for
 
 
 def accuracy(num_classes: int, top_k: int = 1) -> MulticlassAccuracy:
@@ -47,7 +48,10 @@ class StudentModule(pl.LightningModule):
     Args:
         student: the network: a name from ``lightning_kd.models.MODELS``, a dotted path to any
             constructor (``torchvision.models.resnet18``), or ``{"name": ..., **kwargs}``.
-        num_classes, input_shape: classes and ``(C, H, W)`` of the data (the CLI links them from it).
+        num_classes, input_shape: classes and ``(C, H, W)`` of the data: pass the datamodule's
+            (``num_classes=dm.num_classes, input_shape=dm.input_shape``; the CLI links them from it). Not
+            given, the networks are built for 10 classes of (3, 32, 32) images, and data of another shape
+            is refused when the fit starts, naming them.
         optimizer: optimizer factory over the trainable parameters (default SGD lr 0.05, momentum
             0.9, weight decay 5e-4, the CIFAR KD recipe).
         lr_scheduler: LR scheduler factory, stepped once per epoch; those of :mod:`lightning_kd.schedules`
@@ -58,15 +62,18 @@ class StudentModule(pl.LightningModule):
         check_finite_every_n_steps: see :class:`~lightning_kd.callbacks.FiniteCheck`.
     """
 
-    def __init__(self, student: NetSpec, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
+    def __init__(self, student: NetSpec, num_classes: Optional[int] = None,
+                 input_shape: Optional[tuple[int, int, int]] = None,
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  channels_last: bool = False, compile: bool = False,
                  check_finite_every_n_steps: Optional[int] = None):
         super().__init__()
         self.finite_check = FiniteCheck(check_finite_every_n_steps)  # checks the interval now
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.num_classes = int(num_classes)
-        self.input_shape = tuple(int(v) for v in input_shape)
+        #: num_classes / input_shape left out (built for DEFAULT_SHAPE): named in the errors of data that differs.
+        self.not_given = [k for k, v in (("num_classes", num_classes), ("input_shape", input_shape)) if v is None]
+        self.num_classes = int(DEFAULT_SHAPE["num_classes"] if num_classes is None else num_classes)
+        self.input_shape = tuple(int(v) for v in (DEFAULT_SHAPE["input_shape"] if input_shape is None else input_shape))
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.channels_last, self.compile_networks = channels_last, compile
         self.student_spec = student
@@ -177,9 +184,14 @@ class StudentModule(pl.LightningModule):
         for attr in ("num_classes", "input_shape"):
             want, got = getattr(self, attr), getattr(data, attr, None)
             if got is not None and (tuple(got) if attr == "input_shape" else got) != want:
-                raise ValueError(f"the model was built for {attr}={want}, but {type(data).__name__} has "
-                                 f"{attr}={got}: build the model with the datamodule's value (the CLI "
-                                 f"links it for you).")
+                raise ValueError(f"the model was built for {attr}={want}{self.default_note()}, but "
+                                 f"{type(data).__name__} has {attr}={got}: build the model with the datamodule's "
+                                 f"value ({type(self).__name__}(..., num_classes=data.num_classes, input_shape="
+                                 f"data.input_shape); the CLI links them for you).")
+
+    def default_note(self) -> str:
+        """' (the default: num_classes and input_shape were not given)' where they were left out."""
+        return f" (the default: {' and '.join(self.not_given)} not given)" if self.not_given else ""
 
     def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
         """The student's output of an evaluation batch (and the teacher's, in DistillationModule)."""
@@ -296,7 +308,14 @@ class DistillationModule(StudentModule):
         if teacher is None:
             raise ValueError(f"{type(self).__name__} distills from a teacher: set `teacher` (the network spec) and "
                              f"`teacher_ckpt` (its trained weights, e.g. best.ckpt of a Supervised run).")
-        self.teacher = FrozenTeacher(teacher, teacher_ckpt, self.num_classes, self.input_shape[0])
+        try:
+            self.teacher = FrozenTeacher(teacher, teacher_ckpt, self.num_classes, self.input_shape[0])
+        except ValueError as err:
+            if not self.not_given:
+                raise
+            raise ValueError(f"{err} The networks were built for num_classes={self.num_classes}, input_shape="
+                             f"{self.input_shape}{self.default_note()}: pass the data's, {type(self).__name__}("
+                             f"..., num_classes=data.num_classes, input_shape=data.input_shape).") from err
         self.cache_teacher_outputs = cache_teacher_outputs
         self.teacher_acc, self.agreement = accuracy(self.num_classes), accuracy(self.num_classes)
 
