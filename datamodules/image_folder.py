@@ -198,7 +198,8 @@ class ImageFolderDataModule(InMemoryDataModule):
             ``split_seed``) when ``val_dir`` is None.
         image_size: side of the square images after resizing; None keeps the first training image's
             size (square images; others are resized to it).
-        channels: 1 (greyscale) or 3 (RGB); None follows the first training image.
+        channels: 1 (greyscale) or 3 (RGB); None follows the first training image. Greyscale into a
+            network that takes only 3 channels (torchvision's) is replicated in front of it.
         decode_threads: threads decoding files.
         cache: keep decoded splits on disk (``False``: decode every run, write nothing).
         cache_dir: where the cache files go; default ``$XDG_CACHE_HOME/lightning_kd`` (``~/.cache/lightning_kd``).

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.callbacks import FiniteCheck, guarantees
-from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
+from lightning_kd.checkpoints import WeightsMismatchError, load_checkpoint_file, save_repdistiller
 from lightning_kd.export import export, preprocessing
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network, is_pretrained
@@ -310,7 +310,7 @@ class DistillationModule(StudentModule):
                              f"`teacher_ckpt` (its trained weights, e.g. best.ckpt of a Supervised run).")
         try:
             self.teacher = FrozenTeacher(teacher, teacher_ckpt, self.num_classes, self.input_shape[0])
-        except ValueError as err:
+        except WeightsMismatchError as err:
             if not self.not_given:
                 raise
             raise ValueError(f"{err} The networks were built for num_classes={self.num_classes}, input_shape="
