@@ -52,7 +52,7 @@ def test_the_readme_own_data_block_runs_as_written(tmp_path, mode):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
            "XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-e", "-c", readme_block()], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
 
     rows = list(csv.DictReader(open(tmp_path / "runs/my/kd/predictions.csv", newline="")))
