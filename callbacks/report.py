@@ -1,6 +1,7 @@
 """RunReport: what a shell user reads after a run. Metrics go to ``metrics.csv`` beside the
 checkpoints, a summary is printed at the end of ``fit`` and ``test``, and ``predict`` writes every
-sample's predicted class and probabilities to ``predictions.csv`` there, naming the file."""
+sample's name (its file), label and predicted class names and probabilities (``p_<class>``) to
+``predictions.csv`` there, naming the file."""
 from __future__ import annotations
 
 import csv
@@ -98,11 +99,23 @@ class RunReport(Callback):
             return
         probs = torch.cat([p for p, _ in self.predictions])
         labels = torch.cat([y for _, y in self.predictions])
+        classes, names = predicted_names(trainer.datamodule, len(probs), probs.shape[1])
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / PREDICTIONS_FILE
         with path.open("w", newline="") as f:
             out = csv.writer(f)
-            out.writerow(["sample", "label", "predicted", *(f"p{c}" for c in range(probs.shape[1]))])
-            rows = zip(probs.tolist(), labels.tolist(), probs.argmax(1).tolist())
-            out.writerows([i, y, predicted, *(f"{v:.6g}" for v in p)] for i, (p, y, predicted) in enumerate(rows))
+            out.writerow(["sample", "label", "predicted", *(f"p_{c}" for c in classes)])
+            rows = zip(names, probs.tolist(), labels.tolist(), probs.argmax(1).tolist())
+            out.writerows([name, classes[y] if y >= 0 else "", classes[predicted], *(f"{v:.6g}" for v in p)]
+                          for name, p, y, predicted in rows)
         print(f"predict done: {len(probs)} predictions (class and probabilities) written to {path}", flush=True)
+
+
+def predicted_names(data, samples: int, num_classes: int) -> tuple[list[str], list]:
+    """(class names, sample names) of a predict run: the datamodule's ``classes`` and ``predict_names()``
+    (e.g. image files) where it has them and they fit, else the class indices and the sample numbers."""
+    classes = [str(c) for c in getattr(data, "classes", None) or []]
+    if len(classes) != num_classes:
+        classes = [str(c) for c in range(num_classes)]
+    names = data.predict_names() if hasattr(data, "predict_names") else None
+    return classes, list(names) if names is not None and len(names) == samples else list(range(samples))

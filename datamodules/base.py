@@ -147,6 +147,11 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     num_classes: int
     input_shape: tuple[int, int, int]
+    classes: Optional[list[str]] = None  # class names by index (predictions.csv); None: the indices
+
+    def predict_names(self) -> Optional[list[str]]:
+        """A name per predicted sample (an image file) in predict's order; None: their numbers."""
+        return None
 
     def __init__(self, batch_size: int = 128, eval_batch_size: Optional[int] = None, pad: int = 4,
                  flip: bool = True, mean: Optional[Sequence[float]] = None,

@@ -52,25 +52,43 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def images_under(folder: Path) -> tuple[list[Path], list[str]]:
+    """(image files, other files) under ``folder``, sorted; hidden files are skipped."""
+    files = [f for f in sorted(folder.rglob("*")) if not f.is_dir() and not f.name.startswith(".")]
+    return ([f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS],
+            [str(f) for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS])
+
+
+def refuse_strays(strays: list[str], folder: Path) -> None:
+    if strays:
+        raise ValueError(f"{len(strays)} non-image file(s) in {str(folder)!r}, e.g. {strays[:3]}; "
+                         f"remove them (accepted extensions: {sorted(IMAGE_EXTENSIONS)}).")
+
+
+def list_unlabelled(folder: Path) -> list[Path]:
+    """The images of a folder to label (no class subfolders needed); another file is an error."""
+    images, strays = images_under(folder)
+    refuse_strays(strays, folder)
+    if not images:
+        raise ValueError(f"no images under {str(folder)!r} (predict_dir): expected image files "
+                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return images
+
+
 def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     """All (file, class index) pairs; any other file, or an empty class folder, is an error, not silently
     skipped."""
     items, strays = [], []
     for label, name in enumerate(classes):
         found = len(items)
-        for f in sorted((split_dir / name).rglob("*")):
-            if f.is_dir() or f.name.startswith("."):
-                continue
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append((f, label))
-            else:
-                strays.append(str(f))
+        if (split_dir / name).is_dir():
+            images, others = images_under(split_dir / name)
+            items += [(f, label) for f in images]
+            strays += others
         if (split_dir / name).is_dir() and len(items) == found:
             raise ValueError(f"the class folder {str(split_dir / name)!r} holds no image: add its images or "
                              f"remove the folder (an empty class is never predicted right).")
-    if strays:
-        raise ValueError(f"{len(strays)} non-image file(s) in {str(split_dir)!r}, e.g. {strays[:3]}; "
-                         f"remove them (accepted extensions: {sorted(IMAGE_EXTENSIONS)}).")
+    refuse_strays(strays, split_dir)
     if not items:
         raise ValueError(f"no images under {str(split_dir)!r}: expected {split_dir}/<class>/<image>.")
     return items
@@ -180,10 +198,13 @@ class ImageFolderDataModule(InMemoryDataModule):
             ``split_seed``) when ``val_dir`` is None.
         image_size: side of the square images after resizing; None keeps the first training image's
             size (square images; others are resized to it).
-        channels: 1 (greyscale) or 3 (RGB); None follows the first training image.
+        channels: 1 (greyscale) or 3 (RGB); None follows the first training image. Greyscale into a
+            network that takes only 3 channels (torchvision's) is replicated in front of it.
         decode_threads: threads decoding files.
         cache: keep decoded splits on disk (``False``: decode every run, write nothing).
         cache_dir: where the cache files go; default ``$XDG_CACHE_HOME/lightning_kd`` (``~/.cache/lightning_kd``).
+        predict_dir: a folder of images to label (no class subfolders): ``predict`` runs on it instead of
+            the test split, decoded as the training images are (size, channels, normalization).
         **kwargs: see :class:`~lightning_kd.datamodules.base.InMemoryDataModule` (here ``pad: 0``,
             ``flip: false`` by default).
     """
@@ -191,9 +212,15 @@ class ImageFolderDataModule(InMemoryDataModule):
     def __init__(self, root: str, train_dir: str = "train", val_dir: Optional[str] = None, test_dir: str = "test",
                  val_fraction: float = 0.1, split_seed: int = 0, image_size: Optional[int] = None,
                  channels: Optional[int] = None, decode_threads: int = 8, cache: bool = True,
-                 cache_dir: Optional[str] = None, pad: int = 0, flip: bool = False, **kwargs):
+                 cache_dir: Optional[str] = None, predict_dir: Optional[str] = None, pad: int = 0,
+                 flip: bool = False, **kwargs):
         super().__init__(pad=pad, flip=flip, **kwargs)
         self.root = Path(root)
+        self.predict_dir = None if predict_dir is None else Path(predict_dir)
+        if self.predict_dir is not None and not self.predict_dir.is_dir():
+            raise FileNotFoundError(f"ImageFolderDataModule: predict_dir {str(self.predict_dir)!r} does not exist: "
+                                    f"give a folder of the images to label.")
+        self.files: dict[Path, list[Path]] = {}  # each decoded folder's image files, in the order of its tensors
         self.split_dirs = {"train": train_dir, "val": val_dir or train_dir, "test": test_dir}
         for split, name in self.split_dirs.items():
             if not (self.root / name).is_dir():
@@ -268,6 +295,7 @@ class ImageFolderDataModule(InMemoryDataModule):
 
     def _load_split(self, split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         items = list_images(split_dir, self.classes)
+        self.files[split_dir] = [f for f, _ in items]
         if self.cache:
             decode = {"image_size": self.image_size, "channels": self.channels, "version": DECODE_VERSION}
             key = fingerprint(split_dir, items, self.classes, decode)
@@ -275,11 +303,27 @@ class ImageFolderDataModule(InMemoryDataModule):
             cached = load_cache(path, key, (len(items), *self.input_shape))
             if cached is not None:
                 return cached
-        with ThreadPoolExecutor(self.decode_threads) as pool:
-            decoding = pool.map(self._decode, (f for f, _ in items))
-            images = list(tqdm(decoding, total=len(items), desc=f"decoding {split_dir}",
-                               unit="img", disable=len(items) < 5000))
-        images, labels = torch.stack(images), torch.tensor([c for _, c in items], dtype=torch.long)
+        images, labels = self._decode_all([f for f, _ in items], split_dir), torch.tensor([c for _, c in items])
         if self.cache:
             save_cache(path, key, images, labels, self.classes)
         return images, labels
+
+    def _decode_all(self, files: list[Path], folder: Path) -> torch.Tensor:
+        with ThreadPoolExecutor(self.decode_threads) as pool:
+            decoding = pool.map(self._decode, files)
+            return torch.stack(list(tqdm(decoding, total=len(files), desc=f"decoding {folder}", unit="img",
+                                         disable=len(files) < 5000)))
+
+    def predict_dataloader(self):
+        if self.predict_dir is None:
+            return super().predict_dataloader()
+        if "predict" not in self.splits:  # decoded when asked (not cached): a folder to label changes often
+            files = list_unlabelled(self.predict_dir)
+            self.files[self.predict_dir] = files
+            self.splits["predict"] = (self._decode_all(files, self.predict_dir), torch.full((len(files),), -1))
+        return self._loader("predict", False)
+
+    def predict_names(self) -> list[str]:
+        """The files ``predict`` labels, in its order: those of ``predict_dir``, else of the test split."""
+        folder = self.predict_dir if self.predict_dir is not None else self.root / self.split_dirs["test"]
+        return [str(f) for f in self.files[folder]]

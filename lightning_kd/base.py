@@ -18,15 +18,17 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.batch import Batch, check_data_needs
 from lightning_kd.callbacks import FiniteCheck, guarantees
-from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
+from lightning_kd.checkpoints import WeightsMismatchError, load_checkpoint_file, save_repdistiller
+from lightning_kd.export import export, preprocessing
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
-from lightning_kd.models import build_network
+from lightning_kd.models import build_network, is_pretrained
 from lightning_kd.resume import TEACHER_FILES, check_loaded_resume, check_teacher_files
 from lightning_kd.schedules import check_schedule, fit_to_run, warmup_scale
 from lightning_kd.teacher import FrozenTeacher
 from lightning_kd.trust import check_class_paths, named_by_user, reading
 
 NetSpec = Union[str, dict[str, Any]]
+DEFAULT_SHAPE = {"num_classes": 10, "input_shape": (3, 32, 32)}  # what a module given neither is built for
 
 
 def accuracy(num_classes: int, top_k: int = 1) -> MulticlassAccuracy:
@@ -48,7 +50,10 @@ class StudentModule(pl.LightningModule):
     Args:
         student: the network: a name from ``lightning_kd.models.MODELS``, a dotted path to any
             constructor (``torchvision.models.resnet18``), or ``{"name": ..., **kwargs}``.
-        num_classes, input_shape: classes and ``(C, H, W)`` of the data (the CLI links them from it).
+        num_classes, input_shape: classes and ``(C, H, W)`` of the data: pass the datamodule's
+            (``num_classes=dm.num_classes, input_shape=dm.input_shape``; the CLI links them from it). Not
+            given, the networks are built for 10 classes of (3, 32, 32) images, and data of another shape
+            is refused when the fit starts, naming them.
         optimizer: optimizer factory over the trainable parameters (default SGD lr 0.05, momentum
             0.9, weight decay 5e-4, the CIFAR KD recipe).
         lr_scheduler: LR scheduler factory, stepped once per epoch; those of :mod:`lightning_kd.schedules`
@@ -69,18 +74,25 @@ class StudentModule(pl.LightningModule):
     #: By need, the method's own way to do without it, shown when the data cannot give it.
     data_hints: dict[str, str] = {}
 
-    def __init__(self, student: NetSpec, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
+    def __init__(self, student: NetSpec, num_classes: Optional[int] = None,
+                 input_shape: Optional[tuple[int, int, int]] = None,
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  channels_last: bool = False, compile: bool = False,
                  check_finite_every_n_steps: Optional[int] = None):
         super().__init__()
         self.finite_check = FiniteCheck(check_finite_every_n_steps)  # checks the interval now
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.num_classes = int(num_classes)
-        self.input_shape = tuple(int(v) for v in input_shape)
+        #: num_classes / input_shape left out (built for DEFAULT_SHAPE): named in the errors of data that differs.
+        self.not_given = [k for k, v in (("num_classes", num_classes), ("input_shape", input_shape)) if v is None]
+        self.num_classes = int(DEFAULT_SHAPE["num_classes"] if num_classes is None else num_classes)
+        self.input_shape = tuple(int(v) for v in (DEFAULT_SHAPE["input_shape"] if input_shape is None else input_shape))
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.channels_last, self.compile_networks = channels_last, compile
+        self.student_spec = student
         self.student = build_network(student, self.num_classes, self.input_shape[0])
+        #: The datamodule's normalization, image size, channels and class names (lightning_kd.export),
+        #: recorded at setup and kept in checkpoints, for the export.
+        self.preprocessing: Optional[dict[str, Any]] = None
         self.student_hooks: Optional[FeatureHooks] = None
         self.loss_weights: dict[str, float] = {"ce": 1.0}
         #: Term-weight schedules: ``{term: fraction}`` ramps the term's weight linearly over that fraction of
@@ -178,6 +190,7 @@ class StudentModule(pl.LightningModule):
         self.check_data_fits()
         if stage == "fit":
             check_data_needs(type(self).__name__, self.data_needs, self.trainer.datamodule, self.data_hints)
+        self.preprocessing = preprocessing(self.trainer.datamodule) or self.preprocessing
         if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
             raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
                              f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
@@ -200,9 +213,14 @@ class StudentModule(pl.LightningModule):
         for attr in ("num_classes", "input_shape"):
             want, got = getattr(self, attr), getattr(data, attr, None)
             if got is not None and (tuple(got) if attr == "input_shape" else got) != want:
-                raise ValueError(f"the model was built for {attr}={want}, but {type(data).__name__} has "
-                                 f"{attr}={got}: build the model with the datamodule's value (the CLI "
-                                 f"links it for you).")
+                raise ValueError(f"the model was built for {attr}={want}{self.default_note()}, but "
+                                 f"{type(data).__name__} has {attr}={got}: build the model with the datamodule's "
+                                 f"value ({type(self).__name__}(..., num_classes=data.num_classes, input_shape="
+                                 f"data.input_shape); the CLI links them for you).")
+
+    def default_note(self) -> str:
+        """' (the default: num_classes and input_shape were not given)' where they were left out."""
+        return f" (the default: {' and '.join(self.not_given)} not given)" if self.not_given else ""
 
     def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
         """The student's output of an evaluation batch (and the teacher's, in DistillationModule)."""
@@ -231,7 +249,12 @@ class StudentModule(pl.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(1)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.preprocessing is not None:
+            checkpoint["preprocessing"] = self.preprocessing
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.preprocessing = checkpoint.get("preprocessing", self.preprocessing)
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":  # a resume continues its run (lightning_kd.resume)
             check_loaded_resume(checkpoint, self, trainer.ckpt_path)
@@ -254,21 +277,43 @@ class StudentModule(pl.LightningModule):
         return {name: module for name, module in self.named_children() if name not in ("student", "teacher")
                 and any(p.requires_grad for p in module.parameters())}
 
-    def export_student(self, path: str, repdistiller: bool = False, adapters: bool = False) -> None:
-        """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as
-        the CRD code saves a network (``{"model": state_dict}`` under its names), which RepDistiller's and
-        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`).
-        With ``adapters``, ``{"student": state_dict, "adapters": {name: state_dict}}`` (:meth:`adapters`)."""
+    def export_student(self, path: str, repdistiller: bool = False, datamodule: Any = None,
+                       adapters: bool = False) -> dict[str, str]:
+        """Write the student for use without this library: ``path``, a plain state_dict that loads into its
+        architecture; ``<stem>.json``, its preprocessing and classes (mean, std, image size, channels, class
+        names, the network spec); ``<stem>.torchscript.pt`` and ``<stem>.onnx`` (the ``export`` extra),
+        which take images on the [0, 1] scale and return class probabilities (:mod:`lightning_kd.export`).
+        The preprocessing is the fit's (kept in its checkpoints) or ``datamodule``'s (after its setup).
+        With ``adapters``, also ``<stem>.adapters.pt``: ``{name: state_dict}`` of :meth:`adapters` (left out
+        otherwise). Returns {form: file}. With ``repdistiller``, only the network as the CRD code saves one
+        (``{"model": state_dict}`` under its names), which RepDistiller's and mdistiller's scripts load
+        (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
         if repdistiller and adapters:
             raise ValueError("export_student: RepDistiller's format holds one network; export the adapters "
                              "without repdistiller=True.")
         if repdistiller:
             save_repdistiller(self.student, path)
-        elif adapters:
-            torch.save({"student": self.student.state_dict(),
-                        "adapters": {name: m.state_dict() for name, m in self.adapters().items()}}, path)
-        else:
-            torch.save(self.student.state_dict(), path)
+            return {"repdistiller": str(path)}
+        prep = preprocessing(datamodule) if datamodule is not None else self.preprocessing
+        if prep is None:
+            raise ValueError(f"{type(self).__name__} has no record of its data's preprocessing (mean, std, size, "
+                             f"classes): export from a checkpoint of a fit, or pass datamodule= (after its setup).")
+        spec = self.student_spec
+        if is_pretrained(spec):  # the architecture without fetching the published weights again
+            spec = {**spec, **{k: None if k == "weights" else False for k in ("weights", "pretrained") if k in spec}}
+        net = build_network(spec, self.num_classes, self.input_shape[0])
+        net.load_state_dict(self.student.state_dict())
+        try:
+            import onnx  # noqa: F401 - torch's exporter needs it
+        except ImportError:
+            onnx = None
+            print("export: no ONNX file (pip install 'lightning_kd[export]' installs onnx and onnxruntime)")
+        files = export(net.eval(), self.student_spec, prep, path, onnx=onnx is not None)
+        if adapters:
+            files["adapters"] = str(Path(path).with_suffix(".adapters.pt"))
+            torch.save({name: m.state_dict() for name, m in self.adapters().items()}, files["adapters"])
+        print("export: " + ", ".join(f"{form} {file}" for form, file in files.items()), flush=True)
+        return files
 
 
 class DistillationModule(StudentModule):
@@ -306,7 +351,14 @@ class DistillationModule(StudentModule):
         if teacher is None:
             raise ValueError(f"{type(self).__name__} distills from a teacher: set `teacher` (the network spec) and "
                              f"`teacher_ckpt` (its trained weights, e.g. best.ckpt of a Supervised run).")
-        self.teacher = FrozenTeacher(teacher, teacher_ckpt, self.num_classes, self.input_shape[0])
+        try:
+            self.teacher = FrozenTeacher(teacher, teacher_ckpt, self.num_classes, self.input_shape[0])
+        except WeightsMismatchError as err:
+            if not self.not_given:
+                raise
+            raise ValueError(f"{err} The networks were built for num_classes={self.num_classes}, input_shape="
+                             f"{self.input_shape}{self.default_note()}: pass the data's, {type(self).__name__}("
+                             f"..., num_classes=data.num_classes, input_shape=data.input_shape).") from err
         self.cache_teacher_outputs = cache_teacher_outputs
         self.teacher_acc, self.agreement = accuracy(self.num_classes), accuracy(self.num_classes)
 

@@ -31,6 +31,10 @@ FILE_KINDS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8
               b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip archive"}
 
 
+class WeightsMismatchError(ValueError):
+    """A weights file whose tensors do not fit the network built for it (keys, shapes or classes)."""
+
+
 class UnsafeCheckpointError(RuntimeError):
     """The file holds objects other than tensors and plain containers, so it was not loaded."""
 
@@ -142,17 +146,17 @@ def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "che
         parts = [f"{len(missing)} of its {len(expected)} tensors are missing (e.g. {missing[:3]})" if missing else "",
                  f"{len(unexpected)} tensors are not in it (e.g. {unexpected[:3]})" if unexpected else ""]
         naming = " (a file of the CRD code, RepDistiller/mdistiller, named as there)" if in_their_names else ""
-        raise ValueError(f"{what} {str(path)!r}{naming} does not fit {network}: " + "; ".join(p for p in parts if p)
+        raise WeightsMismatchError(f"{what} {str(path)!r}{naming} does not fit {network}: " + "; ".join(p for p in parts if p)
                          + f". Is it a checkpoint of {cause} Check the network spec against the checkpoint.")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         head = classifier_key(expected)
         if head in {k for k, _, _ in wrong} and state[head].shape[0] != expected[head].shape[0]:
-            raise ValueError(
+            raise WeightsMismatchError(
                 f"{what} {str(path)!r} has a classifier with {state[head].shape[0]} outputs, but the data "
                 f"has num_classes={expected[head].shape[0]}. Use a teacher trained on this dataset.")
-        raise ValueError(
+        raise WeightsMismatchError(
             f"{what} {str(path)!r} does not fit {network}: shape mismatch in "
             f"{len(wrong)} tensors, e.g. " + "; ".join(f"{name(k)}: file {a} vs model {b}" for k, a, b in wrong[:3])
             + ". Is it a checkpoint of another architecture or width?")

@@ -223,6 +223,7 @@ class MutualLearning(StudentModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         self.placement.gather_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -125,3 +125,18 @@ def test_a_checkpoints_cuda_generator_state_is_restored_onto_this_processs_devic
     older = dict(states, cuda=[saved, torch.tensor([9, 9], dtype=torch.uint8)])
     rng.restore_rng_states(older)
     assert [(state.tolist(), device) for state, device in restored] == [([1, 2], "cuda"), ([1, 2], "cuda")]
+
+
+def test_shapes_left_out_are_named_in_the_errors_of_data_of_another_shape(supervised_ckpt, tmp_path):
+    """A plain Trainer.fit: a module built without num_classes/input_shape meets data of another shape. The
+    digits teacher file fits only a 1-channel network: its error says the shapes were not given and how to give
+    them; a student-only module is refused at setup the same way, before a step."""
+    path, _ = supervised_ckpt
+    with pytest.raises(ValueError, match=r"input_shape not given\): pass the data's, KD\(\.\.\., "
+                                         r"num_classes=data.num_classes, input_shape=data.input_shape\)"):
+        KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path))
+    model = Supervised(student=STUDENT)
+    with pytest.raises(ValueError, match=r"input_shape=\(3, 32, 32\) \(the default: num_classes and input_shape "
+                                         r"not given\), but DigitsDataModule has input_shape=\(1, 8, 8\)"):
+        trainer(tmp_path).fit(model, DigitsDataModule())
+    assert all(p.grad is None for p in model.parameters())  # refused before the first step

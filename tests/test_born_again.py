@@ -124,7 +124,7 @@ def test_cli_test_and_predict_score_the_mean_probabilities(tmp_path, capsys):
     make_cli(["predict", *args])
     with open(tmp_path / "ens" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    got = torch.tensor([[float(r[f"p{c}"]) for c in range(10)] for r in rows], dtype=torch.float64)
+    got = torch.tensor([[float(r[f"p_{c}"]) for c in range(10)] for r in rows], dtype=torch.float64)
     assert torch.allclose(got, expected, atol=2e-6)  # the file keeps 6 significant digits
     assert [int(r["label"]) for r in rows] == y.tolist()
 

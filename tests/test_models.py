@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 
 import pytest
@@ -133,10 +134,53 @@ def test_unimportable_dotted_path():
         build_network("torchvision.models.not_a_net", num_classes=10)
 
 
-def test_non_rgb_input_to_torchvision_net_is_rejected():
-    with pytest.raises(ValueError, match="3-channel") as info:
+def test_greyscale_into_a_3_channel_torchvision_net_is_replicated_and_said_once(caplog, monkeypatch):
+    import torchvision
+
+    from lightning_kd.models import inputs
+
+    monkeypatch.setattr(inputs, "_SAID", set())
+    with caplog.at_level(logging.INFO):
+        grey = build_network("torchvision.models.resnet18", num_classes=10, in_channels=1).eval()
         build_network("torchvision.models.resnet18", num_classes=10, in_channels=1)
-    assert "torchvision.models.resnet18" in str(info.value)
+    said = [r.getMessage() for r in caplog.records if "replicated" in r.getMessage()]
+    assert len(said) == 1 and "--data.channels 3" in said[0]
+    plain = torchvision.models.resnet18(num_classes=10).eval()
+    assert plain.load_state_dict(grey.state_dict()) is not None  # same keys and shapes: no wrapper
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(grey(x), plain(torch.cat([x, x, x], 1)))
+
+
+def test_other_channel_counts_into_a_torchvision_net_name_the_rgb_option():
+    with pytest.raises(ValueError, match="3-channel") as info:
+        build_network("torchvision.models.resnet18", num_classes=10, in_channels=2)
+    assert "torchvision.models.resnet18" in str(info.value) and "--data.channels 3" in str(info.value)
+
+
+def test_published_weights_offline_are_one_line_naming_the_file_folder_and_weights_null(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import urllib.error
+
+    import torchvision
+
+    from lightning_kd.cli import main
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data", "DigitsDataModule", "--model", "Supervised", "--trainer.logger", "false",
+              "--model.init_args.student", "{name: torchvision.models.resnet18, weights: IMAGENET1K_V1}",
+              f"--checkpoint.dirpath={tmp_path / 'run'}"])
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    error = [line for line in lines if line.startswith("lightning-kd: ")]
+    assert len(error) == 1 and "Traceback" not in "".join(lines), lines
+    file = Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
+    assert file in error[0] and str(tmp_path / "torch" / "hub" / "checkpoints") in error[0]
+    assert "weights: null" in error[0]
 
 
 def test_dict_without_name_is_rejected():

@@ -101,7 +101,7 @@ def test_cli_test_and_predict_score_their_checkpoint(tmp_path):
     make_cli(["predict", *args])
     with open(tmp_path / "scored" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    got = torch.tensor([[float(r[f"p{c}"]) for c in range(100)] for r in rows], dtype=torch.float64)
+    got = torch.tensor([[float(r[f"p_{c}"]) for c in range(100)] for r in rows], dtype=torch.float64)
     assert torch.allclose(got, expected, atol=2e-6)  # the file keeps 6 significant digits
     cli = make_cli(["test", *args])
     assert float(cli.trainer.callback_metrics["test/acc"]) == pytest.approx(float((y == y[0]).double().mean()))

@@ -23,6 +23,7 @@ from torch import nn
 from lightning_kd.trust import check_arguments, check_constructor, check_name
 
 from .ensemble import CheckpointEnsemble
+from .inputs import build_published, replicate_grey
 from .mobilenetv2 import MobileNetV2, mobilenetv2
 from .resnet import (BasicBlock, BottleneckResNet, CifarResNet, ResNet50, resnet8x4, resnet20, resnet32, resnet32x4,
                      resnet56, resnet110)
@@ -131,15 +132,16 @@ def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int
             weights (:func:`is_pretrained`) the network is built with its own head, which is replaced
             by a fresh ``nn.Linear`` of ``num_classes`` outputs when the sizes differ.
         in_channels: Number of input channels, passed as ``in_channels=`` only if the
-            constructor's signature has that parameter.
+            constructor's signature has that parameter; 1 (greyscale) into a constructor without it
+            (torchvision's) is replicated to its 3 channels in front of the network.
 
     Returns:
         The constructed module.
 
     Raises:
         ValueError: For an unknown name, an unimportable path, a dict without ``"name"``,
-            conflicting ``num_classes``/``in_channels`` in the dict, or ``in_channels != 3``
-            for a constructor that cannot take it.
+            conflicting ``num_classes``/``in_channels`` in the dict, ``in_channels`` other than 1
+            or 3 for a constructor that cannot take it, or published weights neither cached nor downloadable.
         TypeError: If ``spec`` has the wrong type or the constructor does not return a module.
     """
     if isinstance(spec, dict):
@@ -160,22 +162,27 @@ def build_network(spec: str | dict[str, Any], num_classes: int, in_channels: int
 
     constructor = _resolve(name)
     check_arguments(name, kwargs)
+    replicate = False
     if _accepts_in_channels(constructor):
         kwargs["in_channels"] = in_channels
+    elif in_channels == 1:
+        replicate = True  # greyscale data into a 3-channel network: the channel is replicated
     elif in_channels != 3:
         raise ValueError(
             f"Network {name!r} has no `in_channels` parameter: it only takes 3-channel input, "
-            f"but in_channels={in_channels} was requested."
+            f"but in_channels={in_channels} was requested: decode the images as RGB (--data.channels 3)."
         )
     if not is_pretrained(kwargs):
         model = constructor(num_classes=num_classes, **kwargs)
     else:  # the published weights fix the head's size: build it so, then fit the head to the data
-        model = constructor(**kwargs)
+        model = build_published(constructor, name, kwargs)
         if output_classes(model) != num_classes:
             replace_head(model, num_classes)
             model.new_head = True  # read by FrozenTeacher: a teacher with an untrained head needs teacher_ckpt
     if not isinstance(model, nn.Module):
         raise TypeError(f"Network {name!r} returned {type(model).__name__}, not an nn.Module")
+    if replicate:
+        replicate_grey(model, name)
     return model
 
 
