@@ -453,6 +453,13 @@ CASES = [
      lambda e: e.kd(check_finite_every_n_steps=0)),
     ("batch-too-small-for-rkd-angle", ValueError, r"RKD angle loss needs at least 3 samples",
      lambda e: e.fit(build_method("RKD", e.teacher), DigitsDataModule(batch_size=2))),
+    ("crd-bank-larger-than-the-data", ValueError, r"CRD draws 16384 negatives per sample, and the training set has "
+     r"1257 samples: set model.init_args.negatives below 1257",
+     lambda e: e.fit(build_method("CRD", e.teacher, negatives=16384), DigitsDataModule(batch_size=16))),
+    ("crd-on-dataloaders-without-indices", ValueError, r"CRD needs the training data's \['index', 'train_size', "
+     r"'train_labels'\]: pass a lightning_kd datamodule",
+     lambda e: quick_trainer(e.tmp).fit(build_method("CRD", e.teacher), train_dataloaders=[(torch.zeros(2, 1, 8, 8),
+                                                                                          torch.zeros(2).long())])),
     # non-finite weights never reach disk
     ("weights-diverge-before-a-checkpoint", FloatingPointError,
      r"refused to write a checkpoint at epoch \d+, global step \d+: \d+ of its \d+ tensors hold NaN/Inf.*the weights "

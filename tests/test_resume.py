@@ -102,6 +102,25 @@ def test_a_resume_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path):
     assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
 
 
+# CRD: a memory bank, embedding heads and draws of its own; ReviewKD: fusion modules and a weight warm-up
+# (over both epochs here: round(0.75 * 2) = 2).
+@pytest.mark.parametrize("config, extra, added", [("crd.yaml", ("--model.init_args.negatives=64",), ("memory.", "embed_student.")),
+                                                  ("reviewkd.yaml", ("--model.init_args.warmup=0.75",), ("fusion.",))])
+def test_a_method_with_state_of_its_own_resumed_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path, config, extra,
+                                                                                     added):
+    """The same kill and resume for methods with per-sample state, extra trainable modules, random draws or
+    weight schedules of their own: the module's state (a bank included), optimizer and schedule end equal."""
+    mid_epoch = ("--trainer.limit_train_batches=6", "--trainer.val_check_interval=0.5", *extra)
+    full = kd_cli("full", 2, *mid_epoch, config=config)
+    with pytest.raises(Interrupted):
+        kd_cli("half", 2, *mid_epoch, '--trainer.callbacks=[{"class_path": "helpers.KillAtStep", '
+                                      '"init_args": {"step": 9}}]', config=config)
+    resumed = kd_cli("half", 2, *mid_epoch, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1",
+                     config=config)
+    assert all(any(k.startswith(prefix) for k in resumed.model.state_dict()) for prefix in added)
+    assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
+
+
 def test_a_moved_teacher_file_is_followed_by_a_resume_and_a_test(kd_cli, tmp_path):
     kd_cli("run", 2, "--trainer.max_steps=3")
     moved = tmp_path / "moved" / "teacher.pt"

@@ -19,8 +19,9 @@ import csv
 import itertools
 from pathlib import Path
 
+from lightning_kd.tools.dashboards import log_table, wandb_group
 from lightning_kd.tools.report import mean_std
-from lightning_kd.tools.runner import best_checkpoint, build
+from lightning_kd.tools.runner import best_checkpoint, build, finish_wandb
 from lightning_kd.tools.scheduling import in_order
 
 
@@ -64,6 +65,7 @@ def best_val_acc(config: str, overrides: list[str]) -> float:
     """Fit ``config`` and return the best monitored validation score (``val/acc``); no test."""
     cli = build(config, *overrides)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    finish_wandb(cli.trainer)
     score = best_checkpoint(cli.trainer).best_model_score
     if score is None:
         raise ValueError(f"{config}: the run recorded no validation score; a sweep needs a validation split.")
@@ -80,6 +82,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra CLI override for every run, e.g. --override=--trainer.max_epochs=10")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--wandb", action="store_true",
+                        help="keep the config's wandb logger: the runs in one group, the table as a wandb Table")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}.")
@@ -89,16 +93,18 @@ def main(argv=None) -> list[dict]:
         for seed in args.seeds:
             folder = args.run_dir / setting_name(setting).replace(" ", "_") / f"seed{seed}"
             overrides = [*setting_args(setting), f"--seed_everything={seed}", f"--checkpoint.dirpath={folder}",
-                         "--overwrite=true", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                         "--summary=false", *args.override]
+                         "--overwrite=true", "--trainer.enable_progress_bar=false", "--summary=false",
+                         *([] if args.wandb else ["--trainer.logger=false"]), *args.override]
             runs.append({"setting": setting_name(setting), "seed": seed, "overrides": overrides})
 
     check_settings(args.config, runs)
-    scores = in_order(scored, [(args.config, run["overrides"]) for run in runs], args.jobs)
-    for run, (val_acc, error) in zip(runs, scores):
-        run["val_acc"], run["error"] = val_acc, error
-        result = f"failed: {error}" if error else f"best val top-1 {100 * val_acc:.2f}%"
-        print(f"[sweep] {run['setting']} seed {run['seed']}: {result}", flush=True)
+    group = f"sweep {Path(args.config).stem} {' x '.join(keys for keys, _ in (s[0] for s in args.set))}"
+    with wandb_group(group, args.wandb):
+        scores = in_order(scored, [(args.config, run["overrides"]) for run in runs], args.jobs)
+        for run, (val_acc, error) in zip(runs, scores):
+            run["val_acc"], run["error"] = val_acc, error
+            result = f"failed: {error}" if error else f"best val top-1 {100 * val_acc:.2f}%"
+            print(f"[sweep] {run['setting']} seed {run['seed']}: {result}", flush=True)
 
     args.run_dir.mkdir(parents=True, exist_ok=True)
     with open(args.run_dir / "sweep.csv", "w", newline="") as f:
@@ -113,6 +119,9 @@ def main(argv=None) -> list[dict]:
         print(f"  {name:40s} {mean:6.2f} +- {std:.2f}")
     if summary:
         print(f"highest mean: {max(summary, key=lambda n: summary[n][0])}")
+    if args.wandb:
+        log_table(group, "sweep", ["setting", "best val top-1 mean", "std", "seeds"],
+                  [[name, mean, std, len(args.seeds)] for name, (mean, std) in summary.items()])
     failed = [f"{run['setting']} seed {run['seed']}" for run in runs if run["error"]]
     if failed:
         raise SystemExit(f"sweep: {len(failed)} run(s) failed ({', '.join(failed)}); the finished ones are in "
