@@ -16,6 +16,9 @@ from lightning_kd.tools.report import REPDISTILLER_CIFAR100, markdown_table, mea
 from lightning_kd.tools.results import discover_configs
 from lightning_kd.tools.runner import data_overrides
 from lightning_kd.tools.results import main as results_main
+from lightning_kd.tools.results import parse_args as results_parse_args
+from lightning_kd.tools.born_again import parse_args as born_again_parse_args
+import lightning_kd.configs
 
 
 def test_network_name():
@@ -72,6 +75,20 @@ def test_discover_configs_needs_one_teacher(tmp_path):
     (tmp_path / "baseline.yaml").write_text("{}")
     with pytest.raises(ValueError, match="teacher"):
         discover_configs(tmp_path)
+
+
+@pytest.mark.parametrize("tool", ["results", "born_again"])
+def test_the_tools_find_the_shipped_configs_from_any_directory(tmp_path, monkeypatch, tool):
+    parse_args = {"results": results_parse_args, "born_again": born_again_parse_args}[tool]
+    folder = {"results": "quickstart", "born_again": "ban_digits"}[tool]
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(lightning_kd.configs.__file__).parent / folder
+    assert parse_args(["--configs", f"configs/{folder}"]).configs == shipped
+    assert parse_args(["--configs", folder]).configs == shipped
+    (tmp_path / "configs" / folder).mkdir(parents=True)  # a folder of that name here comes first, as with fit -c
+    assert parse_args(["--configs", f"configs/{folder}"]).configs == Path("configs") / folder
+    with pytest.raises(SystemExit):
+        parse_args(["--configs", "configs/no_such_folder"])
 
 
 def test_tiny_end_to_end_run_writes_report_and_png(tmp_path, capsys):

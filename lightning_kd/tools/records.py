@@ -15,6 +15,7 @@ from typing import Optional
 
 import yaml
 
+from lightning_kd import naming
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test, resolve
 
@@ -45,14 +46,7 @@ class Run:
 
 def network_name(cfg: dict) -> str:
     """The trained network of a resolved config, compactly: ``small_cnn(width=4)``; peer 0 for mutual learning."""
-    init_args = cfg["model"].get("init_args") or {}
-    peers = init_args.get("peers")
-    spec = peers[0] if peers else init_args.get("student", "?")
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        name = spec.pop("name", "?")
-        spec = f"{name}({', '.join(f'{k}={v}' for k, v in spec.items())})" if spec else name
-    return f"{spec}, peer 0 of {len(peers)}" if peers else str(spec)
+    return naming.network_name(cfg["model"].get("init_args") or {})
 
 
 def student_spec(cfg: dict):

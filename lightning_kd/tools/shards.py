@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from lightning_kd.datamodules.image_folder import PIL_FORMATS, class_folders, fingerprint, list_images, to_8bit
 from lightning_kd.datamodules.streaming import META_FILE, SHARD_FORMAT, litdata
+from lightning_kd.processes import ending_its_processes
 
 # What a conversion writes in a split folder (litdata's index, chunks and resume checkpoints).
 OWN_FILE = re.compile(r"(\d+-)?index\.json|chunk-[\d-]+\.bin|\.checkpoints/[^/]+\.json")
@@ -154,8 +155,10 @@ def convert_tree(root: str, out: str, splits: Sequence[str] = ("train", "val"), 
         inputs = [[str(f), label, i] for i, (f, label) in enumerate(items)]
         print(f"{split}: {'resuming' if resume else 'converting'} {len(inputs)} images of {len(classes)} classes "
               f"into {out_dir / split} ({workers} workers)")
-        litdata().optimize(fn=read_sample, inputs=inputs, output_dir=str(out_dir / split), chunk_bytes=chunk_bytes,
-                           num_workers=workers, use_checkpoint=True, reorder_files=False, verbose=True)
+        with ending_its_processes():  # a failed conversion leaves litdata's workers' helpers running
+            litdata().optimize(fn=read_sample, inputs=inputs, output_dir=str(out_dir / split),
+                               chunk_bytes=chunk_bytes, num_workers=workers, use_checkpoint=True, reorder_files=False,
+                               verbose=True)
         meta["splits"][split] = {"count": len(inputs), "fingerprint": key}
         del pending[split]
         write_meta(meta_path, meta)

@@ -138,6 +138,17 @@ class KillAtStep(pl.Callback):
             raise Interrupted(f"killed at global step {self.step}")
 
 
+class SaveAfterBatches(pl.Callback):
+    """Saves ``<folder>/batch<i>.ckpt`` after each training batch ``i`` of ``batches`` (epoch 0)."""
+
+    def __init__(self, folder, batches):
+        self.folder, self.batches = folder, batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx in self.batches:
+            trainer.save_checkpoint(self.folder / f"batch{batch_idx}.ckpt")
+
+
 class RecordLR(pl.Callback):
     """The learning rate every training epoch starts with, by epoch (``RecordLR.seen``, a class attribute,
     so that a test can read what a callback built by the CLI saw)."""
