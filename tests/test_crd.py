@@ -13,15 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import build_method, fit_tiny_mlps_on_two_processes, run_ddp_script, trainer as quick_trainer
+from helpers import (build_method, fit_tiny_mlps_on_two_processes, png_bytes, run_ddp_script, trainer as quick_trainer,
+                     write_shards)
 from helpers.nets import tiny_mlp
 from lightning_kd.batch import Batch
 from lightning_kd.comparison_parts import ContrastMemory, ContrastSampler, EmbedHead
-from lightning_kd.datamodules import DigitsDataModule
+from lightning_kd.datamodules import DigitsDataModule, StreamingImageDataModule
 from lightning_kd.losses import crd_nce_loss, kd_loss
 from lightning_kd.methods import CRD
 
@@ -96,6 +98,26 @@ def test_other_class_negatives_on_data_without_labels_are_refused_and_any_trains
     data = NoLabelsDigits(batch_size=8)
     quick_trainer(None).fit(model, datamodule=data)
     assert data.return_index and model.memory.num_samples == 1257 and model.trainer.global_step == 2
+
+
+class PlainData(pl.LightningDataModule):
+    """A datamodule of (x, y) batches that knows its size and labels but not how to give indices."""
+
+    train_size, train_labels = 32, torch.arange(32) % 10
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 1, 8, 8), self.train_labels), batch_size=8)
+
+
+def test_a_datamodule_that_cannot_give_indices_is_refused_and_the_library_ones_give_them(tiny_teacher, tmp_path):
+    message = refused(build_method("CRD", tiny_teacher, negatives=8), PlainData())
+    assert "CRD needs the samples' indices in every training batch, and PlainData cannot give them" in message
+    images = [png_bytes(color=(i, 0, 0)) for i in range(6)]
+    streamed = StreamingImageDataModule(write_shards(tmp_path / "shards", images), image_size=8, resize=8)
+    assert (streamed.train_size, streamed.train_labels) == (len(images), None)
+    digits = DigitsDataModule()
+    digits.setup("fit")
+    assert digits.train_size == len(digits.train_labels) == 1257 and not digits.return_index
 
 
 # ----------------------------------------------------------------------------- DDP = one process

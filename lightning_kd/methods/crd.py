@@ -126,7 +126,10 @@ class CRD(DistillationModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        rows = checkpoint["state_dict"]["memory.student_memory"].shape[0]
+        saved = checkpoint["state_dict"].get("memory.student_memory")
+        if saved is None:  # written before a fit set the memory up: nothing to size
+            return
+        rows = saved.shape[0]
         if self.memory is None:  # load_from_checkpoint: no data, the checkpoint's size
             self.build_memory(rows)
         elif self.memory.num_samples != rows:
