@@ -37,6 +37,7 @@ from typing import Sequence
 from lightning_kd.tools.options import (add_run_arguments, check_run_arguments, prepare_data_root,
                                         run_overrides)
 from lightning_kd.tools.dashboards import log_table, wandb_group
+from lightning_kd.tools.launch import add_launch_arguments, check_launch_arguments, pool
 from lightning_kd.tools.records import Run, checkpoint_dir, label, network_name, student_spec
 from lightning_kd.tools.report import plot_histories, summarize, write_report
 from lightning_kd.tools.runner import data_overrides, resolve
@@ -82,14 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="*", default=["*_tv_*", "*_peer_parallel.yaml"],
                         help="config file-name patterns to leave out (by default the torchvision student and the "
                              "peer-parallel twins of DML/IE-DML, which need 2+ GPUs)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once, each in its own process (several small runs share one GPU): the "
-                             "teacher beside the configs that need no teacher, then the others")
     add_run_arguments(parser)
+    add_launch_arguments(parser)  # --jobs, --launcher: the teacher beside the configs that need none, then the others
     args = parser.parse_args(argv)
     check_run_arguments(parser, args)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}.")
+    check_launch_arguments(parser, args)
     return args
 
 
@@ -138,7 +136,7 @@ def main(argv=None) -> list[Run]:
     teacher_job = ("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)
     group = f"table {args.out}"  # --wandb: the table's runs in one group
     with wandb_group(group, args.wandb):
-        runs = run_all(teacher_job, students, args.jobs, args.rerun)
+        runs = run_all(teacher_job, students, args.rerun, pool(args, args.run_dir))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot = args.out.with_suffix(".png")
     plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")
