@@ -1,8 +1,9 @@
 """The two base classes: :class:`StudentModule` (a network trained on labels) and :class:`DistillationModule`
 (a student plus a :class:`~lightning_kd.teacher.FrozenTeacher`). A step runs in one direction: teacher
-forward, student forward, then the method's ``distill_losses(student, teacher, batch) -> {name: loss}``,
-weighed by ``loss_weights`` and summed here. A method declares the layers it reads and never runs a
-forward or touches a hook itself."""
+forward, student forward, then the method's ``distill_losses(student, teacher, batch) -> {name: loss}``
+(``batch`` a :class:`~lightning_kd.batch.Batch`: ``x``, ``y``, ``index``), weighed by ``loss_weights`` and
+summed here. A method declares the layers it reads and what it needs of the data (``data_needs``) and never
+runs a forward or touches a hook itself."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +16,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_kd.batch import Batch, check_data_needs
 from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
@@ -55,7 +57,17 @@ class StudentModule(pl.LightningModule):
         compile: ``torch.compile`` the networks in place (keys and hooks unchanged); opt-in, as
             compiling takes tens of seconds.
         check_finite_every_n_steps: see :class:`~lightning_kd.callbacks.FiniteCheck`.
+
+    A method declares in ``data_needs`` what it needs of the training data (``index``, ``train_size``,
+    ``train_labels``: :mod:`lightning_kd.batch`); data that cannot give it is refused before training.
+    Modules it adds beside the student (heads, adapters) train with it and are exported only when asked
+    (:meth:`export_student`).
     """
+
+    #: What the method needs of the training data (see :data:`lightning_kd.batch.DATA_NEEDS`).
+    data_needs: tuple[str, ...] = ()
+    #: By need, the method's own way to do without it, shown when the data cannot give it.
+    data_hints: dict[str, str] = {}
 
     def __init__(self, student: NetSpec, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
@@ -79,9 +91,9 @@ class StudentModule(pl.LightningModule):
         self.val_acc, self.val_acc5 = accuracy(self.num_classes), accuracy(self.num_classes, 5)
         self.test_acc, self.test_acc5 = accuracy(self.num_classes), accuracy(self.num_classes, 5)
 
-    def student_losses(self, student: NetOutput, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    def student_losses(self, student: NetOutput, batch: Batch) -> dict[str, Tensor]:
         """Unweighted loss terms of one batch: here the cross-entropy with the labels."""
-        return {"ce": F.cross_entropy(student.logits, batch[1])}
+        return {"ce": F.cross_entropy(student.logits, batch.y)}
 
     def example_input(self, batch_size: int = 2) -> Tensor:
         """A zero batch of the data's input shape, to size adapters in ``__init__``."""
@@ -97,8 +109,8 @@ class StudentModule(pl.LightningModule):
         logits = self.student(x)
         return NetOutput(logits, {} if self.student_hooks is None else self.student_hooks.pop())
 
-    def unpack(self, batch) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """``(x, y, sample indices or None)``; ``x`` in the dtype of a "true" precision (``bf16-true``,
+    def unpack(self, batch) -> Batch:
+        """``Batch(x, y, sample indices or None)``; ``x`` in the dtype of a "true" precision (``bf16-true``,
         ``64-true``: Lightning converts the batch before the transfer, while it is still uint8, and the
         datamodules normalize to float32 after it) and in channels_last when asked."""
         x, y, *index = batch
@@ -107,14 +119,14 @@ class StudentModule(pl.LightningModule):
             x = trainer.precision_plugin.convert_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, index[0] if index else None
+        return Batch(x, y, index[0] if index else None)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
     def training_step(self, batch, batch_idx):
-        x, y, _ = self.unpack(batch)
-        return self.weighted_total(self.student_losses(self.student_forward(x), (x, y)), len(x))
+        batch = self.unpack(batch)
+        return self.weighted_total(self.student_losses(self.student_forward(batch.x), batch), len(batch.x))
 
     def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "",
                        scales: Optional[dict[str, Tensor]] = None) -> Tensor:
@@ -164,6 +176,8 @@ class StudentModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data_fits()
+        if stage == "fit":
+            check_data_needs(type(self).__name__, self.data_needs, self.trainer.datamodule, self.data_hints)
         if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
             raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
                              f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
@@ -234,12 +248,25 @@ class StudentModule(pl.LightningModule):
         with named_by_user(kwargs), reading(where):
             return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
 
-    def export_student(self, path: str, repdistiller: bool = False) -> None:
+    def adapters(self) -> dict[str, nn.Module]:
+        """The trainable modules the method adds beside the student (FitNet's regressor, CRD's heads,
+        ReviewKD's fusion), by attribute name: optimized with the student, exported only when asked."""
+        return {name: module for name, module in self.named_children() if name not in ("student", "teacher")
+                and any(p.requires_grad for p in module.parameters())}
+
+    def export_student(self, path: str, repdistiller: bool = False, adapters: bool = False) -> None:
         """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as
         the CRD code saves a network (``{"model": state_dict}`` under its names), which RepDistiller's and
-        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
+        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`).
+        With ``adapters``, ``{"student": state_dict, "adapters": {name: state_dict}}`` (:meth:`adapters`)."""
+        if repdistiller and adapters:
+            raise ValueError("export_student: RepDistiller's format holds one network; export the adapters "
+                             "without repdistiller=True.")
         if repdistiller:
             save_repdistiller(self.student, path)
+        elif adapters:
+            torch.save({"student": self.student.state_dict(),
+                        "adapters": {name: m.state_dict() for name, m in self.adapters().items()}}, path)
         else:
             torch.save(self.student.state_dict(), path)
 
@@ -284,7 +311,7 @@ class DistillationModule(StudentModule):
         self.teacher_acc, self.agreement = accuracy(self.num_classes), accuracy(self.num_classes)
 
     def distill_losses(self, student: Optional[NetOutput], teacher: Optional[NetOutput],
-                       batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+                       batch: Batch) -> dict[str, Tensor]:
         """Unweighted loss terms of one batch from the two outputs (logits and the watched features)."""
         raise NotImplementedError(f"{type(self).__name__} must implement distill_losses(student, teacher, batch)")
 
@@ -299,12 +326,12 @@ class DistillationModule(StudentModule):
         return self.watch_student(student), self.teacher(self.example_input()).features
 
     def training_step(self, batch, batch_idx):
-        x, y, index = self.unpack(batch)
+        batch = self.unpack(batch)
         runs_teacher, runs_student = self.forwards()
-        teacher = self.teacher(x, index) if runs_teacher else None
-        student = self.student_forward(x) if runs_student else None
-        losses = self.distill_losses(student, teacher, (x, y))
-        return self.weighted_total(losses, len(x), scales=self.balance_scales(losses))
+        teacher = self.teacher(batch.x, batch.index) if runs_teacher else None
+        student = self.student_forward(batch.x) if runs_student else None
+        losses = self.distill_losses(student, teacher, batch)
+        return self.weighted_total(losses, len(batch.x), scales=self.balance_scales(losses))
 
     def balance_scales(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """Detached factors that bring every term whose weighted size exceeds ``balance`` x the weighted

@@ -93,6 +93,23 @@ def check_teacher_files(recorded: dict, current: dict, where: str) -> None:
                 f"run without ckpt_path.")
 
 
+#: Where a checkpoint records the training batches whose gradients were still accumulating when it was written.
+ACCUMULATED = "lightning_kd_accumulated_batches"
+
+
+def check_accumulation(checkpoint: dict, accumulate_grad_batches: int, ckpt_path) -> None:
+    """Refuse to resume a fit from a checkpoint written in the middle of a gradient accumulation: the accumulated
+    gradients are in no checkpoint, so the resumed run's next step would use fewer batches than the run's."""
+    pending = checkpoint.get(ACCUMULATED, 0)
+    if pending:
+        raise ValueError(
+            f"ckpt_path {str(ckpt_path)!r} was written in the middle of a gradient accumulation ({pending} batch(es) "
+            f"of accumulate_grad_batches={accumulate_grad_batches} waiting for the optimizer step; their gradients "
+            f"are in no checkpoint), so a resume from it would not be exact: resume from a checkpoint written at an "
+            f"optimizer step (an epoch's end, e.g. best.ckpt or an earlier last.ckpt), and in a new run set "
+            f"val_check_interval to a multiple of accumulate_grad_batches.")
+
+
 def saved_method(checkpoint: dict) -> Optional[str]:
     """The class path of the method that wrote a checkpoint (ours record it; the CLI's hparams too)."""
     return checkpoint.get("lightning_kd_method") or checkpoint.get("hyper_parameters", {}).get("_class_path")

@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, build_method, png_bytes, save_teacher, trainer as quick_trainer,
-                     write_shards)
+from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, SaveAfterBatches, build_method, png_bytes, save_teacher,
+                     trainer as quick_trainer, write_shards)
 from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule, StreamingImageDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError
 from lightning_kd.cli import main, make_cli
@@ -250,6 +250,35 @@ def resume_with_a_replaced_member(env: Env) -> None:
     fit(folder / "last.ckpt", env.steps)
 
 
+def accumulating_checkpoint(env: Env) -> str:
+    """A checkpoint written after batch 2 of a run accumulating gradients over 2 batches (batch 2's waits)."""
+    trainer = quick_trainer(env.tmp, accumulate_grad_batches=2, limit_train_batches=4,
+                            callbacks=[SaveAfterBatches(env.tmp, (2,))])
+    trainer.fit(env.kd(), datamodule=DigitsDataModule(batch_size=16))
+    return str(env.tmp / "batch2.ckpt")
+
+
+def resume_with_a_replaced_anchor(env: Env) -> None:
+    """An RCO run along a 2-anchor route, stopped after a step; its first anchor then rewritten with other weights
+    (a teacher's run recorded again into the same route), and the run resumed."""
+    def anchors(seed: int) -> list:
+        torch.manual_seed(seed)
+        return [build_network(TINY_CNN, 10, 1).state_dict() for _ in range(2)]
+
+    route, folder = env.tmp / "route", env.tmp / "rco_run"
+    write_route(route, anchors(0))
+
+    def fit(ckpt_path, steps: list):
+        trainer = quick_trainer(env.tmp, enable_checkpointing=True, max_steps=1 if ckpt_path is None else 2,
+                                callbacks=[ModelCheckpoint(folder, save_last=True), StepCounter(steps),
+                                           RouteConstrainedTeacher(route)])
+        trainer.fit(env.kd(), datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+
+    fit(None, [])
+    write_route(route, anchors(1))
+    fit(folder / "last.ckpt", env.steps)
+
+
 def ensemble_of(path: str) -> dict:
     return {"name": "lightning_kd.models.CheckpointEnsemble", "checkpoints": [path]}
 
@@ -424,6 +453,13 @@ CASES = [
      lambda e: e.kd(check_finite_every_n_steps=0)),
     ("batch-too-small-for-rkd-angle", ValueError, r"RKD angle loss needs at least 3 samples",
      lambda e: e.fit(build_method("RKD", e.teacher), DigitsDataModule(batch_size=2))),
+    ("crd-bank-larger-than-the-data", ValueError, r"CRD draws 16384 negatives per sample, and the training set has "
+     r"1257 samples: set model.init_args.negatives below 1257",
+     lambda e: e.fit(build_method("CRD", e.teacher, negatives=16384), DigitsDataModule(batch_size=16))),
+    ("crd-on-dataloaders-without-indices", ValueError, r"CRD needs the training data's \['index', 'train_size', "
+     r"'train_labels'\]: pass a lightning_kd datamodule",
+     lambda e: quick_trainer(e.tmp).fit(build_method("CRD", e.teacher), train_dataloaders=[(torch.zeros(2, 1, 8, 8),
+                                                                                          torch.zeros(2).long())])),
     # non-finite weights never reach disk
     ("weights-diverge-before-a-checkpoint", FloatingPointError,
      r"refused to write a checkpoint at epoch \d+, global step \d+: \d+ of its \d+ tensors hold NaN/Inf.*the weights "
@@ -521,6 +557,14 @@ CASES = [
     ("teacher-ckpt-holds-nan", ValueError,
      r"teacher_ckpt '.*nan_teacher.pt' holds NaN/Inf in 1 of its \d+ tensors.*a run that diverged",
      lambda e: e.kd(teacher_ckpt=nan_weights(e, "nan_teacher.pt"))),
+    ("resume-inside-a-gradient-accumulation", ValueError,
+     r"ckpt_path '.*batch2.ckpt' was written in the middle of a gradient accumulation \(1 batch\(es\) of "
+     r"accumulate_grad_batches=2 waiting.*resume from a checkpoint written at an optimizer step",
+     lambda e: e.fit(e.kd(), ckpt_path=accumulating_checkpoint(e), accumulate_grad_batches=2, limit_train_batches=4)),
+    ("resume-with-a-replaced-route-anchor", ValueError,
+     r"ckpt_path '.*rco_run/last.ckpt' was trained with the RCO route anchor epoch0000.pt of sha256 [0-9a-f]{64}, "
+     r"but '.*route/epoch0000.pt' now holds sha256 [0-9a-f]{64}: another teacher",
+     resume_with_a_replaced_anchor),
     ("resume-with-a-replaced-ensemble-member", ValueError,
      r"ckpt_path '.*ensemble_run/last.ckpt' was trained with the ensemble member 1 of sha256 [0-9a-f]{64}, but "
      r"'.*member1.pt' now holds sha256 [0-9a-f]{64}: another teacher",

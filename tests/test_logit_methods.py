@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import build_method, trainer as quick_trainer
+from lightning_kd.batch import Batch
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import dist_loss, dkd_loss, standardize_logits
 from lightning_kd.methods import DIST, DKD, KD
@@ -76,7 +77,7 @@ def test_dkd_total_is_ce_plus_the_warmed_up_dkd_loss(tiny_teacher):
 def test_dist_total_is_ce_plus_the_weighted_dist_loss(tiny_teacher):
     model = build_method("DIST", tiny_teacher, beta=0.5, gamma=3.0, temperature=2.0, ce_weight=0.7, dist_weight=2.5)
     student, teacher, y = outputs(model)
-    total = model.weighted_total(model.distill_losses(student, teacher, (None, y)), len(y))
+    total = model.weighted_total(model.distill_losses(student, teacher, Batch(None, y)), len(y))
     s, t = student.logits.detach(), teacher.logits
     by_hand = 0.7 * F.cross_entropy(s, y) + 2.5 * dist_loss(s, t, 0.5, 3.0, 2.0)
     assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)
@@ -85,22 +86,22 @@ def test_dist_total_is_ce_plus_the_weighted_dist_loss(tiny_teacher):
 def test_ls_makes_kds_term_kd_of_the_standardized_logits(tiny_teacher):
     model = build_method("KD", tiny_teacher, logit_standardization=True, temperature=2.0)
     student, teacher, y = outputs(model)
-    kd = model.distill_losses(student, teacher, (None, y))["kd"].item()
+    kd = model.distill_losses(student, teacher, Batch(None, y))["kd"].item()
     s, t = student.logits.detach(), teacher.logits
     assert kd == pytest.approx(kd_by_hand(authors_normalize(s), authors_normalize(t), 2.0), rel=1e-4)
     assert kd != pytest.approx(kd_by_hand(s, t, 2.0), rel=1e-3)  # the option changes the term
     # LS compares the logits' relations, not their scale: a teacher scaled and shifted gives the same term.
     scaled = type(teacher)(teacher.logits * 5 + 3, teacher.features)
-    assert model.distill_losses(student, scaled, (None, y))["kd"].item() == pytest.approx(kd, rel=1e-4)
+    assert model.distill_losses(student, scaled, Batch(None, y))["kd"].item() == pytest.approx(kd, rel=1e-4)
     plain = build_method("KD", tiny_teacher)
-    assert plain.distill_losses(student, teacher, (None, y))["kd"].item() == pytest.approx(kd_by_hand(s, t, 4.0), rel=1e-4)
+    assert plain.distill_losses(student, teacher, Batch(None, y))["kd"].item() == pytest.approx(kd_by_hand(s, t, 4.0), rel=1e-4)
 
 
 @pytest.mark.parametrize("name", ["DKD", "DIST"])
 def test_ls_on_dkd_and_dist_applies_their_loss_to_standardized_logits(name, tiny_teacher):
     model = build_method(name, tiny_teacher, logit_standardization=True, temperature=2.0)
     student, teacher, y = outputs(model)
-    term = model.distill_losses(student, teacher, (None, y))[name.lower()].item()
+    term = model.distill_losses(student, teacher, Batch(None, y))[name.lower()].item()
     s, t = (standardize_logits(z.detach()) for z in (student.logits, teacher.logits))
     expected = dkd_loss(s, t, y, 1.0, 8.0, 2.0) if name == "DKD" else dist_loss(s, t, 1.0, 1.0, 2.0)
     assert term == pytest.approx(expected.item(), rel=1e-5)
@@ -110,7 +111,7 @@ def test_ls_on_dkd_and_dist_applies_their_loss_to_standardized_logits(name, tiny
 def test_gradients_reach_the_student_only(cls, ls, tiny_teacher):
     model = build_method(cls.__name__, tiny_teacher, logit_standardization=ls)
     student, teacher, y = outputs(model)
-    losses = model.distill_losses(student, teacher, (None, y))
+    losses = model.distill_losses(student, teacher, Batch(None, y))
     name = next(n for n in losses if n != "ce")
     losses[name].backward()  # the distillation term alone
     assert not teacher.logits.requires_grad

@@ -16,11 +16,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, Interrupted, RecordLR, assert_same_state, save_teacher,
-                     trainer as quick_trainer)
+from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, Interrupted, RecordLR, SaveAfterBatches, assert_same_state,
+                     save_teacher, trainer as quick_trainer)
 from lightning_kd.cli import make_cli
 from lightning_kd.datamodules import DigitsDataModule
-from lightning_kd.methods import DML
+from lightning_kd.methods import DML, Supervised
 
 
 def assert_same_training_state(full_model, full_trainer, resumed_model, resumed_trainer) -> None:
@@ -99,6 +99,25 @@ def test_a_resume_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path):
     saved = torch.load(tmp_path / "half" / "last.ckpt", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (1, 9)
     resumed = kd_cli("half", 2, *mid_epoch, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1")
+    assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
+
+
+# CRD: a memory bank, embedding heads and draws of its own; ReviewKD: fusion modules and a weight warm-up
+# (over both epochs here: round(0.75 * 2) = 2).
+@pytest.mark.parametrize("config, extra, added", [("crd.yaml", ("--model.init_args.negatives=64",), ("memory.", "embed_student.")),
+                                                  ("reviewkd.yaml", ("--model.init_args.warmup=0.75",), ("fusion.",))])
+def test_a_method_with_state_of_its_own_resumed_from_the_middle_of_an_epoch_is_exact(kd_cli, tmp_path, config, extra,
+                                                                                     added):
+    """The same kill and resume for methods with per-sample state, extra trainable modules, random draws or
+    weight schedules of their own: the module's state (a bank included), optimizer and schedule end equal."""
+    mid_epoch = ("--trainer.limit_train_batches=6", "--trainer.val_check_interval=0.5", *extra)
+    full = kd_cli("full", 2, *mid_epoch, config=config)
+    with pytest.raises(Interrupted):
+        kd_cli("half", 2, *mid_epoch, '--trainer.callbacks=[{"class_path": "helpers.KillAtStep", '
+                                      '"init_args": {"step": 9}}]', config=config)
+    resumed = kd_cli("half", 2, *mid_epoch, f"--ckpt_path={tmp_path / 'half' / 'last.ckpt'}", "--seed_everything=1",
+                     config=config)
+    assert all(any(k.startswith(prefix) for k in resumed.model.state_dict()) for prefix in added)
     assert_same_training_state(full.model, full.trainer, resumed.model, resumed.trainer)
 
 
@@ -182,3 +201,21 @@ def test_overwrite_checks_the_run_first_and_never_deletes_its_own_teacher(kd_cli
     with pytest.raises(ValueError, match="Does not validate|teacher_ckpt '.*missing.pt' does not exist"):
         kd_cli("run", 1, "--overwrite=true", f"--model.init_args.teacher_ckpt={tmp_path / 'missing.pt'}")
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_a_checkpoint_inside_a_gradient_accumulation_is_not_resumed(tmp_path):
+    """Batches 0 and 1 make step 1; batch 2's gradient waits for batch 3's when the checkpoint after it is written."""
+    def fit(ckpt_path=None, callbacks=()):
+        pl.seed_everything(0)
+        trainer = quick_trainer(tmp_path, accumulate_grad_batches=2, limit_train_batches=4, callbacks=list(callbacks))
+        trainer.fit(Supervised(student=TINY_CNN, input_shape=DIGITS_SHAPE), datamodule=DigitsDataModule(batch_size=16),
+                    ckpt_path=ckpt_path)
+        return trainer
+
+    fit(callbacks=[SaveAfterBatches(tmp_path, (1, 2))])
+    inside, at_step = tmp_path / "batch2.ckpt", tmp_path / "batch1.ckpt"
+    assert torch.load(inside, weights_only=True)["global_step"] == torch.load(at_step, weights_only=True)["global_step"]
+    with pytest.raises(ValueError, match=r"'.*batch2.ckpt' was written in the middle of a gradient accumulation \(1 "
+                                         r"batch\(es\) of accumulate_grad_batches=2 waiting"):
+        fit(inside)
+    assert fit(at_step).global_step == 2  # a checkpoint at an optimizer step resumes: the epoch's second step

@@ -52,5 +52,5 @@ class DIST(DistillationModule):
 
     def distill_losses(self, student, teacher, batch):
         s, t = standardized_if(self.logit_standardization, student.logits, teacher.logits)
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
+        return {"ce": F.cross_entropy(student.logits, batch.y),
                 "dist": dist_loss(s, t, self.beta, self.gamma, self.temperature)}

@@ -47,5 +47,5 @@ class DKD(DistillationModule):
 
     def distill_losses(self, student, teacher, batch):
         s, t = standardized_if(self.logit_standardization, student.logits, teacher.logits)
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
-                "dkd": dkd_loss(s, t, batch[1], self.alpha, self.beta, self.temperature)}
+        return {"ce": F.cross_entropy(student.logits, batch.y),
+                "dkd": dkd_loss(s, t, batch.y, self.alpha, self.beta, self.temperature)}

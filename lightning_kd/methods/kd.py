@@ -38,5 +38,5 @@ class KD(DistillationModule):
 
     def distill_losses(self, student, teacher, batch):
         s, t = standardized_if(self.logit_standardization, student.logits, teacher.logits)
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
+        return {"ce": F.cross_entropy(student.logits, batch.y),
                 "kd": kd_loss(s, t, self.temperature)}
