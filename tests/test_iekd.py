@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import ie_loss_by_hand as by_hand, trainer
+from lightning_kd.batch import Batch
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import exploration_loss, inheritance_loss
 from lightning_kd.methods import IEKD
@@ -80,7 +81,7 @@ def test_stage2_losses_match_an_independent_computation(teacher_ckpt):
     torch.manual_seed(2)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     student = model.student_forward(x)
-    losses = model.stage2_losses(student, model.teacher(x), (x, y))
+    losses = model.stage2_losses(student, model.teacher(x), Batch(x, y))
     assert set(losses) == {"ce", "inh", "exp"}
 
     # The same quantities without hooks: run the layers by hand.

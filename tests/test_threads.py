@@ -9,7 +9,6 @@ import torch
 
 from lightning_kd import threads
 from lightning_kd.cli import make_cli
-from lightning_kd.tools import scheduling
 from helpers import ROOT
 
 FIT = ["fit", "-c", str(ROOT / "configs/quickstart/baseline.yaml"), "--trainer.max_epochs=1",
@@ -69,13 +68,3 @@ def test_a_thread_count_below_one_is_refused_before_training(tmp_path, monkeypat
     with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
         make_cli([*FIT, "--threads=0"])
     assert not (tmp_path / "runs").exists()
-
-
-def test_the_tools_workers_share_the_cores_among_the_jobs(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(scheduling, "available_cores", lambda: 8)
-    scheduling.share_cores(4)
-    assert torch.get_num_threads() == 2 and scheduling.os.environ["OMP_NUM_THREADS"] == "2"
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins
-    scheduling.share_cores(2)
-    assert torch.get_num_threads() == 1

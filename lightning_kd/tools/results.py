@@ -43,6 +43,7 @@ from lightning_kd.tools.options import (add_run_arguments, check_run_arguments, 
 from lightning_kd.cli import config_path
 from lightning_kd.tools import grid
 from lightning_kd.tools.dashboards import log_table, wandb_group
+from lightning_kd.tools.launch import add_launch_arguments, check_launch_arguments, pool
 from lightning_kd.tools.records import Run, checkpoint_dir, label, network_name, run_one, student_spec
 from lightning_kd.tools.report import plot_histories, summarize, write_grid_report, write_report
 from lightning_kd.tools.runner import data_overrides, resolve
@@ -98,10 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="*", default=["*_tv_*", "*_peer_parallel.yaml"],
                         help="config file-name patterns to leave out (by default the torchvision student and the "
                              "peer-parallel twins of DML/IE-DML, which need 2+ GPUs)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once, each in its own process (several small runs share one GPU): the "
-                             "teacher beside the configs that need no teacher, then the others")
     add_run_arguments(parser)
+    add_launch_arguments(parser)  # --jobs, --launcher: the teacher beside the configs that need none, then the others
     args = parser.parse_args(argv)
     if args.pairs is None:
         if args.methods is not None or args.teachers is not None:
@@ -113,8 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.configs = grid.METHODS  # the grid's blocks (checked as a folder like --configs)
         check_grid_arguments(parser, args)
     check_run_arguments(parser, args)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}.")
+    check_launch_arguments(parser, args)
     return args
 
 
@@ -155,6 +153,7 @@ def grid_main(args: argparse.Namespace, command: str) -> list[Run]:
     data = data_overrides(data_root, args.cifar_root, args.download,
                           resolve(first[1], *first[2:])["data"] if data_root else None)
     cells, runs, done = {}, [], {}
+    executor = pool(args, args.run_dir)
     for name in args.pairs:
         pair = grid.load_pair(name)
         if args.teachers is None:
@@ -179,7 +178,7 @@ def grid_main(args: argparse.Namespace, command: str) -> list[Run]:
             calls += [((key, *cell_job(pair, method, seed, data + extra + common, folder / f"seed{seed}", args.epochs)),
                        teacher_id if uses_teacher else "", method) for seed in args.seeds]
         todo = [(job, teacher_id) for job, teacher_id, _ in calls if job[-1] not in done]
-        for (job, _), run in zip(todo, in_order(run_one, [(*job, t, args.rerun) for job, t in todo], args.jobs)):
+        for (job, _), run in zip(todo, in_order(run_one, [(*job, t, args.rerun) for job, t in todo], executor)):
             done[job[-1]] = run
         for job, _, method in calls:
             cells.setdefault((name, method), []).append(done[job[-1]])
@@ -275,7 +274,7 @@ def main(argv=None) -> list[Run]:
     teacher_job = ("teacher", teacher_cfg, args.seeds[0], teacher_overrides, teacher_dir)
     group = f"table {args.out}"  # --wandb: the table's runs in one group
     with wandb_group(group, args.wandb):
-        runs = run_all(teacher_job, students, args.jobs, args.rerun)
+        runs = run_all(teacher_job, students, args.rerun, pool(args, args.run_dir))
     for job in same:  # in its place among the baselines
         print(f"[results] {label(job[0])} seed {job[2]}: the teacher's run (the same training), reused", flush=True)
         keys = [r.key for r in runs]

@@ -20,6 +20,7 @@ import itertools
 from pathlib import Path
 
 from lightning_kd.tools.dashboards import log_table, wandb_group
+from lightning_kd.tools.launch import add_launch_arguments, check_launch_arguments, pool
 from lightning_kd.tools.report import mean_std
 from lightning_kd.tools.runner import best_checkpoint, build, finish_wandb
 from lightning_kd.tools.scheduling import in_order
@@ -81,12 +82,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/sweep"), help="checkpoints and sweep.csv")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra CLI override for every run, e.g. --override=--trainer.max_epochs=10")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--wandb", action="store_true",
                         help="keep the config's wandb logger: the runs in one group, the table as a wandb Table")
+    add_launch_arguments(parser)
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}.")
+    check_launch_arguments(parser, args)
 
     runs = []
     for setting in itertools.product(*args.set):
@@ -100,7 +100,7 @@ def main(argv=None) -> list[dict]:
     check_settings(args.config, runs)
     group = f"sweep {Path(args.config).stem} {' x '.join(keys for keys, _ in (s[0] for s in args.set))}"
     with wandb_group(group, args.wandb):
-        scores = in_order(scored, [(args.config, run["overrides"]) for run in runs], args.jobs)
+        scores = in_order(scored, [(args.config, run["overrides"]) for run in runs], pool(args, args.run_dir))
         for run, (val_acc, error) in zip(runs, scores):
             run["val_acc"], run["error"] = val_acc, error
             result = f"failed: {error}" if error else f"best val top-1 {100 * val_acc:.2f}%"
@@ -121,7 +121,8 @@ def main(argv=None) -> list[dict]:
         print(f"highest mean: {max(summary, key=lambda n: summary[n][0])}")
     if args.wandb:
         log_table(group, "sweep", ["setting", "best val top-1 mean", "std", "seeds"],
-                  [[name, mean, std, len(args.seeds)] for name, (mean, std) in summary.items()])
+                  [[name, mean, std, sum(run["setting"] == name for run in finished)]
+                   for name, (mean, std) in summary.items()])
     failed = [f"{run['setting']} seed {run['seed']}" for run in runs if run["error"]]
     if failed:
         raise SystemExit(f"sweep: {len(failed)} run(s) failed ({', '.join(failed)}); the finished ones are in "
