@@ -74,7 +74,8 @@ def test_every_exported_form_gives_the_library_predictions_outside_it(tmp_path, 
         torch.testing.assert_close(probabilities, library, atol=1e-5, rtol=0, msg=form)
 
 
-def test_export_without_a_record_of_the_preprocessing_names_the_fix(tmp_path):
+def test_export_without_a_record_of_the_preprocessing_writes_the_state_dict_alone_and_says_why(tmp_path, capsys):
     model = Supervised(student={"name": "small_cnn", "width": 4}, num_classes=10, input_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match="export from a checkpoint of a fit, or pass datamodule="):
-        model.export_student(str(tmp_path / "s.pt"))
+    assert model.export_student(str(tmp_path / "s.pt")) == {"state_dict": str(tmp_path / "s.pt")}
+    assert "pass datamodule=" in capsys.readouterr().out and sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
+    assert torch.load(tmp_path / "s.pt", weights_only=True).keys() == model.student.state_dict().keys()

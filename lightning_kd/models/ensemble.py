@@ -36,7 +36,7 @@ def member_network(checkpoint: dict, path: str, network: Optional[NetSpec]) -> N
 def member_classes(checkpoint: dict) -> Optional[int]:
     """The classes a member was trained on: its Lightning ``num_classes``, else its classifier's outputs."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    if "num_classes" in hparams:
+    if hparams.get("num_classes") is not None:  # None: built for the default (lightning_kd.base)
         return int(hparams["num_classes"])
     state = unwrap(checkpoint)
     key = classifier_key(state)
@@ -81,6 +81,7 @@ class CheckpointEnsemble(nn.Module):
         if classes[0] is not None and classes[0] != num_classes:
             raise ValueError(f"the ensemble's members classify {classes[0]} classes, but the data has "
                              f"num_classes={num_classes}: use members trained on this data.")
+        self.paths = paths  # read by FrozenTeacher, which pins a teacher's files by content
         self.members = nn.ModuleList()
         for path, file in zip(paths, files):
             # a network the member's file names resolves to trusted constructors only (lightning_kd.trust)
