@@ -188,9 +188,9 @@ class StudentModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data_fits()
+        self.preprocessing = preprocessing(self.trainer.datamodule) or self.preprocessing
         if stage == "fit":
             check_data_needs(type(self).__name__, self.data_needs, self.trainer.datamodule, self.data_hints)
-        self.preprocessing = preprocessing(self.trainer.datamodule) or self.preprocessing
         if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
             raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
                              f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
@@ -277,27 +277,35 @@ class StudentModule(pl.LightningModule):
         return {name: module for name, module in self.named_children() if name not in ("student", "teacher")
                 and any(p.requires_grad for p in module.parameters())}
 
-    def export_student(self, path: str, repdistiller: bool = False, datamodule: Any = None,
-                       adapters: bool = False) -> dict[str, str]:
+    def export_student(self, path: str, repdistiller: bool = False, adapters: bool = False,
+                       datamodule: Any = None) -> dict[str, str]:
         """Write the student for use without this library: ``path``, a plain state_dict that loads into its
         architecture; ``<stem>.json``, its preprocessing and classes (mean, std, image size, channels, class
         names, the network spec); ``<stem>.torchscript.pt`` and ``<stem>.onnx`` (the ``export`` extra),
         which take images on the [0, 1] scale and return class probabilities (:mod:`lightning_kd.export`).
         The preprocessing is the fit's (kept in its checkpoints) or ``datamodule``'s (after its setup).
-        With ``adapters``, also ``<stem>.adapters.pt``: ``{name: state_dict}`` of :meth:`adapters` (left out
-        otherwise). Returns {form: file}. With ``repdistiller``, only the network as the CRD code saves one
-        (``{"model": state_dict}`` under its names), which RepDistiller's and mdistiller's scripts load
-        (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
+        Without either (a module never fitted), the state_dict alone, and a line saying so. Returns {form:
+        file}. With ``repdistiller``, only the network as the CRD code saves one (``{"model": state_dict}``
+        under its names), which RepDistiller's and mdistiller's scripts load (a network of that code:
+        :func:`~lightning_kd.checkpoints.save_repdistiller`); with ``adapters``, only
+        ``{"student": state_dict, "adapters": {name: state_dict}}`` (:meth:`adapters`)."""
         if repdistiller and adapters:
             raise ValueError("export_student: RepDistiller's format holds one network; export the adapters "
                              "without repdistiller=True.")
         if repdistiller:
             save_repdistiller(self.student, path)
             return {"repdistiller": str(path)}
+        if adapters:
+            torch.save({"student": self.student.state_dict(),
+                        "adapters": {name: m.state_dict() for name, m in self.adapters().items()}}, path)
+            return {"adapters": str(path)}
         prep = preprocessing(datamodule) if datamodule is not None else self.preprocessing
         if prep is None:
-            raise ValueError(f"{type(self).__name__} has no record of its data's preprocessing (mean, std, size, "
-                             f"classes): export from a checkpoint of a fit, or pass datamodule= (after its setup).")
+            torch.save(self.student.state_dict(), path)
+            print(f"export: the state_dict {path} alone: {type(self).__name__} has no record of its data's "
+                  f"preprocessing (export from a checkpoint of a fit, or pass datamodule= after its setup, for "
+                  f"the .json, TorchScript and ONNX files)", flush=True)
+            return {"state_dict": str(path)}
         spec = self.student_spec
         if is_pretrained(spec):  # the architecture without fetching the published weights again
             spec = {**spec, **{k: None if k == "weights" else False for k in ("weights", "pretrained") if k in spec}}
@@ -309,9 +317,6 @@ class StudentModule(pl.LightningModule):
             onnx = None
             print("export: no ONNX file (pip install 'lightning_kd[export]' installs onnx and onnxruntime)")
         files = export(net.eval(), self.student_spec, prep, path, onnx=onnx is not None)
-        if adapters:
-            files["adapters"] = str(Path(path).with_suffix(".adapters.pt"))
-            torch.save({name: m.state_dict() for name, m in self.adapters().items()}, files["adapters"])
         print("export: " + ", ".join(f"{form} {file}" for form, file in files.items()), flush=True)
         return files
 
@@ -412,6 +417,7 @@ class DistillationModule(StudentModule):
         """Method-specific logs from the outputs of a validation batch (none here)."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[TEACHER_FILES] = self.teacher.files  # the teacher pinned by content (lightning_kd.resume)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

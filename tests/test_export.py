@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from helpers import trainer
+from helpers import TINY_CNN, trainer
 from helpers.trees import image_tree
-from lightning_kd.datamodules import ImageFolderDataModule
-from lightning_kd.methods import Supervised
+from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule
+from lightning_kd.methods import KD, Supervised
 
 # Runs in a fresh interpreter: reads the test images with PIL as the JSON says, and writes each exported
 # form's probabilities. It refuses to run if anything imported lightning_kd.
@@ -74,7 +74,21 @@ def test_every_exported_form_gives_the_library_predictions_outside_it(tmp_path, 
         torch.testing.assert_close(probabilities, library, atol=1e-5, rtol=0, msg=form)
 
 
-def test_export_without_a_record_of_the_preprocessing_names_the_fix(tmp_path):
+def test_export_without_a_record_of_the_preprocessing_writes_the_state_dict_alone_and_says_why(tmp_path, capsys):
     model = Supervised(student={"name": "small_cnn", "width": 4}, num_classes=10, input_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match="export from a checkpoint of a fit, or pass datamodule="):
-        model.export_student(str(tmp_path / "s.pt"))
+    assert model.export_student(str(tmp_path / "s.pt")) == {"state_dict": str(tmp_path / "s.pt")}
+    assert "pass datamodule=" in capsys.readouterr().out and sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
+    assert torch.load(tmp_path / "s.pt", weights_only=True).keys() == model.student.state_dict().keys()
+
+
+def test_a_kd_checkpoint_carries_the_preprocessing_to_the_export(tmp_path, tiny_teacher):
+    data = DigitsDataModule()
+    model = KD(student=TINY_CNN, teacher=TINY_CNN, teacher_ckpt=tiny_teacher, num_classes=10, input_shape=(1, 8, 8))
+    fit = trainer(tmp_path, max_steps=1)
+    fit.fit(model, data)
+    fit.save_checkpoint(tmp_path / "kd.ckpt")
+    files = KD.load_from_checkpoint(tmp_path / "kd.ckpt").export_student(str(tmp_path / "s.pt"))
+    assert set(files) == {"state_dict", "preprocessing", "torchscript", "onnx"}
+    card = json.loads((tmp_path / "s.json").read_text())
+    assert card["mean"] == pytest.approx(data.mean.tolist()) and card["std"] == pytest.approx(data.std.tolist())
+    assert card["classes"] == [str(c) for c in range(10)] and (card["channels"], card["image_size"]) == (1, 8)

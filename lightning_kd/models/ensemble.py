@@ -36,7 +36,7 @@ def member_network(checkpoint: dict, path: str, network: Optional[NetSpec]) -> N
 def member_classes(checkpoint: dict) -> Optional[int]:
     """The classes a member was trained on: its Lightning ``num_classes``, else its classifier's outputs."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    if "num_classes" in hparams:
+    if hparams.get("num_classes") is not None:  # None: built for the default (lightning_kd.base)
         return int(hparams["num_classes"])
     state = unwrap(checkpoint)
     key = classifier_key(state)
