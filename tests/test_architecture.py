@@ -16,10 +16,9 @@ COMPAT = ROOT / "lightning_kd" / "compat.py"
 # Attributes of Lightning's loops (private classes: _FitLoop, _TrainingEpochLoop, ...) and connectors.
 LOOP_INTERNALS = {"fit_loop", "epoch_loop", "validate_loop", "test_loop", "predict_loop", "epoch_progress",
                   "batch_progress", "optim_step_progress", "manual_optimization", "automatic_optimization_loop"}
-# The one circle left: the models package imports CheckpointEnsemble, which builds its members with the
-# package's build_network (an import inside its __init__). Breaking it moves build_network out of
-# models/__init__.py, which other work in flight edits; see the issue 24 note.
-KNOWN_CIRCLES = [{"lightning_kd.models", "lightning_kd.models.ensemble"}]
+# None: build_network lives in models/build.py, which both the models package and the ensemble
+# (which builds its members) import.
+KNOWN_CIRCLES = []
 
 
 def modules() -> dict[str, Path]:

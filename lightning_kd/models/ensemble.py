@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from lightning_kd.checkpoints import classifier_key, load_checkpoint_file, load_network_weights, unwrap
 from lightning_kd.trust import reading
 
+from .build import build_network
+
 NetSpec = Union[str, dict[str, Any]]
 
 
@@ -66,7 +68,6 @@ class CheckpointEnsemble(nn.Module):
     def __init__(self, checkpoints: Sequence[str], network: Optional[NetSpec] = None, num_classes: int = 10,
                  in_channels: int = 3):
         super().__init__()
-        from lightning_kd.models import build_network  # the package imports this module
 
         paths = [str(p) for p in ([checkpoints] if isinstance(checkpoints, (str, Path)) else checkpoints)]
         if not paths:
