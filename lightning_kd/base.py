@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
+from lightning_kd.compat import step_values_logged
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
 from lightning_kd.resume import check_loaded_resume
@@ -55,12 +56,15 @@ class StudentModule(pl.LightningModule):
         compile: ``torch.compile`` the networks in place (keys and hooks unchanged); opt-in, as
             compiling takes tens of seconds.
         check_finite_every_n_steps: see :class:`~lightning_kd.callbacks.FiniteCheck`.
+        log_every_step: log the step values (``train/<term>``, ``train/loss``, ...) at every training step;
+            by default only on the steps the loggers write (``trainer.log_every_n_steps``) and on the first
+            and last batch of each epoch, since each logged value costs Lightning about 2,000 Python calls.
     """
 
     def __init__(self, student: NetSpec, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  channels_last: bool = False, compile: bool = False,
-                 check_finite_every_n_steps: Optional[int] = None):
+                 check_finite_every_n_steps: Optional[int] = None, log_every_step: bool = False):
         super().__init__()
         self.finite_check = FiniteCheck(check_finite_every_n_steps)  # checks the interval now
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -68,6 +72,7 @@ class StudentModule(pl.LightningModule):
         self.input_shape = tuple(int(v) for v in input_shape)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.channels_last, self.compile_networks = channels_last, compile
+        self.log_every_step = log_every_step
         self.student = build_network(student, self.num_classes, self.input_shape[0])
         self.student_hooks: Optional[FeatureHooks] = None
         self.loss_weights: dict[str, float] = {"ce": 1.0}
@@ -126,9 +131,19 @@ class StudentModule(pl.LightningModule):
         total = sum(self.loss_weights[name] * scales.get(name, 1.0) * value for name, value in losses.items())
         self.loss_terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
         self.loss_terms[f"{prefix}loss"] = total.detach()
-        self.log_dict({f"train/{name}": value for name, value in self.loss_terms.items()},
-                      on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_step({f"train/{name}": value for name, value in self.loss_terms.items()}, batch_size)
         return total
+
+    def logs_step_values(self) -> bool:
+        """Whether this training step's values are logged (see ``log_every_step``); always outside a fit."""
+        trainer = attached_trainer(self)
+        return self.log_every_step or trainer is None or not trainer.training or step_values_logged(trainer)
+
+    def log_step(self, values: dict[str, Any], batch_size: int) -> None:
+        """Log a training step's ``values`` (tensors, not Python numbers: those cost a host-device copy) on
+        the steps :meth:`logs_step_values` says."""
+        if self.logs_step_values():
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def configure_callbacks(self):
         return guarantees(self.finite_check)
@@ -300,8 +315,7 @@ class DistillationModule(StudentModule):
         bound = self.balance * ce_weight * losses["ce"].detach().abs()
         scales = {name: (bound / (self.loss_weights.get(name, 1.0) * value.detach().abs()).clamp_min(1e-12)).clamp(max=1.0)
                   for name, value in losses.items() if name != "ce"}
-        self.log_dict({f"train/scale/{name}": scale for name, scale in scales.items()},
-                      on_step=True, on_epoch=False, batch_size=1)
+        self.log_step({f"train/scale/{name}": scale for name, scale in scales.items()}, 1)
         return scales
 
     def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:

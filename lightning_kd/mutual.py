@@ -29,15 +29,23 @@ SCHEDULES = ("sequential", "simultaneous")
 
 
 @contextmanager
-def buffers_kept(net: nn.Module):
-    """Run a forward in training mode (batch statistics) without touching running statistics."""
-    saved = [b.clone() for b in net.buffers()]
+def buffers_kept(room: tuple[list[Tensor], list[Tensor]]):
+    """Run a forward in training mode (batch statistics) without touching a network's running statistics:
+    ``room`` is :func:`buffer_room`'s ``(buffers, spare)``; they are copied to the spare tensors and back, each
+    way in one foreach copy."""
+    buffers, spare = room
+    torch._foreach_copy_(spare, buffers)
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, s in zip(net.buffers(), saved):
-                b.copy_(s)
+            torch._foreach_copy_(buffers, spare)
+
+
+def buffer_room(net: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """``net``'s buffers and a spare tensor for each, for :func:`buffers_kept`."""
+    buffers = list(net.buffers())
+    return buffers, [b.clone() for b in buffers]
 
 
 def mutual_losses(output: NetOutput, others: dict[int, NetOutput], labels: Tensor) -> dict[str, Tensor]:
@@ -87,6 +95,7 @@ class MutualLearning(StudentModule):
         self.stepping_peers: Optional[Sequence[int]] = None
         self.schedule, self.placement_name = schedule, placement
         self.placement: Placement = PLACEMENTS["replicated"](len(peers))
+        self.buffer_rooms: dict[nn.Module, tuple[list[Tensor], list[Tensor]]] = {}  # see on_train_start
 
     @property
     def peers(self) -> tuple[nn.Module, ...]:
@@ -182,23 +191,36 @@ class MutualLearning(StudentModule):
                 count_optimizer_step(self.trainer)
             if self.schedule == "sequential" and n < len(order) - 1:  # later peers learn from its new predictions
                 shown[i] = self.placement.refreshed(i, lambda: self.unchanged_output(i, x), like=x)
-        logged, totals = self.placement.gather_losses(order, totals, self.loss_terms,
-                                                      [*sorted(self.loss_weights), "loss"], self.device)
-        if logged:
-            self.log_dict({f"train/{name}": value for name, value in logged.items()}, on_step=True, on_epoch=False,
-                          batch_size=len(x))
-        self.log("train/loss", torch.stack([totals[i] for i in order]).mean(), on_step=True, on_epoch=False,
-                 batch_size=len(x))
+        logged, totals = self.placement.gather_losses(order, totals, self.loss_terms, self.term_names, self.device)
+        if self.logs_step_values():
+            self.log_step({f"train/{name}": value for name, value in logged.items()}
+                          | {"train/loss": torch.stack([totals[i] for i in order]).mean()}, len(x))
 
     def unchanged_output(self, i: int, x: Tensor) -> NetOutput:
         """Peer ``i``'s shared output of ``x`` by a no-grad forward in training mode (batch statistics),
         leaving its running statistics as they are."""
-        with torch.no_grad(), buffers_kept(self.peers[i]):
+        with torch.no_grad(), self.buffers_kept(self.peers[i]):
             return self.shared_output(i, self.peer_forward(i, x))
+
+    def buffers_kept(self, net: nn.Module):
+        """:func:`buffers_kept` for ``net`` (a peer or a module of one), with the room looked up at the start of
+        training."""
+        room = self.buffer_rooms.get(net)
+        return buffers_kept(room if room is not None else buffer_room(net))
+
+    def on_train_start(self) -> None:
+        """Look up once what every step reads of each local peer (its modules, parameters and floating
+        buffers, and room to keep the buffers), now that the strategy has placed the tensors on the device."""
+        self.term_names = [*sorted(self.loss_weights), "loss"]
+        self.peer_tensors, self.buffer_rooms = {}, {}
+        for i in self.placement.local_peers:
+            peer = nn.ModuleList(self.peer_modules(i))
+            self.peer_tensors[i] = (list(peer.parameters()), [b for b in peer.buffers() if b.is_floating_point()])
+            self.buffer_rooms.update({net: buffer_room(net) for net in self.peer_modules(i)})
 
     def step_peer(self, i: int, loss: Tensor) -> None:
         """Backward, average gradients over the peer's processes, step; then align running statistics."""
-        peer = nn.ModuleList(self.peer_modules(i))
+        parameters, buffers = self.peer_tensors[i]
         optimizers = self.optimizers()
         optimizer = (optimizers if isinstance(optimizers, list) else [optimizers])[self.placement.local_peers.index(i)]
         optimizer.zero_grad()
@@ -206,9 +228,9 @@ class MutualLearning(StudentModule):
         # DDP's reducer would wait for gradients of every peer; the placement averages this peer's.
         with strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext():
             self.manual_backward(loss)
-        self.placement.average([p.grad for p in peer.parameters() if p.grad is not None])
+        self.placement.average([p.grad for p in parameters if p.grad is not None])
         optimizer.step()
-        self.placement.average([b for b in peer.buffers() if b.is_floating_point()])
+        self.placement.average(buffers)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
