@@ -34,6 +34,9 @@ def buffers_kept(room: tuple[list[Tensor], list[Tensor]]):
     ``room`` is :func:`buffer_room`'s ``(buffers, spare)``; they are copied to the spare tensors and back, each
     way in one foreach copy."""
     buffers, spare = room
+    if not buffers:  # a network without running statistics
+        yield
+        return
     torch._foreach_copy_(spare, buffers)
     try:
         yield
@@ -95,7 +98,9 @@ class MutualLearning(StudentModule):
         self.stepping_peers: Optional[Sequence[int]] = None
         self.schedule, self.placement_name = schedule, placement
         self.placement: Placement = PLACEMENTS["replicated"](len(peers))
-        self.buffer_rooms: dict[nn.Module, tuple[list[Tensor], list[Tensor]]] = {}  # see on_train_start
+        # What each step reads of the peers, looked up at its first use in a fit (setup starts over).
+        self.peer_tensors: dict[int, tuple[list[nn.Parameter], list[Tensor]]] = {}
+        self.buffer_rooms: dict[nn.Module, tuple[list[Tensor], list[Tensor]]] = {}
 
     @property
     def peers(self) -> tuple[nn.Module, ...]:
@@ -121,6 +126,7 @@ class MutualLearning(StudentModule):
         # Outside a fit every process holds every peer (test, predict, validate).
         self.placement = PLACEMENTS[self.placement_name if stage == "fit" else "replicated"](len(self.peers))
         self.placement.place(self)
+        self.peer_tensors, self.buffer_rooms = {}, {}
 
     def watch_peer_layers(self, layers: Sequence[str]) -> list[dict[str, Tensor]]:
         """Make :meth:`peer_forward` of peer ``i`` return the features of ``layers[i]``; returns
@@ -191,7 +197,8 @@ class MutualLearning(StudentModule):
                 count_optimizer_step(self.trainer)
             if self.schedule == "sequential" and n < len(order) - 1:  # later peers learn from its new predictions
                 shown[i] = self.placement.refreshed(i, lambda: self.unchanged_output(i, x), like=x)
-        logged, totals = self.placement.gather_losses(order, totals, self.loss_terms, self.term_names, self.device)
+        names = [*sorted(self.loss_weights), "loss"]
+        logged, totals = self.placement.gather_losses(order, totals, self.loss_terms, names, self.device)
         if self.logs_step_values():
             self.log_step({f"train/{name}": value for name, value in logged.items()}
                           | {"train/loss": torch.stack([totals[i] for i in order]).mean()}, len(x))
@@ -203,24 +210,24 @@ class MutualLearning(StudentModule):
             return self.shared_output(i, self.peer_forward(i, x))
 
     def buffers_kept(self, net: nn.Module):
-        """:func:`buffers_kept` for ``net`` (a peer or a module of one), with the room looked up at the start of
-        training."""
+        """:func:`buffers_kept` for ``net`` (a peer or a module of one), its room made at its first use in a fit."""
         room = self.buffer_rooms.get(net)
-        return buffers_kept(room if room is not None else buffer_room(net))
+        if room is None:
+            room = self.buffer_rooms[net] = buffer_room(net)
+        return buffers_kept(room)
 
-    def on_train_start(self) -> None:
-        """Look up once what every step reads of each local peer (its modules, parameters and floating
-        buffers, and room to keep the buffers), now that the strategy has placed the tensors on the device."""
-        self.term_names = [*sorted(self.loss_weights), "loss"]
-        self.peer_tensors, self.buffer_rooms = {}, {}
-        for i in self.placement.local_peers:
+    def peer_state(self, i: int) -> tuple[list[nn.Parameter], list[Tensor]]:
+        """Peer ``i``'s parameters and floating buffers (its modules'), looked up at its first step of a fit
+        (the strategy has placed the tensors by then) and kept for the others."""
+        found = self.peer_tensors.get(i)
+        if found is None:
             peer = nn.ModuleList(self.peer_modules(i))
-            self.peer_tensors[i] = (list(peer.parameters()), [b for b in peer.buffers() if b.is_floating_point()])
-            self.buffer_rooms.update({net: buffer_room(net) for net in self.peer_modules(i)})
+            found = self.peer_tensors[i] = (list(peer.parameters()), [b for b in peer.buffers() if b.is_floating_point()])
+        return found
 
     def step_peer(self, i: int, loss: Tensor) -> None:
         """Backward, average gradients over the peer's processes, step; then align running statistics."""
-        parameters, buffers = self.peer_tensors[i]
+        parameters, buffers = self.peer_state(i)
         optimizers = self.optimizers()
         optimizer = (optimizers if isinstance(optimizers, list) else [optimizers])[self.placement.local_peers.index(i)]
         optimizer.zero_grad()

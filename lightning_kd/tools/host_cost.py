@@ -6,7 +6,8 @@ TorchDispatchMode) of
 
 - the library: the config through the CLI (``lightning-kd fit``'s model, data and callbacks), and
 - a bare LightningModule running the same step (the same networks and forward hooks, the method's own loss
-  terms and weights, the config's optimizer; the same datamodule and Trainer flags),
+  terms and weights, the config's optimizer, its loss logged at every step as in Lightning's minimal example
+  module; the same datamodule and Trainer flags), and the same without that log,
 
 both through ``Trainer.fit``, over ``--steps`` whole loop iterations (fetch, transfer, augmentation,
 hooks, step, logging) inside one epoch. Both counts are independent of the machine's load. Beside them, the
@@ -36,8 +37,8 @@ from lightning_kd.tools.bench import method_configs, save_random_teacher, studen
 from lightning_kd.tools.runner import build, device_name, resolve
 
 SHAPE, BATCH = (3, 8, 8), 4
-COLUMNS = ["config", "method", "Python calls: library", "bare", "ratio (<= 1.15)", "ATen ops: library", "bare",
-           "excess (<= 5%)", "CPU ms/step: library", "bare", "raw loop"]
+COLUMNS = ["config", "method", "Python calls: library", "bare", "ratio (<= 1.15)", "bare without its log",
+           "ATen ops: library", "bare", "excess (<= 5%)", "CPU ms/step: library", "bare", "raw loop"]
 
 
 class OpCounter(TorchDispatchMode):
@@ -97,9 +98,9 @@ class Bare(pl.LightningModule):
     forward hooks, the method's loss terms (``distill_losses``; ``student_losses`` without a teacher) and
     weights, the config's optimizer."""
 
-    def __init__(self, library: pl.LightningModule):
+    def __init__(self, library: pl.LightningModule, log_loss: bool = True):
         super().__init__()
-        self.library = library  # its trainable modules (student, adapters) are ours
+        self.library, self.log_loss = library, log_loss  # its trainable modules (student, adapters) are ours
         self.teacher = getattr(library, "teacher", None)
         self.weights = dict(library.loss_weights)
         # IE-KD's student stage (its stage 1 trains only the autoencoder); every other method's own terms
@@ -114,7 +115,10 @@ class Bare(pl.LightningModule):
             with torch.no_grad():
                 teacher = NetOutput(self.teacher.net(x), features(self.teacher.hooks))
             losses = self.terms(student, teacher, (x, y))
-        return sum(self.weights[name] * value for name, value in losses.items())
+        loss = sum(self.weights[name] * value for name, value in losses.items())
+        if self.log_loss:
+            self.log("train/loss", loss)
+        return loss
 
     def configure_optimizers(self):  # the config's optimizer (its per-epoch LR schedule is left out)
         return self.library.make_optimizer(self.library.trainable_parameters())[0]
@@ -124,10 +128,10 @@ class BareMutual(pl.LightningModule):
     """Mutual learning without the library around it: every peer's forward, then in turn its terms
     (the method's ``peer_losses``), backward and step, and a refreshed no-grad forward for the later peers."""
 
-    def __init__(self, library: pl.LightningModule):
+    def __init__(self, library: pl.LightningModule, log_loss: bool = True):
         super().__init__()
         self.automatic_optimization = False
-        self.library = library
+        self.library, self.log_loss = library, log_loss
         self.weights = dict(library.loss_weights)
         self.hooks = [library.student_hooks, *library.other_hooks]
 
@@ -143,24 +147,29 @@ class BareMutual(pl.LightningModule):
         for i, optimizer in zip(peers, self.optimizers()):
             losses = lib.peer_losses(i, own[i], {j: s for j, s in enumerate(shown) if j != i}, (x, y))
             optimizer.zero_grad()
-            self.manual_backward(sum(self.weights[name] * value for name, value in losses.items()))
+            loss = sum(self.weights[name] * value for name, value in losses.items())
+            self.manual_backward(loss)
             optimizer.step()
             if i < len(peers) - 1:  # the later peers learn from its new predictions (schedule: sequential)
                 with torch.no_grad(), lib.buffers_kept(lib.peers[i]):
                     shown[i] = lib.shared_output(i, self.forward_peer(i, x))
+        if self.log_loss:
+            self.log("train/loss", loss)  # the last peer's
 
     def configure_optimizers(self):
         return [self.library.make_optimizer([p for m in self.library.peer_modules(i) for p in m.parameters()])[0]
                 for i in range(len(self.library.peers))]
 
 
-def bare_module(library: pl.LightningModule) -> pl.LightningModule:
-    return BareMutual(library) if hasattr(library, "peer_losses") else Bare(library)
+def bare_module(library: pl.LightningModule, log_loss: bool = True) -> pl.LightningModule:
+    """The bare module of the library module's step; ``log_loss``: it logs its loss at every step, as Lightning's
+    minimal example module does (``self.log("train_loss", loss)`` in ``training_step``)."""
+    return (BareMutual if hasattr(library, "peer_losses") else Bare)(library, log_loss)
 
 
 def raw_loop(library: pl.LightningModule, datamodule, steps: int, warmup: int) -> float:
     """CPU seconds per step of the bare module's step in a plain loop (no Lightning), on the same batches."""
-    bare = bare_module(library)
+    bare = bare_module(library, log_loss=False)
     optimizers = bare.configure_optimizers()
     optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
     bare.optimizers = lambda: optimizers
@@ -210,19 +219,19 @@ def overrides(cfg: dict, batches: int, folder: Path) -> list[str]:
 
 
 def library_run(config: Path, folder: Path, batches: int) -> tuple[Callable, int]:
-    """``run(callback, bare)``: builds the config's run anew and fits it (``bare``: the bare module over the
-    library module's networks, epoch 0, in a Trainer of its own) with ``callback``; and the library's counted
-    epoch (IE-KD's student stage comes after an epoch of its autoencoder stage)."""
+    """``run(callback, kind)``: builds the config's run anew and fits it with ``callback``; ``kind`` "library",
+    or "bare" / "bare, no log" (the bare module over the library module's networks, epoch 0, in a Trainer of
+    its own); and the library's counted epoch (IE-KD's student stage follows an epoch of its autoencoder stage)."""
     cfg = resolve(config)
     args = overrides(cfg, batches, folder)
 
-    def run(callback: pl.Callback, bare: bool = False):
+    def run(callback: pl.Callback, kind: str = "library"):
         torch.manual_seed(0)
         cli = build(config, *args, "--overwrite=true")
-        if bare:
+        if kind != "library":
             trainer = pl.Trainer(max_epochs=1, callbacks=[callback], default_root_dir=str(folder / "bare"),
                                  **TRAINER_FLAGS)
-            module = bare_module(cli.model)
+            module = bare_module(cli.model, log_loss=kind == "bare")
             trainer.fit(module, datamodule=cli.datamodule)
             return module, cli.datamodule
         cli.trainer.callbacks.append(callback)
@@ -236,11 +245,11 @@ def measure(config: Path, steps: int, rounds: int, warmup: int = 3) -> list[str]
     """The table row of one config."""
     with tempfile.TemporaryDirectory() as tmp:
         run, epoch = library_run(config, Path(tmp), warmup + steps)
-        epochs = {"library": epoch, "bare": 0}
+        epochs = {"library": epoch, "bare": 0, "bare, no log": 0}
 
         def per_step(kind: str, what: str):
             meter = StepCounter(warmup, steps, what, epochs[kind])
-            module, _ = run(meter, bare=kind == "bare")
+            module, _ = run(meter, kind)
             if meter.value is None:
                 raise RuntimeError(f"{config.name}: the {kind} fit ended before {warmup + steps + 1} batches.")
             return module, meter.value
@@ -248,7 +257,7 @@ def measure(config: Path, steps: int, rounds: int, warmup: int = 3) -> list[str]
         counts = {(kind, what): per_step(kind, what)[1] for kind in epochs for what in ("calls", "ops")}
         times = {"library": [], "bare": [], "raw loop": []}
         for _ in range(rounds):  # interleaved: a change in the machine's load falls on all three alike
-            for kind in epochs:
+            for kind in ("library", "bare"):
                 module, seconds = per_step(kind, "time")
                 times[kind].append(seconds)
             model, datamodule = run(StepCounter(0, 1, "time", epoch))  # set up, then stopped
@@ -256,9 +265,9 @@ def measure(config: Path, steps: int, rounds: int, warmup: int = 3) -> list[str]
     calls, ops = [counts["library", what] / counts["bare", what] for what in ("calls", "ops")]
     ms = {kind: 1000 * statistics.median(values) for kind, values in times.items()}
     return [config.name, type(module.library).__name__, f"{counts['library', 'calls']:,.0f}",
-            f"{counts['bare', 'calls']:,.0f}", f"{calls:.2f}", f"{counts['library', 'ops']:,.0f}",
-            f"{counts['bare', 'ops']:,.0f}", f"{100 * (ops - 1):+.1f}%", f"{ms['library']:.1f}", f"{ms['bare']:.1f}",
-            f"{ms['raw loop']:.1f}"]
+            f"{counts['bare', 'calls']:,.0f}", f"{calls:.2f}", f"{counts['bare, no log', 'calls']:,.0f}",
+            f"{counts['library', 'ops']:,.0f}", f"{counts['bare', 'ops']:,.0f}", f"{100 * (ops - 1):+.1f}%",
+            f"{ms['library']:.1f}", f"{ms['bare']:.1f}", f"{ms['raw loop']:.1f}"]
 
 
 def markdown(rows: list[list[str]]) -> str:
