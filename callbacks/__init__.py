@@ -1,8 +1,9 @@
 """Callbacks, one concern each: RCO's route and mutual-learning alternation (named in configs), the
-guarantees every method adds through ``configure_callbacks`` (:func:`guarantees`), and RunReport, which the
-CLI adds (metrics.csv, predictions.csv, the summaries)."""
+guarantees every method adds through ``configure_callbacks`` (:func:`guarantees`), and RunReport and
+BestEpochSummary, which the CLI adds (metrics.csv, predictions.csv, the summaries; the best epoch in wandb's)."""
 from pytorch_lightning.callbacks import Callback
 
+from lightning_kd.callbacks.best_epoch import BestEpochSummary
 from lightning_kd.callbacks.finite import FiniteCheck
 from lightning_kd.callbacks.guarantees import Guarantees
 from lightning_kd.callbacks.mutual import MutualAlternation
@@ -13,7 +14,8 @@ from lightning_kd.callbacks.route import RouteConstrainedTeacher, RouteRecorder
 from lightning_kd.callbacks.run_folder import OneRunPerFolder
 from lightning_kd.callbacks.safe_checkpoints import SafeCheckpoints
 
-__all__ = ["FiniteCheck", "Guarantees", "MutualAlternation", "OneRunPerFolder", "RNGState", "ResumeCheck", "RouteConstrainedTeacher",
+__all__ = ["BestEpochSummary", "FiniteCheck", "Guarantees", "MutualAlternation", "OneRunPerFolder", "RNGState", "ResumeCheck",
+           "RouteConstrainedTeacher",
            "RouteRecorder", "RunReport", "SafeCheckpoints", "guarantees"]
 
 

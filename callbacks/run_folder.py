@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +23,20 @@ def run_files(folder: Path) -> list[Path]:
     if (folder / ROUTE_FOLDER / "route.json").is_file():
         files.append(folder / ROUTE_FOLDER)
     return files
+
+
+def start_over(folder: Path, inputs: list[Path]) -> None:
+    """``--overwrite``: delete the run files of ``folder`` (:func:`run_files`), once the run is built (its config,
+    data and teacher checked); refused, deleting nothing, when one of them is among the run's own ``inputs``
+    (a teacher_ckpt, an ensemble member or a route read from that folder)."""
+    doomed = [p.resolve() for p in run_files(folder)]
+    inside = [str(p) for p in inputs if any(p.resolve() == d or d in p.resolve().parents for d in doomed)]
+    if inside:
+        raise ValueError(f"--overwrite would delete {inside[0]!r}, which this run reads as its teacher (or route), "
+                         f"with the other files of {str(folder)!r}; nothing was deleted: give this run another "
+                         f"checkpoint.dirpath, or move that file out of the folder first.")
+    for path in doomed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def lock_holder(folder: Path) -> str:

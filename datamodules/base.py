@@ -159,7 +159,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         mean, std: per-channel normalization on the [0, 1] scale (default: from the train split).
         num_workers: DataLoader workers (0 is right for in-memory tensors).
         return_index: training batches are ``(x, y, sample index)``; what a teacher-output cache
-            (``cache_teacher_outputs`` of the methods) keys on.
+            (``cache_teacher_outputs`` of the methods) keys on. A method that needs the indices (CRD)
+            switches it on itself (:func:`lightning_kd.batch.check_data_needs`).
         train_per_class: keep only the first this many training images of each class (in the split's
             order), for small-data runs; validation and test splits are untouched. None keeps all.
     """
@@ -196,6 +197,16 @@ class InMemoryDataModule(pl.LightningDataModule):
         """Whether training batches are drawn at random (``pad``, ``flip``): what every datamodule declares
         for ``cache_teacher_outputs``, which is valid only when an image is the same tensor every epoch."""
         return bool(self.pad) or bool(self.flip)
+
+    @property
+    def train_size(self) -> Optional[int]:
+        """The training split's size once set up (what per-sample state is sized by), else None."""
+        return len(self.splits["train"][1]) if self.splits else None
+
+    @property
+    def train_labels(self) -> Optional[Tensor]:
+        """The training split's labels in sample-index order once set up, else None."""
+        return self.splits["train"][1] if self.splits else None
 
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Return ``{"train"|"val"|"test": (uint8 images (N, C, H, W), int64 labels (N,))}``."""

@@ -145,7 +145,8 @@ class StreamingImageDataModule(pl.LightningDataModule):
         image_size: side of the crops; resize: evaluation's short side before the center crop.
         num_workers: decoding worker processes per process.
         mean, std: per-channel normalization on the [0, 1] scale (default: ImageNet's).
-        return_index: training batches are ``(x, y, sample index in the split)``.
+        return_index: training batches are ``(x, y, sample index in the split)`` (switched on by a method
+            that needs the indices, as CRD).
         seed: the shuffling seed.
     """
 
@@ -181,6 +182,11 @@ class StreamingImageDataModule(pl.LightningDataModule):
         self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         self.return_index, self.seed = return_index, seed
         self.normalize = DeviceNormalize()
+        #: The training split's size (the converter's count; what per-sample state is sized by).
+        self.train_size = int(meta["splits"][train_split]["count"])
+
+    #: The training labels are inside the shards, not read ahead: methods that need them are refused.
+    train_labels = None
 
     #: Training batches are random resized crops and flips: cached teacher outputs would be of other crops.
     random_augmentation = True

@@ -1,8 +1,9 @@
 """The two base classes: :class:`StudentModule` (a network trained on labels) and :class:`DistillationModule`
 (a student plus a :class:`~lightning_kd.teacher.FrozenTeacher`). A step runs in one direction: teacher
-forward, student forward, then the method's ``distill_losses(student, teacher, batch) -> {name: loss}``,
-weighed by ``loss_weights`` and summed here. A method declares the layers it reads and never runs a
-forward or touches a hook itself."""
+forward, student forward, then the method's ``distill_losses(student, teacher, batch) -> {name: loss}``
+(``batch`` a :class:`~lightning_kd.batch.Batch`: ``x``, ``y``, ``index``), weighed by ``loss_weights`` and
+summed here. A method declares the layers it reads and what it needs of the data (``data_needs``) and never
+runs a forward or touches a hook itself."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,13 +16,14 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_kd.batch import Batch, check_data_needs
 from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import load_checkpoint_file, save_repdistiller
 from lightning_kd.compat import step_values_logged
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network
-from lightning_kd.resume import check_loaded_resume
-from lightning_kd.schedules import check_schedule, fit_to_run
+from lightning_kd.resume import TEACHER_FILES, check_loaded_resume, check_teacher_files
+from lightning_kd.schedules import check_schedule, fit_to_run, warmup_scale
 from lightning_kd.teacher import FrozenTeacher
 from lightning_kd.trust import check_class_paths, named_by_user, reading
 
@@ -59,7 +61,17 @@ class StudentModule(pl.LightningModule):
         log_every_step: log the step values (``train/<term>``, ``train/loss``, ...) at every training step;
             by default only on the steps the loggers write (``trainer.log_every_n_steps``) and on the first
             and last batch of each epoch, since each logged value costs Lightning about 2,000 Python calls.
+
+    A method declares in ``data_needs`` what it needs of the training data (``index``, ``train_size``,
+    ``train_labels``: :mod:`lightning_kd.batch`); data that cannot give it is refused before training.
+    Modules it adds beside the student (heads, adapters) train with it and are exported only when asked
+    (:meth:`export_student`).
     """
+
+    #: What the method needs of the training data (see :data:`lightning_kd.batch.DATA_NEEDS`).
+    data_needs: tuple[str, ...] = ()
+    #: By need, the method's own way to do without it, shown when the data cannot give it.
+    data_hints: dict[str, str] = {}
 
     def __init__(self, student: NetSpec, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
@@ -76,14 +88,17 @@ class StudentModule(pl.LightningModule):
         self.student = build_network(student, self.num_classes, self.input_shape[0])
         self.student_hooks: Optional[FeatureHooks] = None
         self.loss_weights: dict[str, float] = {"ce": 1.0}
+        #: Term-weight schedules: ``{term: fraction}`` ramps the term's weight linearly over that fraction of
+        #: the run (:func:`~lightning_kd.schedules.warmup_scale`), logged as ``train/scale/<term>``.
+        self.weight_warmup: dict[str, float] = {}
         #: The unweighted terms of the latest training step and their weighted sum, detached.
         self.loss_terms: dict[str, Tensor] = {}
         self.val_acc, self.val_acc5 = accuracy(self.num_classes), accuracy(self.num_classes, 5)
         self.test_acc, self.test_acc5 = accuracy(self.num_classes), accuracy(self.num_classes, 5)
 
-    def student_losses(self, student: NetOutput, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    def student_losses(self, student: NetOutput, batch: Batch) -> dict[str, Tensor]:
         """Unweighted loss terms of one batch: here the cross-entropy with the labels."""
-        return {"ce": F.cross_entropy(student.logits, batch[1])}
+        return {"ce": F.cross_entropy(student.logits, batch.y)}
 
     def example_input(self, batch_size: int = 2) -> Tensor:
         """A zero batch of the data's input shape, to size adapters in ``__init__``."""
@@ -99,8 +114,8 @@ class StudentModule(pl.LightningModule):
         logits = self.student(x)
         return NetOutput(logits, {} if self.student_hooks is None else self.student_hooks.pop())
 
-    def unpack(self, batch) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """``(x, y, sample indices or None)``; ``x`` in the dtype of a "true" precision (``bf16-true``,
+    def unpack(self, batch) -> Batch:
+        """``Batch(x, y, sample indices or None)``; ``x`` in the dtype of a "true" precision (``bf16-true``,
         ``64-true``: Lightning converts the batch before the transfer, while it is still uint8, and the
         datamodules normalize to float32 after it) and in channels_last when asked."""
         x, y, *index = batch
@@ -109,25 +124,31 @@ class StudentModule(pl.LightningModule):
             x = trainer.precision_plugin.convert_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, index[0] if index else None
+        return Batch(x, y, index[0] if index else None)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
     def training_step(self, batch, batch_idx):
-        x, y, _ = self.unpack(batch)
-        return self.weighted_total(self.student_losses(self.student_forward(x), (x, y)), len(x))
+        batch = self.unpack(batch)
+        return self.weighted_total(self.student_losses(self.student_forward(batch.x), batch), len(batch.x))
 
     def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "",
                        scales: Optional[dict[str, Tensor]] = None) -> Tensor:
-        """The terms' sum weighted by ``loss_weights`` (and by ``scales``, where given); each term is
-        logged unscaled as ``train/<prefix><name>`` and the sum as ``train/<prefix>loss``. A term
-        without a weight is an error."""
+        """The terms' sum weighted by ``loss_weights``, times ``scales`` (where given) and the warm-up of
+        ``weight_warmup``; each term is logged unscaled as ``train/<prefix><name>``, each factor as
+        ``train/scale/<prefix><name>`` and the sum as ``train/<prefix>loss``. A term without a weight
+        is an error."""
         unweighted = sorted(set(losses) - set(self.loss_weights))
         if unweighted:
             raise KeyError(f"{type(self).__name__} returned the loss terms {unweighted} without a weight in "
                            f"loss_weights {self.loss_weights}: give every term a weight.")
-        scales = scales or {}
+        scales = dict(scales or {})
+        for name, fraction in self.weight_warmup.items():
+            if name in losses:
+                scales[name] = scales.get(name, 1.0) * warmup_scale(fraction, self.current_epoch, self.trainer.max_epochs)
+        if scales:
+            self.log_step({f"train/scale/{prefix}{name}": scale for name, scale in scales.items()}, 1)
         total = sum(self.loss_weights[name] * scales.get(name, 1.0) * value for name, value in losses.items())
         self.loss_terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
         self.loss_terms[f"{prefix}loss"] = total.detach()
@@ -170,9 +191,17 @@ class StudentModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data_fits()
+        if stage == "fit":
+            check_data_needs(type(self).__name__, self.data_needs, self.trainer.datamodule, self.data_hints)
         if stage == "fit" and (any(w < 0 for w in self.loss_weights.values()) or not any(self.loss_weights.values())):
             raise ValueError(f"{type(self).__name__}'s loss weights must be >= 0 and not all 0, got "
                              f"{self.loss_weights}: a negative weight trains against its term, all zeros train nothing.")
+        if stage == "fit" and set(self.weight_warmup) - set(self.loss_weights):
+            raise ValueError(f"{type(self).__name__}'s weight warm-up {self.weight_warmup} names terms without a "
+                             f"weight in loss_weights {self.loss_weights}: warm up only weighted terms.")
+        if stage == "fit" and any(self.weight_warmup.values()) and not (self.trainer.max_epochs or 0) >= 1:
+            raise ValueError(f"{type(self).__name__}'s weight warm-up {self.weight_warmup} is a fraction of the run: "
+                             f"set trainer.max_epochs.")
         if self.channels_last:  # before the strategy moves the module, so the format travels along
             self.to(memory_format=torch.channels_last)
         if stage == "fit" and self.compile_networks:
@@ -234,12 +263,25 @@ class StudentModule(pl.LightningModule):
         with named_by_user(kwargs), reading(where):
             return super().load_from_checkpoint(checkpoint_path, *args, **{"weights_only": True, **kwargs})
 
-    def export_student(self, path: str, repdistiller: bool = False) -> None:
+    def adapters(self) -> dict[str, nn.Module]:
+        """The trainable modules the method adds beside the student (FitNet's regressor, CRD's heads,
+        ReviewKD's fusion), by attribute name: optimized with the student, exported only when asked."""
+        return {name: module for name, module in self.named_children() if name not in ("student", "teacher")
+                and any(p.requires_grad for p in module.parameters())}
+
+    def export_student(self, path: str, repdistiller: bool = False, adapters: bool = False) -> None:
         """Save the student as a plain state_dict that loads into its architecture; with ``repdistiller``, as
         the CRD code saves a network (``{"model": state_dict}`` under its names), which RepDistiller's and
-        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`)."""
+        mdistiller's scripts load (a network of that code: :func:`~lightning_kd.checkpoints.save_repdistiller`).
+        With ``adapters``, ``{"student": state_dict, "adapters": {name: state_dict}}`` (:meth:`adapters`)."""
+        if repdistiller and adapters:
+            raise ValueError("export_student: RepDistiller's format holds one network; export the adapters "
+                             "without repdistiller=True.")
         if repdistiller:
             save_repdistiller(self.student, path)
+        elif adapters:
+            torch.save({"student": self.student.state_dict(),
+                        "adapters": {name: m.state_dict() for name, m in self.adapters().items()}}, path)
         else:
             torch.save(self.student.state_dict(), path)
 
@@ -284,7 +326,7 @@ class DistillationModule(StudentModule):
         self.teacher_acc, self.agreement = accuracy(self.num_classes), accuracy(self.num_classes)
 
     def distill_losses(self, student: Optional[NetOutput], teacher: Optional[NetOutput],
-                       batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+                       batch: Batch) -> dict[str, Tensor]:
         """Unweighted loss terms of one batch from the two outputs (logits and the watched features)."""
         raise NotImplementedError(f"{type(self).__name__} must implement distill_losses(student, teacher, batch)")
 
@@ -299,12 +341,12 @@ class DistillationModule(StudentModule):
         return self.watch_student(student), self.teacher(self.example_input()).features
 
     def training_step(self, batch, batch_idx):
-        x, y, index = self.unpack(batch)
+        batch = self.unpack(batch)
         runs_teacher, runs_student = self.forwards()
-        teacher = self.teacher(x, index) if runs_teacher else None
-        student = self.student_forward(x) if runs_student else None
-        losses = self.distill_losses(student, teacher, (x, y))
-        return self.weighted_total(losses, len(x), scales=self.balance_scales(losses))
+        teacher = self.teacher(batch.x, batch.index) if runs_teacher else None
+        student = self.student_forward(batch.x) if runs_student else None
+        losses = self.distill_losses(student, teacher, batch)
+        return self.weighted_total(losses, len(batch.x), scales=self.balance_scales(losses))
 
     def balance_scales(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """Detached factors that bring every term whose weighted size exceeds ``balance`` x the weighted
@@ -313,10 +355,8 @@ class DistillationModule(StudentModule):
         if self.balance is None or "ce" not in losses or ce_weight == 0:
             return {}
         bound = self.balance * ce_weight * losses["ce"].detach().abs()
-        scales = {name: (bound / (self.loss_weights.get(name, 1.0) * value.detach().abs()).clamp_min(1e-12)).clamp(max=1.0)
-                  for name, value in losses.items() if name != "ce"}
-        self.log_step({f"train/scale/{name}": scale for name, scale in scales.items()}, 1)
-        return scales
+        return {name: (bound / (self.loss_weights.get(name, 1.0) * value.detach().abs()).clamp_min(1e-12)).clamp(max=1.0)
+                for name, value in losses.items() if name != "ce"}
 
     def evaluation_outputs(self, x: Tensor) -> tuple[NetOutput, Optional[NetOutput]]:
         return self.student_forward(x), self.teacher(x)
@@ -333,6 +373,15 @@ class DistillationModule(StudentModule):
 
     def validation_extras(self, student: NetOutput, teacher: NetOutput, y: Tensor) -> None:
         """Method-specific logs from the outputs of a validation batch (none here)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TEACHER_FILES] = self.teacher.files  # the teacher pinned by content (lightning_kd.resume)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)  # a resume's settings first
+        trainer = attached_trainer(self)
+        where = f"ckpt_path {str(trainer.ckpt_path)!r}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        check_teacher_files(checkpoint.get(TEACHER_FILES) or {}, self.teacher.files, where)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

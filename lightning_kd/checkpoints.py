@@ -156,6 +156,11 @@ def read_weights(path: str | Path, expected: dict[str, Tensor], what: str = "che
             f"{what} {str(path)!r} does not fit {network}: shape mismatch in "
             f"{len(wrong)} tensors, e.g. " + "; ".join(f"{name(k)}: file {a} vs model {b}" for k, a, b in wrong[:3])
             + ". Is it a checkpoint of another architecture or width?")
+    diverged = [name(k) for k in expected if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    if diverged:
+        raise ValueError(f"{what} {str(path)!r} holds NaN/Inf in {len(diverged)} of its {len(expected)} tensors (e.g. "
+                         f"{diverged[:3]}): it is the file of a run that diverged; give a checkpoint of a run that "
+                         f"trained well.")
     return {k: state[k] for k in expected}
 
 

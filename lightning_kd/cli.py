@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
+import torch
 import yaml
 from pytorch_lightning import LightningDataModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -22,12 +23,15 @@ from pytorch_lightning.loggers import WandbLogger
 import lightning_kd.datamodules  # noqa: F401 - imported, their classes answer to short names (--model KD)
 import lightning_kd.methods  # noqa: F401
 from lightning_kd.base import StudentModule
+from lightning_kd.callbacks.best_epoch import BestEpochSummary
 from lightning_kd.callbacks.report import RunReport
-from lightning_kd.callbacks.run_folder import run_files
+from lightning_kd.callbacks.run_folder import start_over
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.cli_messages import KDArgumentParser, catalogue, is_list_command, report
 from lightning_kd.configs import SHIPPED_CONFIGS
+from lightning_kd.naming import run_name
 from lightning_kd.resume import SAFE_CHANGES, check_method, check_resume, imported
+from lightning_kd.threads import choose_threads
 from lightning_kd.trust import check_class_paths, named_by_user, reading, strings
 
 # The default logger: wandb, offline (a real run directory; `wandb sync runs/wandb/offline-run-*`
@@ -39,12 +43,14 @@ DEFAULT_LOGGER = {
 
 
 class SaveConfigToRun(SaveConfigCallback):
-    """Save the full resolved config into the wandb run (as its config and as config.yaml)."""
+    """Save the full resolved config into the wandb run (as its config and as config.yaml) and tag the run
+    with its method."""
 
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                logger.experiment.tags = tuple(sorted({*logger.experiment.tags, type(pl_module).__name__}))
                 logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
                 Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
 
@@ -72,12 +78,16 @@ class KDCLI(LightningCLI):
                                  "predictions.csv beside the checkpoints are written either way)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: start over in a checkpoint folder that holds another run's checkpoints "
-                                 "(its *.ckpt files and route/ are deleted first)")
+                                 "(its *.ckpt files and route/ are deleted once the run is built; never the run's own "
+                                 "teacher files)")
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch threads per process on the CPU (default: OMP_NUM_THREADS if set, else the "
+                                 "cores divided by this run's processes and those already busy; said in the log)")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer.callbacks.append(RunReport(print_summary=config.get("summary", True)))
+        trainer.callbacks += [RunReport(print_summary=config.get("summary", True)), BestEpochSummary()]
         return trainer
 
     def parse_arguments(self, parser, args) -> None:
@@ -116,37 +126,54 @@ class KDCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else self.config
         for key, value in self.kept.items():  # the safe changes of a resume (see lightning_kd.resume)
             config.model.init_args[key] = value
+        trainer = config.trainer
+        if str(trainer.get("accelerator")) == "cpu" or not torch.cuda.is_available():
+            devices = trainer.get("devices")
+            choose_threads(config.get("threads"), devices if isinstance(devices, int) and devices > 0 else 1)
         loggers = config.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             # wandb's service process outlives a run: given a relative save_dir, a later run of this
             # process started from another working directory loses its event file. Anchor it here.
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and str(logger.get("class_path")).endswith("WandbLogger") \
+                    and not init_args.get("name") and config.get("model"):  # method, pair, seed
+                init_args.name = run_name(config.model.as_dict(), config.get("seed_everything"))
             if init_args is not None and init_args.get("save_dir"):
                 init_args.save_dir = str(Path(init_args.save_dir).absolute())
-        # No subcommand: built by the tools (run=False), which fit it.
-        if subcommand in ("fit", None) and config.get("overwrite") and config.checkpoint.dirpath:
-            folder = Path(config.checkpoint.dirpath)
-            ckpt_path = config.get("ckpt_path")
-            resumed = ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()
-            if folder.is_dir() and not resumed:  # --overwrite: this run starts over in its folder
-                for path in run_files(folder):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         if self.checked_resume is not None:  # checked in parse_arguments: the module need not check it again
             self.model.resume_checked = self.checked_resume
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        # No subcommand: built by the tools (run=False), which fit it. --overwrite deletes only now, with the
+        # config parsed and the model, data and teacher built, and never the run's own inputs.
+        if subcommand in ("fit", None) and config.get("overwrite") and config.checkpoint.dirpath:
+            folder = Path(config.checkpoint.dirpath)
+            ckpt_path = config.get("ckpt_path")
+            resumed = ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()
+            if folder.is_dir() and not resumed:  # --overwrite: this run starts over in its folder
+                start_over(folder, run_inputs(self.model, self.trainer))
+
+
+def run_inputs(model, trainer: Trainer) -> list[Path]:
+    """The files a run reads as teacher: its teacher's (teacher_ckpt, ensemble members), an ensemble student's
+    members and the route folders its callbacks name."""
+    files = [Path(f["path"]) for f in getattr(getattr(model, "teacher", None), "files", {}).values()]
+    files += [Path(p) for p in getattr(getattr(model, "student", None), "paths", ())]
+    return files + [Path(c.route_dir) for c in trainer.callbacks if getattr(c, "route_dir", None) is not None]
 
 def config_path(path: str | Path) -> Path:
-    """``path`` if it exists, else the shipped config of that name: ``configs/quickstart/kd.yaml`` and
-    ``quickstart/kd.yaml`` work from any working directory."""
+    """``path`` if it exists, else the shipped config (file or folder) of that name:
+    ``configs/quickstart/kd.yaml``, ``quickstart/kd.yaml`` and ``configs/quickstart`` work from any
+    working directory."""
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path
     relative = path.relative_to("configs") if path.parts[:1] == ("configs",) else path
     shipped = SHIPPED_CONFIGS / relative
-    return shipped if shipped.is_file() else path
+    return shipped if shipped.exists() and relative.parts else path
 
 
 def with_shipped_configs(args: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ Review", CVPR 2021, https://arxiv.org/abs/2104.09044): :class:`AttentionFusion` 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -83,12 +83,18 @@ class ContrastMemory(nn.Module):
         self.update(index, student_embed, teacher_embed)
         return scores
 
-    def scores(self, student_embed: Tensor, teacher_embed: Tensor, contrast_index: Tensor) -> tuple[Tensor, Tensor]:
-        """The normalized scores (see :meth:`forward`); sets ``Z`` on the first call, without a host sync."""
+    def scores(self, student_embed: Tensor, teacher_embed: Tensor, contrast_index: Tensor,
+               average: Optional[Callable[[Tensor], None]] = None) -> tuple[Tensor, Tensor]:
+        """The normalized scores (see :meth:`forward`); sets ``Z`` on the first call, without a host sync.
+        ``average``: replaces, in place, this process's mean scores by their mean over the processes (under
+        DDP, so that ``Z`` is the global batch's, the same on every process); called on every call."""
         student = contrast_scores(student_embed, self.teacher_memory[contrast_index], self.temperature)
         teacher = contrast_scores(teacher_embed, self.student_memory[contrast_index], self.temperature)
         with torch.no_grad():
-            first = torch.stack([student.mean(), teacher.mean()]) * self.num_samples
+            first = torch.stack([student.mean(), teacher.mean()]).float()
+            if average is not None:
+                average(first)
+            first = first * self.num_samples
             self.normalizers.copy_(torch.where(self.normalizers < 0, first, self.normalizers))
         z = self.normalizers.clone()  # a copy: the graph must not see a later in-place change
         return student / z[0], teacher / z[1]

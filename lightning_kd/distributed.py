@@ -25,6 +25,22 @@ def gather_with_grads(module: pl.LightningModule, tensor: Tensor) -> Tensor:
     return module.all_gather(tensor, sync_grads=True).flatten(0, 1)
 
 
+def gather(module: pl.LightningModule, tensor: Tensor) -> Tensor:
+    """``tensor`` of every process, detached, concatenated in rank order along dim 0 (this process's own
+    rows are those of :func:`own_rows`)."""
+    if not distributed() or module.trainer.world_size == 1:
+        return tensor.detach()
+    return module.all_gather(tensor.detach()).flatten(0, 1)
+
+
+def own_rows(module: pl.LightningModule, gathered: Tensor, rows: int) -> Tensor:
+    """This process's ``rows`` rows of a :func:`gather` of equal-sized parts."""
+    if not distributed() or module.trainer.world_size == 1:
+        return gathered
+    start = module.trainer.global_rank * rows
+    return gathered[start:start + rows]
+
+
 def average_across_ranks(tensors: Sequence[Tensor], group: Optional[dist.ProcessGroup] = None) -> None:
     """In place, replace each tensor by its mean over the processes of ``group`` (default: all of them),
     with one flat all-reduce.

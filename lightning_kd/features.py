@@ -41,6 +41,11 @@ def resolve_modules(model: nn.Module, names: Sequence[str], what: str = "layer")
     return found
 
 
+#: A layer name ending in it records a copy of the module's first input instead of its output: the
+#: pre-activation of a stage whose last module is an (in-place) ReLU, e.g. ``layer1.4.relu:input``.
+INPUT_SUFFIX = ":input"
+
+
 class FeatureHooks:
     """Record the output (or first input) of named submodules on every forward pass.
 
@@ -53,6 +58,9 @@ class FeatureHooks:
         model: the network to observe.
         names: dotted module names, as in ``model.named_modules()``.
         capture: ``"output"`` (default) or ``"input"`` (the first positional input).
+
+    A name ending in ``:input`` (:data:`INPUT_SUFFIX`) records a copy of that module's first input, taken
+    before the module runs (an in-place ReLU would overwrite the input itself): a stage's pre-activation.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], capture: Literal["output", "input"] = "output"):
@@ -61,8 +69,17 @@ class FeatureHooks:
         self.names = list(dict.fromkeys(names))
         self._store: dict[str, Tensor] = {}
         self._handles = []
-        for name, module in zip(self.names, resolve_modules(model, self.names)):
-            self._handles.append(module.register_forward_hook(self._hook(name, capture)))
+        modules = resolve_modules(model, [n.removesuffix(INPUT_SUFFIX) for n in self.names])
+        for name, module in zip(self.names, modules):
+            if name.endswith(INPUT_SUFFIX):
+                self._handles.append(module.register_forward_pre_hook(self._input_copy(name)))
+            else:
+                self._handles.append(module.register_forward_hook(self._hook(name, capture)))
+
+    def _input_copy(self, name: str):
+        def hook(module, inputs):
+            self._store[name] = inputs[0].clone()
+        return hook
 
     def _hook(self, name: str, capture: str):
         def hook(module, inputs, output):
@@ -109,6 +126,16 @@ def layer_names(net: nn.Module, names: Optional[Sequence[str]], arg: str, defaul
         raise ValueError(f"{type(net).__name__} has no `stage_names`: set `{arg}` to the dotted "
                          f"names of the layers to use (see model.named_modules()).")
     return [*default_prefix, *net.stage_names]
+
+
+def preactivation(net: nn.Module, stage: str) -> str:
+    """The layer name of ``stage``'s pre-activation: ``<stage>.<last block>.relu:input`` when the stage's last
+    block ends in a ReLU named ``relu`` (the residual networks of :mod:`lightning_kd.models`), else ``stage``."""
+    module = dict(net.named_modules())[stage]
+    blocks = list(module.named_children())
+    if blocks and isinstance(getattr(blocks[-1][1], "relu", None), nn.ReLU):
+        return f"{stage}.{blocks[-1][0]}.relu{INPUT_SUFFIX}"
+    return stage
 
 
 def paired_layers(student_layers: Sequence[str], teacher_layers: Sequence[str], method: str) -> None:

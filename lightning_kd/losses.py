@@ -33,6 +33,15 @@ def check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def check_term_weights(method: str, authors: str, **weights: float) -> tuple[float, ...]:
+    """The weights of a loss's inner terms (DKD's alpha/beta, DIST's beta/gamma) as floats, refused when one
+    is negative or all are 0; ``authors`` names their published values for the message."""
+    if any(w < 0 for w in weights.values()) or not any(weights.values()):
+        raise ValueError(f"{method}'s {' and '.join(weights)} must be >= 0 and not all 0, got "
+                         f"{', '.join(f'{k}={v}' for k, v in weights.items())}: the authors' values are {authors}.")
+    return tuple(float(w) for w in weights.values())
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
     """``KL(softmax(t/T) || softmax(s/T)) * T^2``, averaged over the batch (Hinton et al., 2015).
 
@@ -70,6 +79,14 @@ def standardize_logits(logits: Tensor, unbiased: bool = True, eps: float = 1e-7)
     logits = logits.float()
     centered = logits - logits.mean(dim=1, keepdim=True)
     return centered / (logits.std(dim=1, keepdim=True, correction=1 if unbiased else 0) + eps)
+
+
+def standardized_if(standardize: bool, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Both logits z-scored per sample by :func:`standardize_logits` when ``standardize`` (the methods'
+    ``logit_standardization`` option), else as given."""
+    if not standardize:
+        return student_logits, teacher_logits
+    return standardize_logits(student_logits), standardize_logits(teacher_logits)
 
 
 def check_targets(logits: Tensor, target: Tensor, what: str) -> None:

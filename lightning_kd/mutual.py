@@ -160,7 +160,7 @@ class MutualLearning(StudentModule):
             output: its logits and features, with autograd.
             others: ``{j: shared_output(j, ...)}`` for every other peer; refreshed for peers
                 that already stepped on this batch under ``schedule: sequential``.
-            batch: the ``(x, y)`` batch.
+            batch: the :class:`~lightning_kd.batch.Batch`.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement peer_losses(i, output, others, batch)")
 
@@ -176,7 +176,8 @@ class MutualLearning(StudentModule):
 
     def train_peers(self, batch) -> None:
         """Step the peers on ``batch`` (this process's, or each its own under ``peer_parallel``)."""
-        x, y, _ = self.unpack(batch)
+        batch = self.unpack(batch)
+        x = batch.x
         order = list(range(len(self.peers)) if self.stepping_peers is None else self.stepping_peers)
         own, shown = {}, {}
         for i in self.placement.local_peers:
@@ -190,7 +191,7 @@ class MutualLearning(StudentModule):
         for n, i in enumerate(order):
             if i in own:
                 others = {j: out for j, out in shown.items() if j != i}
-                total = self.weighted_total(self.peer_losses(i, own[i], others, (x, y)), len(x), prefix=f"peer{i}/")
+                total = self.weighted_total(self.peer_losses(i, own[i], others, batch), len(x), prefix=f"peer{i}/")
                 self.step_peer(i, total)
                 totals[i] = total.detach()
             else:  # stepped by another process: counted as ours, so global_step is the same on every rank

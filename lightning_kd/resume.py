@@ -1,7 +1,8 @@
 """What a resumed run may change: a resume continues the run it names, so its settings are compared with
 the checkpoint's, applied where that is safe and refused with a message otherwise; never dropped.
 
-Safe to change on a resume: the teacher file's location (the same teacher moved), the speed options
+Safe to change on a resume: the teacher file's location (the same teacher moved: its content is pinned by
+:func:`check_teacher_files`), the speed options
 (``compile``, ``channels_last``, ``check_finite_every_n_steps``) and the optimizer's settings (e.g. a
 lower learning rate after a divergence: applied to the restored optimizer). Anything else (the
 method, the networks, the loss weights, the LR schedule, a relative schedule's run length) is the run.
@@ -73,17 +74,40 @@ def file_digest(path: str | Path) -> Optional[str]:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def check_teacher_file(saved: Optional[str], current: Optional[str]) -> None:
-    """A resumed run may read its teacher from a new place, but not another teacher: refuse when the
-    checkpoint's teacher file is still there and differs from the one given now."""
-    if not saved or not current or saved == current:
-        return
-    old = file_digest(saved)
-    if old is not None and old != file_digest(current):
+#: Where a checkpoint records the files its run read as teacher: role -> {"path", "sha256"}.
+TEACHER_FILES = "lightning_kd_teacher_files"
+
+
+def check_teacher_files(recorded: dict, current: dict, where: str) -> None:
+    """A resumed or tested run reads the teacher its checkpoint was trained with: every file read as teacher
+    now (``current``: role -> {"path", "sha256"}; ``teacher_ckpt``, ensemble members, RCO route anchors) must
+    have the content the checkpoint recorded for that role. A moved file with the same content is followed."""
+    for role in sorted(set(recorded) & set(current)):
+        old, new = recorded[role], current[role]
+        if old["sha256"] != new["sha256"]:
+            moved = "" if old["path"] == new["path"] else f" (recorded at {old['path']!r})"
+            raise ValueError(
+                f"{where} was trained with the {role} of sha256 {old['sha256']}{moved}, but {new['path']!r} now holds "
+                f"sha256 {new['sha256']}: another teacher (retrained or replaced in place?). A resumed or tested run "
+                f"keeps its teacher: give the file it was trained with (a moved copy is followed), or start a new "
+                f"run without ckpt_path.")
+
+
+#: Where a checkpoint records the training batches whose gradients were still accumulating when it was written.
+ACCUMULATED = "lightning_kd_accumulated_batches"
+
+
+def check_accumulation(checkpoint: dict, accumulate_grad_batches: int, ckpt_path) -> None:
+    """Refuse to resume a fit from a checkpoint written in the middle of a gradient accumulation: the accumulated
+    gradients are in no checkpoint, so the resumed run's next step would use fewer batches than the run's."""
+    pending = checkpoint.get(ACCUMULATED, 0)
+    if pending:
         raise ValueError(
-            f"the checkpoint's run distilled from teacher_ckpt {saved!r}, which is still on disk, but this "
-            f"run names {current!r}, another file: a resumed run keeps its teacher. Drop the teacher_ckpt "
-            f"override to resume, or start a new run (without ckpt_path) to distill from another teacher.")
+            f"ckpt_path {str(ckpt_path)!r} was written in the middle of a gradient accumulation ({pending} batch(es) "
+            f"of accumulate_grad_batches={accumulate_grad_batches} waiting for the optimizer step; their gradients "
+            f"are in no checkpoint), so a resume from it would not be exact: resume from a checkpoint written at an "
+            f"optimizer step (an epoch's end, e.g. best.ckpt or an earlier last.ckpt), and in a new run set "
+            f"val_check_interval to a multiple of accumulate_grad_batches.")
 
 
 def saved_method(checkpoint: dict) -> Optional[str]:
@@ -105,7 +129,6 @@ def check_resume(checkpoint: dict, method: type, hparams: dict, where: str) -> N
     written with; the safe changes pass (see the module docstring)."""
     check_method(checkpoint, method, where)
     saved_hparams = checkpoint.get("hyper_parameters", {})
-    check_teacher_file(saved_hparams.get("teacher_ckpt"), hparams.get("teacher_ckpt"))
     ignored = (*SAFE_CHANGES, *LINKED, "_class_path", "_instantiator")
     changed = [d for d in differences(saved_hparams, hparams) if d[0].split(".")[0] not in ignored]
     if changed:

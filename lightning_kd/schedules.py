@@ -96,3 +96,27 @@ def check_schedule(factory, optimizer: Optimizer, epochs: Optional[int]) -> None
         if bad:
             raise ValueError(f"lr_scheduler {name} gives the learning rate {bad[0]} after epoch {epoch}: check "
                              f"its arguments.")
+
+
+def check_warmup(fraction: float, what: str) -> float:
+    """``fraction`` as a float when it is a valid warm-up length, a fraction of the run in [0, 1)."""
+    fraction = float(fraction)
+    if not 0 <= fraction < 1:
+        raise ValueError(f"{what} is the fraction of the run over which a loss weight ramps up, in [0, 1) (e.g. "
+                         f"{1 / 12:.4f} for 20 of 240 epochs; 0: no warm-up), got {fraction}.")
+    return fraction
+
+
+def warmup_scale(fraction: float, epoch: int, epochs: int) -> float:
+    """The factor of a term's weight during a linear warm-up over ``fraction`` of a run of ``epochs`` epochs,
+    in the 0-based ``epoch`` (Lightning's ``current_epoch``): ``min((epoch + 1) / W, 1)`` with
+    ``W = round(fraction * epochs)`` (at least 1); 1 when ``fraction`` is 0.
+
+    This is DKD's and ReviewKD's warm-up as their authors compute it (mdistiller,
+    ``min(epoch / warmup, 1.0)`` with its 1-based epoch counter): ``1/W`` in the first epoch, the full
+    weight from epoch ``W`` on (the 20th of 240 for ``fraction = 1/12``). Being a function of the epoch,
+    it resumes exactly.
+    """
+    if fraction == 0:
+        return 1.0
+    return min((epoch + 1) / epoch_of(fraction, epochs), 1.0)

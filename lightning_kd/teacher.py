@@ -19,6 +19,7 @@ from torch import Tensor
 from lightning_kd.checkpoints import load_network_weights, repdistiller_names, read_weights
 from lightning_kd.features import FeatureHooks, NetOutput
 from lightning_kd.models import build_network, is_pretrained
+from lightning_kd.resume import file_digest
 
 NetSpec = Union[str, dict[str, Any]]
 # The teacher's weights under each precision: bf16-mixed runs it in bfloat16 (it needs no float32
@@ -94,8 +95,12 @@ class FrozenTeacher:
 
     def __init__(self, spec: NetSpec, checkpoint: Optional[Union[str, Path]], num_classes: int, in_channels: int):
         self.net = build_network(spec, num_classes, in_channels)
+        self.files: dict[str, dict] = {}  # role -> {path, sha256} of every file read as teacher (in checkpoints)
+        for i, path in enumerate(getattr(self.net, "paths", ())):  # a CheckpointEnsemble's members
+            self.note_file(f"ensemble member {i}", path)
         if checkpoint:
             load_network_weights(self.net, checkpoint, what="teacher_ckpt")
+            self.note_file("teacher_ckpt", checkpoint)
         elif getattr(self.net, "loads_own_weights", False):
             pass  # e.g. a CheckpointEnsemble: it read its members' files when it was built
         elif not is_pretrained(spec):
@@ -111,6 +116,11 @@ class FrozenTeacher:
         self.hooks: Optional[FeatureHooks] = None
         self.cache: Optional[TeacherLogitCache] = None
         self._originals: Optional[dict[str, Tensor]] = None  # float32 weights while cast to bfloat16
+
+    def note_file(self, role: str, path: Union[str, Path]) -> None:
+        """Record a file read as teacher by its content (``sha256``): a resume or test of this run's checkpoints
+        must read the same content (:func:`lightning_kd.resume.check_teacher_files`)."""
+        self.files[role] = {"path": str(path), "sha256": file_digest(path)}
 
     @property
     def layers(self) -> list[str]:
@@ -183,7 +193,9 @@ class FrozenTeacher:
     def read_weights(self, path: Union[str, Path], what: str) -> dict[str, Tensor]:
         """The weights of ``path`` checked strictly against this network's keys and shapes, as float32."""
         expected = {k: v.float() if v.is_floating_point() else v for k, v in self.net.state_dict().items()}
-        return read_weights(path, expected, what, type(self.net).__name__, repdistiller_names(self.net))
+        weights = read_weights(path, expected, what, type(self.net).__name__, repdistiller_names(self.net))
+        self.note_file(f"{what} {Path(path).name}", path)
+        return weights
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Swap in other weights during a fit (RCO's route anchors): copied into the current dtype and

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import pytest
 import torch
 
 from helpers import TINY_CNN, save_teacher
+from lightning_kd.processes import kill, still_running
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite keeps torch's thread count: the CLI picks none when OMP_NUM_THREADS is set (tests/test_threads.py
+# checks the picking itself).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +54,28 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n_threads)
+
+
+# ----------------------------------------------------------------------------- no process outlives the suite
+# Every process the suite starts inherits this variable, also one whose parent has ended (reparented to init).
+SUITE_VARIABLE = "LIGHTNING_KD_TEST_SUITE"
+os.environ[SUITE_VARIABLE] = str(os.getpid())
+
+
+def leftover_processes(grace_s: float = 30.0) -> dict[int, str]:
+    """The suite's processes still running after ``grace_s`` seconds (those ending, e.g. a DataLoader worker
+    after its loader, get that long); wandb's service is shut down first, as at the interpreter's exit."""
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    return still_running(SUITE_VARIABLE, str(os.getpid()), grace_s)  # multiprocessing's helpers end with it
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite fails when a process it started is still running at its end (a leak: it would outlive it)."""
+    left = leftover_processes()
+    if left:
+        kill(left)
+        lines = "\n".join(f"  {pid}: {line[:200]}" for pid, line in left.items())
+        session.config.get_terminal_writer().line(
+            f"\nERROR: {len(left)} process(es) started by the tests still ran at the end (killed now):\n{lines}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

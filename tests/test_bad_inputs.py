@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, build_method, png_bytes, save_teacher, trainer as quick_trainer,
-                     write_shards)
+from helpers import (DIGITS_SHAPE, ROOT, TINY_CNN, SaveAfterBatches, build_method, png_bytes, save_teacher,
+                     trainer as quick_trainer, write_shards)
 from lightning_kd.datamodules import DigitsDataModule, ImageFolderDataModule, StreamingImageDataModule
 from lightning_kd.checkpoints import UnsafeCheckpointError
 from lightning_kd.cli import main, make_cli
@@ -32,6 +32,7 @@ from lightning_kd.trust import UntrustedNameError
 from lightning_kd.methods import DML, KD, Supervised
 from lightning_kd.models import build_network
 from lightning_kd.schedules import RelativeCosineAnnealingLR
+from lightning_kd.tools.shards import convert_tree
 
 WIDE = {"name": "small_cnn", "width": 8}
 
@@ -163,6 +164,22 @@ def tree(root: Path, splits: dict[str, list[str]], empty: tuple[str, ...] = ()) 
     return str(root)
 
 
+def convert_into(env: Env, out: Path, extra: dict[str, bytes] = {}) -> None:
+    """The shard converter from a two-class tree (plus ``extra`` files) into ``out``; the tree must stay as it was."""
+    root = Path(image_folder(env.tmp / "tree", extra))
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    try:
+        convert_tree(str(root), str(out if out.is_absolute() else root / out), splits=["train"], num_workers=1)
+    finally:
+        assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before, "the tree changed"
+
+
+def not_the_converters(env: Env) -> Path:
+    (env.tmp / "out" / "train").mkdir(parents=True)
+    (env.tmp / "out" / "train" / "notes.txt").write_text("mine")
+    return env.tmp / "out"
+
+
 def duplicated_route(env: Env) -> str:
     files = write_route(env.tmp / "route", [build_network(TINY_CNN, 10, 1).state_dict()] * 2)
     manifest = env.tmp / "route" / "route.json"
@@ -204,6 +221,62 @@ def crafted(env: Env, checkpoint_keys: dict = {}, **hparams) -> str:
     path = env.tmp / "crafted.ckpt"
     torch.save(checkpoint, path)
     return str(path)
+
+
+def nan_weights(env: Env, name: str) -> str:
+    """The earlier run's teacher with one NaN BatchNorm statistic."""
+    state = torch.load(env.teacher, weights_only=True)
+    state["stem.1.running_var"][0] = float("nan")
+    path = env.tmp / name
+    torch.save(state, path)
+    return str(path)
+
+
+def resume_with_a_replaced_member(env: Env) -> None:
+    """A KD run from an ensemble of two copies of the teacher, stopped after a step; one member then saved over
+    with other weights, and the run resumed."""
+    members = [other_teacher_file(env, "member0.pt"), other_teacher_file(env, "member1.pt")]
+    folder = env.tmp / "ensemble_run"
+
+    def fit(ckpt_path, steps: list):
+        model = build_method("KD", None, teacher={**ensemble_of(members[0]), "checkpoints": members,
+                                                  "network": TINY_CNN})
+        trainer = quick_trainer(env.tmp, enable_checkpointing=True, max_steps=1 if ckpt_path is None else 2,
+                                callbacks=[ModelCheckpoint(folder, save_last=True), StepCounter(steps)])
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+
+    fit(None, [])
+    save_teacher(Path(members[1]), TINY_CNN, 10, 1, seed=9)
+    fit(folder / "last.ckpt", env.steps)
+
+
+def accumulating_checkpoint(env: Env) -> str:
+    """A checkpoint written after batch 2 of a run accumulating gradients over 2 batches (batch 2's waits)."""
+    trainer = quick_trainer(env.tmp, accumulate_grad_batches=2, limit_train_batches=4,
+                            callbacks=[SaveAfterBatches(env.tmp, (2,))])
+    trainer.fit(env.kd(), datamodule=DigitsDataModule(batch_size=16))
+    return str(env.tmp / "batch2.ckpt")
+
+
+def resume_with_a_replaced_anchor(env: Env) -> None:
+    """An RCO run along a 2-anchor route, stopped after a step; its first anchor then rewritten with other weights
+    (a teacher's run recorded again into the same route), and the run resumed."""
+    def anchors(seed: int) -> list:
+        torch.manual_seed(seed)
+        return [build_network(TINY_CNN, 10, 1).state_dict() for _ in range(2)]
+
+    route, folder = env.tmp / "route", env.tmp / "rco_run"
+    write_route(route, anchors(0))
+
+    def fit(ckpt_path, steps: list):
+        trainer = quick_trainer(env.tmp, enable_checkpointing=True, max_steps=1 if ckpt_path is None else 2,
+                                callbacks=[ModelCheckpoint(folder, save_last=True), StepCounter(steps),
+                                           RouteConstrainedTeacher(route)])
+        trainer.fit(env.kd(), datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+
+    fit(None, [])
+    write_route(route, anchors(1))
+    fit(folder / "last.ckpt", env.steps)
 
 
 def ensemble_of(path: str) -> dict:
@@ -348,6 +421,16 @@ CASES = [
                          f"--checkpoint.dirpath={e.ckpt_dir}", f"--model.init_args.teacher_ckpt={e.teacher}"])),
     ("zero-temperature", ValueError, r"temperature must be > 0, got 0",
      lambda e: e.kd(temperature=0)),
+    ("warmup-of-the-whole-run", ValueError, r"DKD warmup is the fraction of the run .* in \[0, 1\)",
+     lambda e: build_method("DKD", e.teacher, warmup=1.0)),
+    ("warmup-without-a-run-length", ValueError, r"DKD's weight warm-up .* is a fraction of the run: set trainer.max_epochs",
+     lambda e: e.fit(build_method("DKD", e.teacher), max_epochs=-1, max_steps=2)),
+    ("negative-dkd-beta", ValueError, r"DKD's alpha and beta must be >= 0 and not all 0, got alpha=1.0, beta=-1",
+     lambda e: build_method("DKD", e.teacher, beta=-1.0)),
+    ("zero-dist-relations", ValueError, r"DIST's beta and gamma must be >= 0 and not all 0",
+     lambda e: build_method("DIST", e.teacher, beta=0.0, gamma=0.0)),
+    ("batch-of-one-for-dist", ValueError, r"DIST correlates .* at least 2 samples, but the batch size is 1",
+     lambda e: e.fit(build_method("DIST", e.teacher), DigitsDataModule(batch_size=1))),
     ("negative-temperature", ValueError, r"temperature must be > 0, got -4",
      lambda e: e.kd(temperature=-4)),
     ("unknown-layer-name", ValueError, r"unknown .*name 'layer9' in SmallCNN; closest valid names",
@@ -370,6 +453,13 @@ CASES = [
      lambda e: e.kd(check_finite_every_n_steps=0)),
     ("batch-too-small-for-rkd-angle", ValueError, r"RKD angle loss needs at least 3 samples",
      lambda e: e.fit(build_method("RKD", e.teacher), DigitsDataModule(batch_size=2))),
+    ("crd-bank-larger-than-the-data", ValueError, r"CRD draws 16384 negatives per sample, and the training set has "
+     r"1257 samples: set model.init_args.negatives below 1257",
+     lambda e: e.fit(build_method("CRD", e.teacher, negatives=16384), DigitsDataModule(batch_size=16))),
+    ("crd-on-dataloaders-without-indices", ValueError, r"CRD needs the training data's \['index', 'train_size', "
+     r"'train_labels'\]: pass a lightning_kd datamodule",
+     lambda e: quick_trainer(e.tmp).fit(build_method("CRD", e.teacher), train_dataloaders=[(torch.zeros(2, 1, 8, 8),
+                                                                                          torch.zeros(2).long())])),
     # non-finite weights never reach disk
     ("weights-diverge-before-a-checkpoint", FloatingPointError,
      r"refused to write a checkpoint at epoch \d+, global step \d+: \d+ of its \d+ tensors hold NaN/Inf.*the weights "
@@ -403,7 +493,8 @@ CASES = [
      lambda e: e.fit(e.kd(temperature=1.5), ckpt_path=e.last)),
     ("cli-resume-with-another-setting", ValueError, r"other settings than this one \(.*temperature: 4.0 in the checkpoint",
      lambda e: e.cli(f"--ckpt_path={e.last}", "--model.init_args.temperature=1.5", folder=e.ckpt_dir)),
-    ("resume-with-another-teacher", ValueError, r"still on disk, but this run names .*other_teacher.pt', another file",
+    ("resume-with-another-teacher", ValueError, r"ckpt_path '.*ckpt/last.ckpt' was trained with the teacher_ckpt of "
+     r"sha256 [0-9a-f]{64} \(recorded at '.*teacher.pt'\), but '.*other_teacher.pt' now holds sha256 [0-9a-f]{64}",
      lambda e: e.fit(e.kd(teacher_ckpt=teacher_of(e, TINY_CNN)), ckpt_path=e.last)),
     ("resume-with-another-schedule-length", ValueError,
      r"another LR schedule than this run's \(T_max: 1 in the checkpoint, 3 now",
@@ -458,7 +549,45 @@ CASES = [
      r"the shards in '.*shards/train' are not the converter's \(they declare \{'data_format': \['int', 'int', "
      r"'pickle'\]\}.*were not read",
      lambda e: StreamingImageDataModule(pickled_shards(e), image_size=8, resize=8, num_workers=0)),
+    # every file read is finite
+    ("ensemble-member-holds-nan", ValueError,
+     r"ensemble member '.*nan_member.pt' holds NaN/Inf in 1 of its \d+ tensors \(e.g. \['stem.1.running_var'\]\)",
+     lambda e: e.kd(teacher={**ensemble_of(e.teacher), "checkpoints": [e.teacher, nan_weights(e, "nan_member.pt")],
+                             "network": TINY_CNN})),
+    ("teacher-ckpt-holds-nan", ValueError,
+     r"teacher_ckpt '.*nan_teacher.pt' holds NaN/Inf in 1 of its \d+ tensors.*a run that diverged",
+     lambda e: e.kd(teacher_ckpt=nan_weights(e, "nan_teacher.pt"))),
+    ("resume-inside-a-gradient-accumulation", ValueError,
+     r"ckpt_path '.*batch2.ckpt' was written in the middle of a gradient accumulation \(1 batch\(es\) of "
+     r"accumulate_grad_batches=2 waiting.*resume from a checkpoint written at an optimizer step",
+     lambda e: e.fit(e.kd(), ckpt_path=accumulating_checkpoint(e), accumulate_grad_batches=2, limit_train_batches=4)),
+    ("resume-with-a-replaced-route-anchor", ValueError,
+     r"ckpt_path '.*rco_run/last.ckpt' was trained with the RCO route anchor epoch0000.pt of sha256 [0-9a-f]{64}, "
+     r"but '.*route/epoch0000.pt' now holds sha256 [0-9a-f]{64}: another teacher",
+     resume_with_a_replaced_anchor),
+    ("resume-with-a-replaced-ensemble-member", ValueError,
+     r"ckpt_path '.*ensemble_run/last.ckpt' was trained with the ensemble member 1 of sha256 [0-9a-f]{64}, but "
+     r"'.*member1.pt' now holds sha256 [0-9a-f]{64}: another teacher",
+     resume_with_a_replaced_member),
+    # tools delete only what they wrote, after checking their inputs
+    ("cli-overwrite-with-a-missing-teacher", SystemExit,
+     r"lightning-kd: FileNotFoundError: teacher_ckpt '.*missing.pt' does not exist",
+     lambda e: e.main("fit", "--overwrite=true", f"--checkpoint.dirpath={e.ckpt_dir}",
+                      f"--model.init_args.teacher_ckpt={e.tmp / 'missing.pt'}")),
+    ("cli-overwrite-of-the-teachers-own-folder", SystemExit,
+     r"lightning-kd: ValueError: --overwrite would delete '.*ckpt/last.ckpt', which this run reads as its teacher",
+     lambda e: e.main("fit", "--overwrite=true", f"--checkpoint.dirpath={e.ckpt_dir}",
+                      f"--model.init_args.teacher_ckpt={e.last}", "--model.init_args.teacher=" + json.dumps(TINY_CNN))),
+    ("shards-output-inside-the-tree", ValueError,
+     r"the output folder '.*tree/train/shards' and the image tree '.*tree' overlap",
+     lambda e: convert_into(e, Path("train/shards"))),
+    ("shards-output-not-the-converters", ValueError,
+     r"the output folder '.*out' holds \['train'\] but no shards.json: it is not a folder this converter wrote",
+     lambda e: convert_into(e, not_the_converters(e))),
     # data read as it is
+    ("shards-truncated-image", ValueError,
+     r"1 image\(s\) do not decode \('.*tree/train/dog/1.png': .*nothing was written",
+     lambda e: convert_into(e, e.tmp / "out", {"train/dog/1.png": png_bytes()[:40]})),
     ("cache-with-random-resized-crops", ValueError,
      r"cache_teacher_outputs is valid only without random augmentation, but StreamingImageDataModule draws",
      streamed_kd),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import DIGITS_SHAPE, ROOT, TINY_CNN, build_method, trainer
+from lightning_kd.batch import Batch
 from lightning_kd.cli import make_cli
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.datamodules.base import normalize
@@ -48,7 +49,7 @@ def test_objective_is_the_papers_cross_entropy(objective, label_weight, tiny_tea
     gen = torch.Generator().manual_seed(7)
     s = (3 * torch.randn(6, 10, generator=gen)).requires_grad_(True)
     t, y = 3 * torch.randn(6, 10, generator=gen), torch.randint(0, 10, (6,), generator=gen)
-    losses = model.distill_losses(NetOutput(s, {}), NetOutput(t, {}), (torch.zeros(6, 1, 8, 8), y))
+    losses = model.distill_losses(NetOutput(s, {}), NetOutput(t, {}), Batch(torch.zeros(6, 1, 8, 8), y))
     total = sum(model.loss_weights[name] * value for name, value in losses.items())
 
     cross, entropy, labels = paper_terms(s.detach(), t, y)

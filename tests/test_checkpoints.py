@@ -56,6 +56,19 @@ def test_the_common_formats_load_the_exact_weights(layout, weights, tmp_path):
     assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_where_read_and_finite_ones_load(weights, tmp_path, bad):
+    """A teacher, ensemble member or route anchor that diverged (one NaN BatchNorm statistic) would teach at chance."""
+    key = next(k for k in weights if k.endswith("running_var"))
+    poisoned = {**weights, key: weights[key].clone().index_fill_(0, torch.tensor([1]), bad)}
+    torch.save(poisoned, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=rf"teacher_ckpt '.*bad.pt' holds NaN/Inf in 1 of its {len(weights)} tensors "
+                                         rf"\(e.g. \['{key}'\]\): it is the file of a run that diverged"):
+        load_network_weights(build_network(SPEC, 10, 1), tmp_path / "bad.pt", what="teacher_ckpt")
+    torch.save({**weights, key: weights[key] * 1e30}, tmp_path / "large.pt")  # finite, however large: read
+    assert torch.equal(read_weights(tmp_path / "large.pt", weights)[key], weights[key] * 1e30)
+
+
 def test_a_deeper_network_of_the_same_family_is_refused(tmp_path):
     """resnet56's state_dict holds every key of resnet20 with the same shapes, plus its extra blocks:
     a loader that ignores unexpected keys would take it silently."""

@@ -68,6 +68,8 @@ def offline_overrides(cfg: dict, tmp_path: Path) -> list[str]:
         args += synthetic("--data.source", *OFFLINE_SHAPES[source["class_path"]], sizes=(32, 8, 16))
     args.append("--data.batch_size=8")
     model_args = cfg["model"]["init_args"]
+    if "negatives" in model_args and cfg["data"]["class_path"] in OFFLINE_SHAPES:
+        args.append("--model.init_args.negatives=4")  # CRD's bank: below the 16 synthetic training images
     if model_args.get("teacher_ckpt"):
         path = save_teacher(tmp_path / "teacher.pt", model_args["teacher"], num_classes, shape[0])
         args.append(f"--model.init_args.teacher_ckpt={path}")

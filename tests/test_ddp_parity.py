@@ -14,17 +14,14 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from helpers import run_ddp_script, save_teacher, trainer as quick_trainer
+from helpers import fit_tiny_mlps_on_two_processes, run_ddp_script
 from helpers.nets import tiny_mlp
-from lightning_kd.datamodules import SyntheticDataModule
 from lightning_kd.methods import KD
 
 LR, T, CE_WEIGHT, KD_WEIGHT = 0.1, 4.0, 0.1, 0.9
@@ -49,17 +46,8 @@ class SavingKD(KD):
 
 
 def ddp_run(out_dir: Path) -> None:
-    teacher_path = out_dir / "teacher.pt"
-    if not teacher_path.exists():  # the launcher re-runs this script for rank 1: keep rank 0's file
-        save_teacher(teacher_path, "helpers.nets.tiny_mlp", seed=123)
-    pl.seed_everything(0)
     SavingKD.out_dir = out_dir
-    model = SavingKD(student="helpers.nets.tiny_mlp", teacher="helpers.nets.tiny_mlp", teacher_ckpt=str(teacher_path),
-                     num_classes=10, input_shape=(1, 8, 8), temperature=T, ce_weight=CE_WEIGHT,
-                     kd_weight=KD_WEIGHT, optimizer=partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=5e-4))
-    data = SyntheticDataModule(num_classes=10, input_shape=(1, 8, 8), train_size=64, val_size=16, test_size=16,
-                               batch_size=8, pad=1)
-    quick_trainer(out_dir, devices=2, strategy="ddp", limit_train_batches=3).fit(model, datamodule=data)
+    fit_tiny_mlps_on_two_processes(SavingKD, out_dir, LR, temperature=T, ce_weight=CE_WEIGHT, kd_weight=KD_WEIGHT)
 
 
 def reference_global_batch_run(initial, teacher_state, batches0, batches1):

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from helpers import trainer
+from lightning_kd.batch import Batch
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.losses import at_loss, fitnet_loss, fsp_loss, fsp_matrix
 from lightning_kd.methods import AT, FSP, FitNet
@@ -114,7 +115,7 @@ def test_gradients_reach_student_and_regressor_never_teacher(cls, extra, student
     torch.manual_seed(5)
     model = make(cls, digits_teacher, student_width, **extra)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), Batch(x, y))
     distill = [name for name in losses if name != "ce"]
     assert len(distill) == 1 and losses[distill[0]] > 0
     losses[distill[0]].backward()  # the feature term alone
@@ -235,7 +236,7 @@ def test_fitnet_hints_first_trains_the_guided_layers_on_the_hint_then_the_studen
     x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
     model.eval()
     s, t = model.student_forward(x), model.teacher(x)
-    losses = model.distill_losses(s, t, (x, y))
+    losses = model.distill_losses(s, t, Batch(x, y))
     log_p, q = (s.logits / 3).log_softmax(1), (t.logits / 3).softmax(1)
     kl = (q * (q.log() - log_p)).sum(1).mean() * 9
     total = sum(model.loss_weights[name] * value for name, value in losses.items())
@@ -290,7 +291,7 @@ def test_balance_caps_each_distillation_term_at_a_multiple_of_the_ce_term(balanc
     torch.manual_seed(6)
     model = make(FitNet, digits_teacher, stages="joint", hint_weight=100.0, ce_weight=0.5, balance=balance)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), Batch(x, y))
     ce, hint = losses["ce"].item(), losses["hint"].item()
     assert 100 * hint > 0.5 * ce  # the hint is the larger term here, so a bound of 1x or 0.1x CE cuts it
     scales = model.balance_scales(losses)

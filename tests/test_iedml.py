@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 
 from helpers import DIGITS_SHAPE as SHAPE, run_ddp_script, ie_loss_by_hand as by_hand, trainer
+from lightning_kd.batch import Batch
 from lightning_kd.callbacks import MutualAlternation
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import inheritance_loss
@@ -60,7 +61,7 @@ def peer_step_losses(model: IEDML, i: int, x, y):
     """What DML's training_step hands to peer_losses for peer i: every peer run on x."""
     outputs = {j: model.peer_forward(j, x) for j in range(len(model.peers))}
     others = {j: model.shared_output(j, detached(out)) for j, out in outputs.items() if j != i}
-    return model.peer_losses(i, outputs[i], others, (x, y))
+    return model.peer_losses(i, outputs[i], others, Batch(x, y))
 
 
 # ----------------------------------------------------------------------------- the losses

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import save_teacher, trainer as quick_trainer
+from lightning_kd.batch import Batch
 from lightning_kd.datamodules import ClassSplitDataModule, DigitsDataModule
 from lightning_kd.datamodules.base import normalize
 from lightning_kd.losses import batch_hard_triplet_loss, rkd_angle_loss, rkd_distance_loss
@@ -170,7 +171,7 @@ def test_metric_rkd_losses_are_the_pure_losses_on_the_embeddings(embedding_teach
     model.eval()  # BatchNorm on running stats: the two forward passes below are equal
     torch.manual_seed(1)
     x, y = torch.randn(8, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
-    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, y))
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), Batch(x, y))
     s_emb, t_emb = model.student.embed(x), model.teacher.net.embed(x)  # by the networks themselves
     torch.testing.assert_close(losses["rkd_distance"], rkd_distance_loss(s_emb, t_emb))
     torch.testing.assert_close(losses["rkd_angle"], rkd_angle_loss(s_emb, t_emb))

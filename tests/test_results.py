@@ -16,6 +16,9 @@ from lightning_kd.tools.report import REPDISTILLER_CIFAR100, markdown_table, mea
 from lightning_kd.tools.results import discover_configs
 from lightning_kd.tools.runner import data_overrides
 from lightning_kd.tools.results import main as results_main
+from lightning_kd.tools.results import parse_args as results_parse_args
+from lightning_kd.tools.born_again import parse_args as born_again_parse_args
+import lightning_kd.configs
 
 
 def test_network_name():
@@ -72,6 +75,20 @@ def test_discover_configs_needs_one_teacher(tmp_path):
     (tmp_path / "baseline.yaml").write_text("{}")
     with pytest.raises(ValueError, match="teacher"):
         discover_configs(tmp_path)
+
+
+@pytest.mark.parametrize("tool", ["results", "born_again"])
+def test_the_tools_find_the_shipped_configs_from_any_directory(tmp_path, monkeypatch, tool):
+    parse_args = {"results": results_parse_args, "born_again": born_again_parse_args}[tool]
+    folder = {"results": "quickstart", "born_again": "ban_digits"}[tool]
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(lightning_kd.configs.__file__).parent / folder
+    assert parse_args(["--configs", f"configs/{folder}"]).configs == shipped
+    assert parse_args(["--configs", folder]).configs == shipped
+    (tmp_path / "configs" / folder).mkdir(parents=True)  # a folder of that name here comes first, as with fit -c
+    assert parse_args(["--configs", f"configs/{folder}"]).configs == Path("configs") / folder
+    with pytest.raises(SystemExit):
+        parse_args(["--configs", "configs/no_such_folder"])
 
 
 def test_tiny_end_to_end_run_writes_report_and_png(tmp_path, capsys):
@@ -192,10 +209,16 @@ def test_second_invocation_reuses_every_run_and_writes_the_same_report(tmp_path,
 def test_changes_rerun_exactly_what_they_touch(tmp_path, monkeypatch, capsys):
     configs, run_dir, invoke = resumable_setup(tmp_path, monkeypatch)
     invoke(capsys=capsys)
-    # The KD config's content changes (a comment is enough): KD alone runs again.
-    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
+    # The KD config's bytes change but not what it resolves to (a comment, its optimizer block read from a copy):
+    # reused. Then the copied block it includes changes: KD alone runs again.
+    kd, block = configs / "kd.yaml", tmp_path / "_base" / "kd_sgd.yaml"
+    block.write_text((tmp_path / "_base" / "sgd.yaml").read_text())
+    kd.write_text(kd.read_text().replace("../_base/sgd.yaml", "../_base/kd_sgd.yaml") + "# edited\n")
     _, _, fitted, printed = invoke(capsys=capsys)
-    assert fitted == ["kd"] and "the config file changed" in printed
+    assert fitted == [] and printed.count(": reused ") == 3
+    block.write_text(block.read_text().replace("momentum: 0.9", "momentum: 0.8"))
+    _, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["kd"] and "the config (or a file it includes) changed" in printed
     # The baseline's recorded overrides differ from this command's (as after another --epochs): it runs again.
     record = run_dir / "baseline" / "seed0" / "run.json"
     data = json.loads(record.read_text())
@@ -258,10 +281,10 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
     assert fitted == ["kd"] and "KD seed 0: running (no record yet; resuming after epoch 0)" in printed
     assert runs[2].test_acc == clean[2].test_acc
     assert runs[2].history == clean[2].history and len(runs[2].history) == 2  # epoch 0 came from last.ckpt
-    # A checkpoint of other settings (here: the config changed) is not resumed but started afresh.
+    # A checkpoint of other settings (here: the config's temperature changed) is not resumed but started afresh.
     monkeypatch.setattr(records, "fit_and_test", counting_fit)  # no more crashes
     (run_dir / "kd" / "seed0" / "run.json").unlink()
-    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text() + "# edited\n")
+    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text().replace("temperature: 4.0", "temperature: 3.0"))
     _, _, fitted, printed = invoke("--epochs", "2", capsys=capsys)
     assert fitted == ["kd"] and "KD seed 0: running (no record yet; its unfinished run had other settings: starting afresh)" in printed
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from helpers import run_ddp_script, trainer as quick_trainer
 from helpers.nets import TinyMLP
+from lightning_kd.batch import Batch
 from lightning_kd.datamodules import DigitsDataModule, SyntheticDataModule
 from lightning_kd.losses import rkd_angle_loss, rkd_distance_loss
 from lightning_kd.methods import RKD
@@ -170,7 +171,7 @@ def test_module_losses_are_the_weighted_pure_losses_on_the_pool_embeddings(digit
     torch.manual_seed(4)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     student = model.student_forward(x)
-    losses = model.distill_losses(student, model.teacher(x), (x, y))
+    losses = model.distill_losses(student, model.teacher(x), Batch(x, y))
     logits = student.logits
     s_emb = model.student.pool(model.student.layer3(model.student.layer2(model.student.layer1(model.student.stem(x)))))
     with torch.no_grad():
@@ -189,7 +190,7 @@ def test_module_losses_are_the_weighted_pure_losses_on_the_pool_embeddings(digit
 def test_a_zero_weight_leaves_its_term_out(digits_teacher):
     model = make_rkd(digits_teacher, angle_weight=0.0)
     x = torch.randn(2, 1, 8, 8)
-    losses = model.distill_losses(model.student_forward(x), model.teacher(x), (x, torch.tensor([0, 1])))
+    losses = model.distill_losses(model.student_forward(x), model.teacher(x), Batch(x, torch.tensor([0, 1])))
     assert set(losses) == {"ce", "rkd_distance"}  # and a batch of 2 is fine without angles
 
 
@@ -230,7 +231,7 @@ def test_without_ddp_global_relations_change_nothing(digits_teacher):
     local = make_rkd(digits_teacher)
     global_ = make_rkd(digits_teacher, global_relations=True)
     global_.student.load_state_dict(local.student.state_dict())
-    a, b = (m.distill_losses(m.student_forward(x), m.teacher(x), (x, y)) for m in (local, global_))
+    a, b = (m.distill_losses(m.student_forward(x), m.teacher(x), Batch(x, y)) for m in (local, global_))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -11,6 +11,7 @@ import torch
 from helpers import ROOT
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.methods import Supervised
+import lightning_kd.tools.sweep as sweep
 from lightning_kd.tools.sweep import main as sweep_main, parse_set, setting_args, setting_name
 
 
@@ -48,3 +49,31 @@ def test_reports_the_best_validation_accuracy_and_never_tests(tmp_path, monkeypa
                 total += len(y)
         assert total == 180
         assert run["val_acc"] == pytest.approx(correct / total, abs=1e-6)
+
+
+def test_every_value_is_checked_before_the_first_run_trains(tmp_path, monkeypatch, capsys):
+    fits = []
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: fits.append(args))
+    with pytest.raises(SystemExit, match=r"the setting 'max_epochs=zz' cannot run .*nothing was trained"):
+        sweep_main(["-c", str(ROOT / "configs/quickstart/baseline.yaml"), "--set", "trainer.max_epochs=1,zz",
+                    "--seeds", "0", "--run-dir", str(tmp_path)])
+    assert fits == [] and not (tmp_path / "sweep.csv").exists()
+
+
+def test_a_failed_run_leaves_the_summary_of_the_finished_ones(tmp_path, monkeypatch, capsys):
+    def fails_at_two_epochs(config, overrides):
+        if "--trainer.max_epochs=2" in overrides:
+            raise FloatingPointError("train/loss is nan")
+        return {"--seed_everything=0": 0.5, "--seed_everything=1": 0.7}[overrides[1]]
+
+    monkeypatch.setattr(sweep, "best_val_acc", fails_at_two_epochs)
+    with pytest.raises(SystemExit, match=r"2 run\(s\) failed \(max_epochs=2 seed 0, max_epochs=2 seed 1\)"):
+        sweep_main(["-c", str(ROOT / "configs/quickstart/baseline.yaml"), "--set", "trainer.max_epochs=1,2",
+                    "--seeds", "0", "1", "--run-dir", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["setting"], r["seed"], r["val_acc"], r["error"]) for r in rows] == [
+        ("max_epochs=1", "0", "0.5", ""), ("max_epochs=1", "1", "0.7", ""),
+        ("max_epochs=2", "0", "nan", "FloatingPointError: train/loss is nan"),
+        ("max_epochs=2", "1", "nan", "FloatingPointError: train/loss is nan")]
+    printed = capsys.readouterr().out
+    assert "max_epochs=1" in printed and " 60.00 +- 14.14" in printed  # mean and sample std of 50 and 70

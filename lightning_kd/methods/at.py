@@ -48,4 +48,4 @@ class AT(DistillationModule):
     def distill_losses(self, student, teacher, batch):
         pairs = zip(self.student_layers, self.teacher_layers)
         at = sum(at_loss(student.features[s], teacher.features[t], self.p) for s, t in pairs)
-        return {"ce": F.cross_entropy(student.logits, batch[1]), "at": at}
+        return {"ce": F.cross_entropy(student.logits, batch.y), "at": at}

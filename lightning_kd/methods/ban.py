@@ -53,5 +53,5 @@ class BAN(DistillationModule):
     def distill_losses(self, student, teacher, batch):
         losses = {"kd": kd_loss(student.logits, teacher.logits, temperature=1.0)}
         if "ce" in self.loss_weights:
-            losses["ce"] = F.cross_entropy(student.logits, batch[1])
+            losses["ce"] = F.cross_entropy(student.logits, batch.y)
         return losses

@@ -66,4 +66,4 @@ class DML(MutualLearning):
         self.loss_weights = {"ce": ce_weight, "kl": kl_weight}
 
     def peer_losses(self, i, output, others, batch):
-        return mutual_losses(output, others, batch[1])
+        return mutual_losses(output, others, batch.y)

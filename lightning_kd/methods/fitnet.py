@@ -72,8 +72,8 @@ class FitNet(TwoStageDistillation):
 
     def distill_losses(self, student, teacher, batch):
         if self.stages == "joint":
-            return {"ce": F.cross_entropy(student.logits, batch[1]), "hint": self.hint_loss(student, teacher)}
+            return {"ce": F.cross_entropy(student.logits, batch.y), "hint": self.hint_loss(student, teacher)}
         if self.stage == 1:
             return {"hint": self.hint_loss(student, teacher)}
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
+        return {"ce": F.cross_entropy(student.logits, batch.y),
                 "kd": kd_loss(student.logits, teacher.logits, self.temperature)}

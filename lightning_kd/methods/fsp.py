@@ -82,7 +82,7 @@ class FSP(TwoStageDistillation):
 
     def distill_losses(self, student, teacher, batch):
         if self.stage == 2:
-            return {"ce": F.cross_entropy(student.logits, batch[1])}
+            return {"ce": F.cross_entropy(student.logits, batch.y)}
         s_mats = consecutive_matrices([student.features[name] for name in self.student_layers])
         with torch.no_grad():
             t_mats = consecutive_matrices([teacher.features[name] for name in self.teacher_layers])

@@ -127,7 +127,7 @@ class IEDML(MutualLearning):
         return NetOutput(output.logits, {"factor": self.factor(i, output)})
 
     def peer_losses(self, i, output, others, batch):
-        losses = mutual_losses(output, others, batch[1])
+        losses = mutual_losses(output, others, batch.y)
         feat = output.features[self.layers[i]]
         inherit, explore = split_channels(feat)
         inh, exp = [], []

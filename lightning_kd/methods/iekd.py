@@ -106,7 +106,7 @@ class IEKD(TwoStageDistillation):
         with torch.no_grad():
             t_factor = self.autoencoder.encoder(teacher.features[self.teacher_layer])
         inh_factor, exp_factor = self.factors(student.features[self.student_layer])
-        return {"ce": F.cross_entropy(student.logits, batch[1]), "inh": inheritance_loss(inh_factor, t_factor),
+        return {"ce": F.cross_entropy(student.logits, batch.y), "inh": inheritance_loss(inh_factor, t_factor),
                 "exp": exploration_loss(exp_factor, t_factor)}
 
     def validation_extras(self, student, teacher, y):

@@ -99,7 +99,7 @@ class MetricLearning(RetrievalEvaluation, StudentModule):
 
     def student_losses(self, student, batch):
         embeddings = student.features[self.student_layer].flatten(1)
-        return {"triplet": batch_hard_triplet_loss(embeddings, batch[1], self.margin)}
+        return {"triplet": batch_hard_triplet_loss(embeddings, batch.y, self.margin)}
 
 
 class MetricRKD(RetrievalEvaluation, DistillationModule):
@@ -151,5 +151,5 @@ class MetricRKD(RetrievalEvaluation, DistillationModule):
         t_emb = teacher.features[self.teacher_layer].flatten(1)
         losses = relation_losses(self, s_emb, t_emb, self.global_relations)
         if "triplet" in self.loss_weights:
-            losses["triplet"] = batch_hard_triplet_loss(s_emb, batch[1], self.margin)
+            losses["triplet"] = batch_hard_triplet_loss(s_emb, batch.y, self.margin)
         return losses

@@ -71,5 +71,5 @@ class RKD(DistillationModule):
     def distill_losses(self, student, teacher, batch):
         s_emb = student.features[self.student_layer].flatten(1)
         t_emb = teacher.features[self.teacher_layer].flatten(1)
-        return {"ce": F.cross_entropy(student.logits, batch[1]),
+        return {"ce": F.cross_entropy(student.logits, batch.y),
                 **relation_losses(self, s_emb, t_emb, self.global_relations, self.normalizer)}

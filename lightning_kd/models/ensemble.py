@@ -81,6 +81,7 @@ class CheckpointEnsemble(nn.Module):
         if classes[0] is not None and classes[0] != num_classes:
             raise ValueError(f"the ensemble's members classify {classes[0]} classes, but the data has "
                              f"num_classes={num_classes}: use members trained on this data.")
+        self.paths = paths  # read by FrozenTeacher, which pins a teacher's files by content
         self.members = nn.ModuleList()
         for path, file in zip(paths, files):
             # a network the member's file names resolves to trusted constructors only (lightning_kd.trust)

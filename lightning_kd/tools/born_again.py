@@ -17,8 +17,8 @@ test`` scores one. With several seeds, a control: the ensemble of every chain's 
 averaging without distillation (as many members as seeds). Nothing is chosen on test accuracy.
 
 Resumable like the results command (each run is :func:`lightning_kd.tools.records.run_one`): a finished
-generation is reused while its config file, overrides and teacher run are unchanged; a retrained
-generation retrains the ones after it (their teacher changed). The ensembles are scored again every time
+generation is reused while its resolved config (includes expanded), overrides and teacher run are unchanged;
+a retrained generation retrains the ones after it (their teacher changed). The ensembles are scored again every time
 (one pass over the evaluation splits). Writes a markdown report and a PNG of validation accuracy per epoch.
 """
 from __future__ import annotations
@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Optional
 
 
+from lightning_kd.tools.dashboards import wandb_group
 from lightning_kd.tools.options import add_run_arguments, check_run_arguments, prepare_data_root, run_overrides
 from lightning_kd.tools.records import Run, run_one, student_spec
 from lightning_kd.tools.report import mean_std, plot_histories, report_header, runs_sections
-from lightning_kd.tools.runner import build, data_overrides, resolve
+from lightning_kd.tools.runner import build, data_overrides, finish_wandb, resolve
 
 SEED_STEP = 1000  # generation k of chain s runs with seed s + SEED_STEP * k
 ENSEMBLE = "lightning_kd.models.CheckpointEnsemble"
@@ -79,6 +80,7 @@ def score_ensemble(config: Path, members: list[str], overrides: list[str], folde
     cli = build(config, *overrides, f"--model.init_args.student={json.dumps(spec)}", f"--checkpoint.dirpath={folder}")
     val = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]["val/acc"]
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]["test/acc"]
+    finish_wandb(cli.trainer)
     return float(val), float(test)
 
 
@@ -163,8 +165,10 @@ def main(argv=None) -> dict[str, dict[int, tuple[float, float]]]:
     common = run_overrides(args)
     overrides = {c: [*data_overrides(data_root, args.cifar_root, args.download, resolve(c)["data"]), *common]
                  for c in (gen0, ban)}
-    chains = {seed: run_chain(seed, gen0, ban, args.generations, args.run_dir, overrides, args.rerun)
-              for seed in args.seeds}
+    chains = {}
+    for seed in args.seeds:  # --wandb: each chain's generations in one group
+        with wandb_group(f"born_again {args.configs.name} chain {seed}", args.wandb):
+            chains[seed] = run_chain(seed, gen0, ban, args.generations, args.run_dir, overrides, args.rerun)
 
     runs = [run for seed in args.seeds for run in chains[seed]]
     rows: dict[str, dict[int, tuple[float, float]]] = {}

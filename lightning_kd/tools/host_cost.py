@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lightning_kd.batch import Batch
 from lightning_kd.cli import SHIPPED_CONFIGS
 from lightning_kd.features import NetOutput
 from lightning_kd.tools.bench import method_configs, save_random_teacher, student_stage_start, write_section
@@ -107,14 +108,14 @@ class Bare(pl.LightningModule):
         self.terms = getattr(library, "stage2_losses", getattr(library, "distill_losses", None))
 
     def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[1]
-        student = NetOutput(self.library.student(x), features(self.library.student_hooks))
+        batch = Batch(*batch)
+        student = NetOutput(self.library.student(batch.x), features(self.library.student_hooks))
         if self.teacher is None:
-            losses = self.library.student_losses(student, (x, y))
+            losses = self.library.student_losses(student, batch)
         else:
             with torch.no_grad():
-                teacher = NetOutput(self.teacher.net(x), features(self.teacher.hooks))
-            losses = self.terms(student, teacher, (x, y))
+                teacher = NetOutput(self.teacher.net(batch.x), features(self.teacher.hooks))
+            losses = self.terms(student, teacher, batch)
         loss = sum(self.weights[name] * value for name, value in losses.items())
         if self.log_loss:
             self.log("train/loss", loss)
@@ -139,13 +140,14 @@ class BareMutual(pl.LightningModule):
         return NetOutput(self.library.peers[i](x), features(self.hooks[i]))
 
     def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[1]
+        batch = Batch(*batch)
+        x = batch.x
         lib, peers = self.library, range(len(self.library.peers))
         own = [self.forward_peer(i, x) for i in peers]
         shown = [lib.shared_output(i, NetOutput(o.logits.detach(), {k: v.detach() for k, v in o.features.items()}))
                  for i, o in enumerate(own)]
         for i, optimizer in zip(peers, self.optimizers()):
-            losses = lib.peer_losses(i, own[i], {j: s for j, s in enumerate(shown) if j != i}, (x, y))
+            losses = lib.peer_losses(i, own[i], {j: s for j, s in enumerate(shown) if j != i}, batch)
             optimizer.zero_grad()
             loss = sum(self.weights[name] * value for name, value in losses.items())
             self.manual_backward(loss)
@@ -184,9 +186,8 @@ def raw_loop(library: pl.LightningModule, datamodule, steps: int, warmup: int) -
     for n in range(warmup + steps):
         if n == warmup:
             begin = time.process_time()
-        x, y = next(batches)[:2]
-        x = normalize(augment(x), datamodule.mean, datamodule.std)
-        loss = bare.training_step((x, y), n)
+        x, *rest = next(batches)
+        loss = bare.training_step((normalize(augment(x), datamodule.mean, datamodule.std), *rest), n)
         if loss is not None:
             optimizers[0].zero_grad()
             loss.backward()
@@ -291,7 +292,11 @@ def main(argv=None) -> list[list[str]]:
     torch.set_num_threads(1)
     rows = []
     for config in method_configs(Path(args.configs_dir), args.configs):
-        rows.append(measure(config, args.steps, args.rounds))
+        try:
+            rows.append(measure(config, args.steps, args.rounds))
+        except Exception as err:  # noqa: BLE001 - one config that cannot run must not hide the others' figures
+            message = f"{type(err).__name__}: {err}".replace("|", "/").replace("\n", " ")[:200]
+            rows.append([config.name, "failed", message] + ["n/a"] * (len(COLUMNS) - 3))
         print(" | ".join(rows[-1]), flush=True)
     text = (f"Command: `{command}` ({device_name()}; torch {torch.__version__}, Lightning {pl.__version__}). "
             f"Per training step, over {args.steps} steps of one epoch (one `log_every_n_steps` period at the "

@@ -6,6 +6,8 @@ import argparse
 import tarfile
 from pathlib import Path
 
+from lightning_kd.cli import config_path
+
 
 def prepare_data_root(data_root: Path, out_dir: Path) -> Path:
     """A ``.tar.gz`` of an ImageFolder tree (as in ``shared/data``) is extracted once into ``out_dir``."""
@@ -42,8 +44,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks the options, and resolves ``--configs`` as ``lightning-kd fit -c`` does (a folder here, else
+    the shipped one of that name)."""
+    args.configs = config_path(args.configs)
     if not args.configs.is_dir():
-        parser.error(f"--configs {args.configs} is not a folder.")
+        parser.error(f"--configs {args.configs} is not a folder here nor a shipped one (`lightning-kd list` "
+                     f"names them).")
     if args.data_root is not None and args.cifar_root is not None:
         parser.error("--data-root (ImageFolder) and --cifar-root (torchvision CIFAR) exclude each other; pick one.")
     if args.epochs is not None and args.epochs < 1:

@@ -1,6 +1,6 @@
 """Run records of the commands over configs (results, born_again): one fit + test of a config, kept as
-``run.json`` beside its checkpoints, so the same command run again reuses every run whose config file
-content, overrides and teacher run are unchanged, and an interrupted run resumes from its ``last.ckpt``.
+``run.json`` beside its checkpoints, so the same command run again reuses every run whose resolved config
+(its includes expanded: a changed ``_base`` block is a changed config), overrides and teacher run are unchanged, and an interrupted run resumes from its ``last.ckpt``.
 """
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from typing import Optional
 
 import yaml
 
+from lightning_kd import naming
 from lightning_kd.checkpoints import load_checkpoint_file
-from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test
+from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test, resolve
 
 LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fitnet": "FitNet", "at": "AT",
-          "fsp": "FSP", "rkd": "RKD", "rco": "RCO", "dml": "DML", "iekd": "IE-KD", "iedml": "IE-DML"}
+          "fsp": "FSP", "rkd": "RKD", "rco": "RCO", "dml": "DML", "iekd": "IE-KD", "iedml": "IE-DML",
+          "dkd": "DKD", "dist": "DIST", "kdls": "KD + LS"}
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Run:
     resolved_config: Optional[Path] = None
     best_ckpt: str = ""
     network: str = ""
-    config_sha256: str = ""  # of the config file's content when it ran
+    config_sha256: str = ""  # of the resolved config (includes expanded) when it ran: resolved_sha256
     teacher_finished: str = ""  # ``finished`` of the teacher run it distilled from ("" if none)
     finished: str = ""  # UTC time the run completed, ISO format
     device: str = ""
@@ -44,14 +46,7 @@ class Run:
 
 def network_name(cfg: dict) -> str:
     """The trained network of a resolved config, compactly: ``small_cnn(width=4)``; peer 0 for mutual learning."""
-    init_args = cfg["model"].get("init_args") or {}
-    peers = init_args.get("peers")
-    spec = peers[0] if peers else init_args.get("student", "?")
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        name = spec.pop("name", "?")
-        spec = f"{name}({', '.join(f'{k}={v}' for k, v in spec.items())})" if spec else name
-    return f"{spec}, peer 0 of {len(peers)}" if peers else str(spec)
+    return naming.network_name(cfg["model"].get("init_args") or {})
 
 
 def student_spec(cfg: dict):
@@ -116,8 +111,10 @@ def load_record(path: Path) -> Run:
     return run
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def resolved_sha256(config: Path) -> str:
+    """Digest of the config as the CLI resolves it (every included file expanded, defaults applied), not of the
+    file's own bytes: a run whose ``_base`` block changed is another run."""
+    return hashlib.sha256(json.dumps(resolve(config), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str) -> tuple[Optional[Run], str]:
@@ -129,7 +126,7 @@ def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finis
     except ValueError as err:
         return None, f"its record {path} is unreadable: {err}"
     if run.config_sha256 != config_sha:
-        return None, "the config file changed since it ran"
+        return None, "the config (or a file it includes) changed since it ran"
     if run.overrides != overrides:
         before, now = set(run.overrides), set(overrides)
         return None, (f"its overrides changed: now {sorted(now - before) or 'the same set, reordered'}, "
@@ -145,13 +142,13 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
             teacher_finished: str = "", rerun: bool = False) -> Run:
     """Fit + test one config with ``overrides``; record its top-1, wall time and val/acc history.
 
-    A record in ``run_dir`` of the same config content, overrides and teacher run
+    A record in ``run_dir`` of the same resolved config, overrides and teacher run
     (``teacher_finished``, "" for runs without a teacher) is returned instead, unless ``rerun``.
     """
     name = f"{label(key)} seed {seed}"
     ckpt_dir = checkpoint_dir(run_dir)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
-    config_sha = file_sha256(config)
+    config_sha = resolved_sha256(config)
     record = record_path(run_dir)
     recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
     if recorded is not None:

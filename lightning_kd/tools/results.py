@@ -19,8 +19,8 @@ Built from :mod:`~lightning_kd.tools.records` (one run and its record), :mod:`~l
 born_again shares; this module only finds the configs and plans the runs.
 
 Resumable: each finished run leaves its record (``run.json``) beside its checkpoints in
-``--run-dir``; the same command run again reuses every run whose config file content and
-overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
+``--run-dir``; the same command run again reuses every run whose resolved config (includes
+expanded) and overrides are unchanged (and whose teacher is the same run), so an interrupted table is finished
 by re-running the command. ``--rerun`` trains everything again.
 """
 from __future__ import annotations
@@ -36,8 +36,9 @@ from typing import Sequence
 
 from lightning_kd.tools.options import (add_run_arguments, check_run_arguments, prepare_data_root,
                                         run_overrides)
-from lightning_kd.tools.records import Run, checkpoint_dir, network_name, student_spec
-from lightning_kd.tools.report import plot_histories, write_report
+from lightning_kd.tools.dashboards import log_table, wandb_group
+from lightning_kd.tools.records import Run, checkpoint_dir, label, network_name, student_spec
+from lightning_kd.tools.report import plot_histories, summarize, write_report
 from lightning_kd.tools.runner import data_overrides, resolve
 from lightning_kd.tools.scheduling import run_all
 
@@ -135,11 +136,19 @@ def main(argv=None) -> list[Run]:
         if config == baseline_cfg:
             students += wider
     teacher_job = ("teacher", teacher_cfg, args.seeds[0], overrides_for(teacher_cfg), teacher_dir)
-    runs = run_all(teacher_job, students, args.jobs, args.rerun)
+    group = f"table {args.out}"  # --wandb: the table's runs in one group
+    with wandb_group(group, args.wandb):
+        runs = run_all(teacher_job, students, args.jobs, args.rerun)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot = args.out.with_suffix(".png")
     plot_histories(runs, plot, f"validation top-1 per epoch: {args.configs}")
     print(write_report(runs, args.out, plot, command, args.configs, args.note))
+    if args.wandb:
+        rows = summarize(runs)
+        log_table(group, "results", ["method", "config", "network", "top-1 mean", "top-1 std", "delta vs baseline",
+                                     "seeds", "wall s / run"],
+                  [[label(key), row["config"].name, row["network"], row["mean"], row["std"], row["delta"], row["n"],
+                    row["wall_s"]] for key, row in rows.items()])
     return runs
 
 

@@ -121,10 +121,15 @@ def fit_and_test(config: str | Path, *overrides: str, callbacks: Sequence[Callba
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     best = best_checkpoint(cli.trainer).best_model_path
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
-    for logger in cli.trainer.loggers:  # one wandb run per fit: the next fit in this process must not join it
+    finish_wandb(cli.trainer)
+    return float(result[0]["test/acc"]), best
+
+
+def finish_wandb(trainer: Trainer) -> None:
+    """Close the trainer's wandb runs (written out whole): the next fit in this process must not join them."""
+    for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
-    return float(result[0]["test/acc"]), best
 
 
 def device_name() -> str:

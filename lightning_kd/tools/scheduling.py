@@ -3,16 +3,29 @@ small runs share one GPU), the teacher's run before the runs that read it."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterator, Sequence
 
+import torch
+
+from lightning_kd.threads import available_cores
 from lightning_kd.tools.records import Run, run_one
+
+
+def share_cores(jobs: int) -> None:
+    """A worker's torch threads: the cores divided by the ``jobs`` runs at once (at least 1), unless
+    OMP_NUM_THREADS chose; the CLI of each run keeps it (it reads OMP_NUM_THREADS)."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // jobs))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def process_pool(jobs: int) -> ProcessPoolExecutor:
     """``jobs`` worker processes, spawned, not forked: each run initialises its own torch state (and CUDA
     context)."""
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=share_cores,
+                               initargs=(jobs,))
 
 
 def in_order(fn: Callable, calls: Sequence[tuple], jobs: int) -> Iterator:

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS_SHAPE = (1, 8, 8)
 TINY_CNN = {"name": "small_cnn", "width": 4}
 MARKER_VARIABLE = "LIGHTNING_KD_TEST_MARKER"  # the file helpers.payload writes when imported or called
-# Arguments that let a method's default constructor finish a 2-epoch digits run in both stages.
-SHORT_RUN_ARGS = {"FSP": {"stage1_fraction": 0.5}, "IEKD": {"stage1_fraction": 0.5}}
+# Arguments that let a method's default constructor finish a 2-epoch digits run (both stages; fitting data).
+SHORT_RUN_ARGS = {"FSP": {"stage1_fraction": 0.5}, "IEKD": {"stage1_fraction": 0.5},
+                  "CRD": {"negatives": 64}}  # the digits' training set has 1,257 samples, not CRD's 16,384
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 
@@ -55,6 +56,26 @@ def run_ddp_script(run, *args) -> None:
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def fit_tiny_mlps_on_two_processes(cls, out_dir: Path, lr: float, **kwargs) -> None:
+    """A DDP test script's fit: ``cls`` with tiny_mlp student and teacher (the teacher saved once, by rank 0, in
+    ``out_dir``), SGD (momentum 0.9, weight decay 5e-4) at ``lr``, 3 steps of 2 processes x 8 synthetic
+    8x8 images; ``kwargs`` go to ``cls``."""
+    from functools import partial
+
+    from lightning_kd.datamodules import SyntheticDataModule
+
+    teacher_path = out_dir / "teacher.pt"
+    if not teacher_path.exists():  # the launcher re-runs the script for rank 1: keep rank 0's file
+        save_teacher(teacher_path, "helpers.nets.tiny_mlp", seed=123)
+    pl.seed_everything(0)
+    model = cls(student="helpers.nets.tiny_mlp", teacher="helpers.nets.tiny_mlp", teacher_ckpt=str(teacher_path),
+                num_classes=10, input_shape=(1, 8, 8),
+                optimizer=partial(torch.optim.SGD, lr=lr, momentum=0.9, weight_decay=5e-4), **kwargs)
+    data = SyntheticDataModule(num_classes=10, input_shape=(1, 8, 8), train_size=64, val_size=16, test_size=16,
+                               batch_size=8, pad=1)
+    trainer(out_dir, devices=2, strategy="ddp", limit_train_batches=3).fit(model, datamodule=data)
 
 
 def save_teacher(path: Path, spec, num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> str:
@@ -131,6 +152,17 @@ class KillAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             raise Interrupted(f"killed at global step {self.step}")
+
+
+class SaveAfterBatches(pl.Callback):
+    """Saves ``<folder>/batch<i>.ckpt`` after each training batch ``i`` of ``batches`` (epoch 0)."""
+
+    def __init__(self, folder, batches):
+        self.folder, self.batches = folder, batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx in self.batches:
+            trainer.save_checkpoint(self.folder / f"batch{batch_idx}.ckpt")
 
 
 class RecordLR(pl.Callback):
