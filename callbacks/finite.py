@@ -109,8 +109,8 @@ class FiniteCheck(Callback):
         self.pending: list[tuple[int, int, list[str], Tensor]] = []  # (epoch, step, names, values)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        terms = getattr(pl_module, "loss_terms", None) or {"loss": loss}
-        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        terms = getattr(pl_module, "loss_terms", None) or {"loss": loss.detach()}  # the module's are detached
+        values = torch.stack([v.float() if v.dim() == 0 else v.float().reshape(()) for v in terms.values()])
         self.pending.append((trainer.current_epoch, trainer.global_step, list(terms), values))
         every = self.every_n_steps or (1 if pl_module.device.type == "cpu" else 100)
         if len(self.pending) >= every:
@@ -119,7 +119,10 @@ class FiniteCheck(Callback):
     def raise_if_not_finite(self, trainer: pl.Trainer) -> None:
         """One sync for all pending steps; ``FloatingPointError`` naming the first non-finite term."""
         pending, self.pending = self.pending, []
-        if not pending or bool(torch.cat([values for *_, values in pending]).isfinite().all()):
+        if not pending:
+            return
+        values = pending[0][-1] if len(pending) == 1 else torch.cat([values for *_, values in pending])
+        if bool(values.isfinite().all()):
             return
         for epoch, step, names, values in pending:
             bad = (~values.isfinite()).nonzero()

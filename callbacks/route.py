@@ -398,7 +398,8 @@ class RouteConstrainedTeacher(Callback):
                 self.schedule_start = start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        pl_module.log("train/rco_anchor", float(self.index), on_step=True, on_epoch=False, batch_size=1)
+        if pl_module.logs_step_values():  # a Python number: a host-device copy, only where it is logged
+            pl_module.log("train/rco_anchor", float(self.index), on_step=True, on_epoch=False, batch_size=1)
 
     # ----------------------------------------------------------------- greedy
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

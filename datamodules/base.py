@@ -81,29 +81,49 @@ class ResumableLoader(DataLoader):
         self.sampler.resume = (state["seed"], state["trained"]) if state["trained"] else None
 
 
-def random_crop(images: Tensor, pad: int) -> Tensor:
-    """Zero-pad by ``pad`` and cut a random ``H x W`` window per image, in one gather."""
+def augment(images: Tensor, pad: int, flip: bool) -> Tensor:
+    """Zero-pad by ``pad`` and cut a random ``H x W`` window per image, mirrored horizontally with probability
+    1/2 when ``flip``: one gather whose column index runs backwards for the flipped images (the same random
+    draws, in the same order, and the same pixels as a crop followed by a flip)."""
     n, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     dev = images.device
-    top = torch.randint(0, 2 * pad + 1, (n,), device=dev)
-    left = torch.randint(0, 2 * pad + 1, (n,), device=dev)
-    rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    chans = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
-
-
-def random_flip(images: Tensor) -> Tensor:
-    """Mirror each image horizontally with probability 1/2."""
-    flip = torch.rand(images.shape[0], device=images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    if pad:
+        images = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        top = torch.randint(0, 2 * pad + 1, (n,), device=dev).view(n, 1, 1, 1)
+        left = torch.randint(0, 2 * pad + 1, (n,), device=dev).view(n, 1, 1, 1)
+    else:
+        top = left = 0
+    cols = torch.arange(w, device=dev)
+    if flip:
+        mirrored = (torch.rand(n, device=dev) < 0.5).view(n, 1, 1, 1)
+        cols = torch.where(mirrored, cols.flip(0), cols)
+    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return images[batch, chans, top + torch.arange(h, device=dev).view(1, 1, h, 1), left + cols]
 
 
 def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float, per-channel standardized."""
-    return (images.float() / 255.0 - mean.to(images.device)[:, None, None]) / std.to(images.device)[:, None, None]
+    """uint8 [0, 255] -> float, per-channel standardized (``mean``, ``std``: shape (C,) or (C, 1, 1), on the
+    images' device or to be moved there)."""
+    if mean.dim() == 1:
+        mean, std = mean[:, None, None], std[:, None, None]
+    return (images.float() / 255.0 - mean.to(images.device)) / std.to(images.device)
+
+
+class DeviceNormalize:
+    """:func:`normalize` with the statistics moved to the batches' device once, not at every batch (on a GPU
+    each move is a blocking host-device copy); moved again when given other statistics or another device."""
+
+    def __init__(self):
+        self.source: Optional[tuple[Tensor, Tensor, torch.device]] = None
+        self.stats: tuple[Tensor, Tensor] = ()
+
+    def __call__(self, images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        source = self.source
+        if source is None or source[0] is not mean or source[1] is not std or source[2] != images.device:
+            self.source = (mean, std, images.device)
+            self.stats = (mean.to(images.device)[:, None, None], std.to(images.device)[:, None, None])
+        return normalize(images, *self.stats)
 
 
 def refuse_mid_epoch_resume(written_mid_epoch: bool, trainer, run: str) -> None:
@@ -175,6 +195,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.held_out: Optional[tuple[Tensor, Tensor]] = None
         self.shuffle: Optional[EpochShuffle] = None
+        self.normalize = DeviceNormalize()
 
     @property
     def random_augmentation(self) -> bool:
@@ -276,8 +297,6 @@ class InMemoryDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.training:
             if self.shuffle is not None:
                 self.shuffle.trained += 1  # a training batch: what a resumed epoch skips
-            if self.pad:
-                x = random_crop(x, self.pad)
-            if self.flip:
-                x = random_flip(x)
-        return (normalize(x, self.mean, self.std), y, *index)
+            if self.pad or self.flip:
+                x = augment(x, self.pad, self.flip)
+        return (self.normalize(x, self.mean, self.std), y, *index)

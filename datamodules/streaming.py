@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_kd.compat import epochs_begun
-from lightning_kd.datamodules.base import normalize, refuse_mid_epoch_resume
+from lightning_kd.datamodules.base import DeviceNormalize, refuse_mid_epoch_resume
 from lightning_kd.datamodules.image_folder import PIL_FORMATS, to_8bit
 
 # What the converter (lightning_kd.tools.shards) writes and this module reads. Bump SHARD_FORMAT when what a
@@ -181,6 +181,7 @@ class StreamingImageDataModule(pl.LightningDataModule):
         self.image_size, self.resize, self.num_workers = image_size, resize, num_workers
         self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         self.return_index, self.seed = return_index, seed
+        self.normalize = DeviceNormalize()
         #: The training split's size (the converter's count; what per-sample state is sized by).
         self.train_size = int(meta["splits"][train_split]["count"])
 
@@ -228,6 +229,6 @@ class StreamingImageDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y, index = batch
-        x = normalize(x, self.mean, self.std)
+        x = self.normalize(x, self.mean, self.std)
         training = self.trainer is not None and self.trainer.training
         return (x, y, index) if training and self.return_index else (x, y)

@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_kd.batch import Batch, check_data_needs
 from lightning_kd.callbacks import FiniteCheck, guarantees
 from lightning_kd.checkpoints import WeightsMismatchError, load_checkpoint_file, save_repdistiller
+from lightning_kd.compat import step_values_logged
 from lightning_kd.export import export, preprocessing
 from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network, is_pretrained
@@ -62,6 +63,9 @@ class StudentModule(pl.LightningModule):
         compile: ``torch.compile`` the networks in place (keys and hooks unchanged); opt-in, as
             compiling takes tens of seconds.
         check_finite_every_n_steps: see :class:`~lightning_kd.callbacks.FiniteCheck`.
+        log_every_step: log the step values (``train/<term>``, ``train/loss``, ...) at every training step;
+            by default only on the steps the loggers write (``trainer.log_every_n_steps``) and on the first
+            and last batch of each epoch, since each logged value costs Lightning about 2,000 Python calls.
 
     A method declares in ``data_needs`` what it needs of the training data (``index``, ``train_size``,
     ``train_labels``: :mod:`lightning_kd.batch`); data that cannot give it is refused before training.
@@ -78,7 +82,7 @@ class StudentModule(pl.LightningModule):
                  input_shape: Optional[tuple[int, int, int]] = None,
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  channels_last: bool = False, compile: bool = False,
-                 check_finite_every_n_steps: Optional[int] = None):
+                 check_finite_every_n_steps: Optional[int] = None, log_every_step: bool = False):
         super().__init__()
         self.finite_check = FiniteCheck(check_finite_every_n_steps)  # checks the interval now
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -89,6 +93,7 @@ class StudentModule(pl.LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.channels_last, self.compile_networks = channels_last, compile
         self.student_spec = student
+        self.log_every_step = log_every_step
         self.student = build_network(student, self.num_classes, self.input_shape[0])
         #: The datamodule's normalization, image size, channels and class names (lightning_kd.export),
         #: recorded at setup and kept in checkpoints, for the export.
@@ -154,14 +159,24 @@ class StudentModule(pl.LightningModule):
         for name, fraction in self.weight_warmup.items():
             if name in losses:
                 scales[name] = scales.get(name, 1.0) * warmup_scale(fraction, self.current_epoch, self.trainer.max_epochs)
-        self.log_dict({f"train/scale/{prefix}{name}": scale for name, scale in scales.items()},
-                      on_step=True, on_epoch=False, batch_size=1)
+        if scales:
+            self.log_step({f"train/scale/{prefix}{name}": scale for name, scale in scales.items()}, 1)
         total = sum(self.loss_weights[name] * scales.get(name, 1.0) * value for name, value in losses.items())
         self.loss_terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
         self.loss_terms[f"{prefix}loss"] = total.detach()
-        self.log_dict({f"train/{name}": value for name, value in self.loss_terms.items()},
-                      on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_step({f"train/{name}": value for name, value in self.loss_terms.items()}, batch_size)
         return total
+
+    def logs_step_values(self) -> bool:
+        """Whether this training step's values are logged (see ``log_every_step``); always outside a fit."""
+        trainer = attached_trainer(self)
+        return self.log_every_step or trainer is None or not trainer.training or step_values_logged(trainer)
+
+    def log_step(self, values: dict[str, Any], batch_size: int) -> None:
+        """Log a training step's ``values`` (tensors, not Python numbers: those cost a host-device copy) on
+        the steps :meth:`logs_step_values` says."""
+        if self.logs_step_values():
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def configure_callbacks(self):
         return guarantees(self.finite_check)

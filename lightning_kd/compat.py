@@ -22,3 +22,14 @@ def epochs_begun(trainer: pl.Trainer) -> int:
     (``set_epoch``): right after a resume from an epoch-end checkpoint this is one more than
     ``trainer.current_epoch``, which counts the checkpoint's last epoch as done only after its end hooks."""
     return trainer.fit_loop.epoch_progress.current.processed
+
+
+def step_values_logged(trainer: pl.Trainer) -> bool:
+    """Whether the values a training step logs reach anyone: the loggers write this batch's step values (as
+    Lightning's logger connector decides, ``should_update_logs``: every ``log_every_n_steps`` batches counted
+    by ``_batches_that_stepped``, and every batch of ``fast_dev_run``), or it is the first or last batch of
+    the epoch (so ``callback_metrics`` holds the epoch's first and last step values)."""
+    loop = trainer.fit_loop.epoch_loop
+    every = trainer.log_every_n_steps
+    return (bool(trainer.fast_dev_run) or loop.batch_idx <= 0 or trainer.is_last_batch
+            or (every > 0 and (loop._batches_that_stepped + 1) % every == 0))

@@ -29,15 +29,26 @@ SCHEDULES = ("sequential", "simultaneous")
 
 
 @contextmanager
-def buffers_kept(net: nn.Module):
-    """Run a forward in training mode (batch statistics) without touching running statistics."""
-    saved = [b.clone() for b in net.buffers()]
+def buffers_kept(room: tuple[list[Tensor], list[Tensor]]):
+    """Run a forward in training mode (batch statistics) without touching a network's running statistics:
+    ``room`` is :func:`buffer_room`'s ``(buffers, spare)``; they are copied to the spare tensors and back, each
+    way in one foreach copy."""
+    buffers, spare = room
+    if not buffers:  # a network without running statistics
+        yield
+        return
+    torch._foreach_copy_(spare, buffers)
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, s in zip(net.buffers(), saved):
-                b.copy_(s)
+            torch._foreach_copy_(buffers, spare)
+
+
+def buffer_room(net: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """``net``'s buffers and a spare tensor for each, for :func:`buffers_kept`."""
+    buffers = list(net.buffers())
+    return buffers, [b.clone() for b in buffers]
 
 
 def mutual_losses(output: NetOutput, others: dict[int, NetOutput], labels: Tensor) -> dict[str, Tensor]:
@@ -87,6 +98,9 @@ class MutualLearning(StudentModule):
         self.stepping_peers: Optional[Sequence[int]] = None
         self.schedule, self.placement_name = schedule, placement
         self.placement: Placement = PLACEMENTS["replicated"](len(peers))
+        # What each step reads of the peers, looked up at its first use in a fit (setup starts over).
+        self.peer_tensors: dict[int, tuple[list[nn.Parameter], list[Tensor]]] = {}
+        self.buffer_rooms: dict[nn.Module, tuple[list[Tensor], list[Tensor]]] = {}
 
     @property
     def peers(self) -> tuple[nn.Module, ...]:
@@ -112,6 +126,7 @@ class MutualLearning(StudentModule):
         # Outside a fit every process holds every peer (test, predict, validate).
         self.placement = PLACEMENTS[self.placement_name if stage == "fit" else "replicated"](len(self.peers))
         self.placement.place(self)
+        self.peer_tensors, self.buffer_rooms = {}, {}
 
     def watch_peer_layers(self, layers: Sequence[str]) -> list[dict[str, Tensor]]:
         """Make :meth:`peer_forward` of peer ``i`` return the features of ``layers[i]``; returns
@@ -183,23 +198,37 @@ class MutualLearning(StudentModule):
                 count_optimizer_step(self.trainer)
             if self.schedule == "sequential" and n < len(order) - 1:  # later peers learn from its new predictions
                 shown[i] = self.placement.refreshed(i, lambda: self.unchanged_output(i, x), like=x)
-        logged, totals = self.placement.gather_losses(order, totals, self.loss_terms,
-                                                      [*sorted(self.loss_weights), "loss"], self.device)
-        if logged:
-            self.log_dict({f"train/{name}": value for name, value in logged.items()}, on_step=True, on_epoch=False,
-                          batch_size=len(x))
-        self.log("train/loss", torch.stack([totals[i] for i in order]).mean(), on_step=True, on_epoch=False,
-                 batch_size=len(x))
+        names = [*sorted(self.loss_weights), "loss"]
+        logged, totals = self.placement.gather_losses(order, totals, self.loss_terms, names, self.device)
+        if self.logs_step_values():
+            self.log_step({f"train/{name}": value for name, value in logged.items()}
+                          | {"train/loss": torch.stack([totals[i] for i in order]).mean()}, len(x))
 
     def unchanged_output(self, i: int, x: Tensor) -> NetOutput:
         """Peer ``i``'s shared output of ``x`` by a no-grad forward in training mode (batch statistics),
         leaving its running statistics as they are."""
-        with torch.no_grad(), buffers_kept(self.peers[i]):
+        with torch.no_grad(), self.buffers_kept(self.peers[i]):
             return self.shared_output(i, self.peer_forward(i, x))
+
+    def buffers_kept(self, net: nn.Module):
+        """:func:`buffers_kept` for ``net`` (a peer or a module of one), its room made at its first use in a fit."""
+        room = self.buffer_rooms.get(net)
+        if room is None:
+            room = self.buffer_rooms[net] = buffer_room(net)
+        return buffers_kept(room)
+
+    def peer_state(self, i: int) -> tuple[list[nn.Parameter], list[Tensor]]:
+        """Peer ``i``'s parameters and floating buffers (its modules'), looked up at its first step of a fit
+        (the strategy has placed the tensors by then) and kept for the others."""
+        found = self.peer_tensors.get(i)
+        if found is None:
+            peer = nn.ModuleList(self.peer_modules(i))
+            found = self.peer_tensors[i] = (list(peer.parameters()), [b for b in peer.buffers() if b.is_floating_point()])
+        return found
 
     def step_peer(self, i: int, loss: Tensor) -> None:
         """Backward, average gradients over the peer's processes, step; then align running statistics."""
-        peer = nn.ModuleList(self.peer_modules(i))
+        parameters, buffers = self.peer_state(i)
         optimizers = self.optimizers()
         optimizer = (optimizers if isinstance(optimizers, list) else [optimizers])[self.placement.local_peers.index(i)]
         optimizer.zero_grad()
@@ -207,9 +236,9 @@ class MutualLearning(StudentModule):
         # DDP's reducer would wait for gradients of every peer; the placement averages this peer's.
         with strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext():
             self.manual_backward(loss)
-        self.placement.average([p.grad for p in peer.parameters() if p.grad is not None])
+        self.placement.average([p.grad for p in parameters if p.grad is not None])
         optimizer.step()
-        self.placement.average([b for b in peer.buffers() if b.is_floating_point()])
+        self.placement.average(buffers)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()

@@ -25,7 +25,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_kd.trust import already_imported
 
-SPEED_OPTIONS = ("compile", "channels_last", "check_finite_every_n_steps")
+SPEED_OPTIONS = ("compile", "channels_last", "check_finite_every_n_steps", "log_every_step")
 #: The settings a resumed run may change: applied, and said where they differ.
 SAFE_CHANGES = (*SPEED_OPTIONS, "teacher_ckpt", "optimizer")
 LINKED = ("num_classes", "input_shape")  # linked from the data by the CLI; checked against the data itself

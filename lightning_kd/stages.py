@@ -65,5 +65,6 @@ class TwoStageDistillation(DistillationModule):
                            f"{self.stage_names[2]} starts.")
 
     def training_step(self, batch, batch_idx):
-        self.log("train/stage", float(self.stage), on_step=True, on_epoch=False, batch_size=len(batch[0]))
+        if self.logs_step_values():  # a Python number: a host-device copy, only where it is logged
+            self.log("train/stage", float(self.stage), on_step=True, on_epoch=False, batch_size=len(batch[0]))
         return super().training_step(batch, batch_idx)

@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from helpers import trainer
+from helpers import RecordingLogger, trainer
 from lightning_kd.checkpoints import load_checkpoint_file
 from lightning_kd.datamodules import DigitsDataModule
 from lightning_kd.methods import KD, Supervised
@@ -140,3 +140,28 @@ def test_shapes_left_out_are_named_in_the_errors_of_data_of_another_shape(superv
                                          r"not given\), but DigitsDataModule has input_shape=\(1, 8, 8\)"):
         trainer(tmp_path).fit(model, DigitsDataModule())
     assert all(p.grad is None for p in model.parameters())  # refused before the first step
+
+
+@pytest.mark.parametrize("method", ["KD", "DML"])
+def test_loggers_get_the_same_step_values_whether_or_not_every_step_logs(supervised_ckpt, tmp_path, method):
+    """Logging only on the steps the loggers write (the default) changes nothing that reaches them."""
+    from functools import partial
+
+    from lightning_kd.methods import DML
+
+    path, _ = supervised_ckpt
+    records = []
+    for every_step in (True, False):
+        pl.seed_everything(0)
+        if method == "KD":
+            model = KD(student=STUDENT, teacher=TEACHER, teacher_ckpt=str(path), num_classes=10,
+                       input_shape=(1, 8, 8), log_every_step=every_step)
+        else:
+            model = DML(peers=[STUDENT, TEACHER], num_classes=10, input_shape=(1, 8, 8), log_every_step=every_step,
+                        optimizer=partial(torch.optim.SGD, lr=0.1))
+        logger = RecordingLogger()
+        trainer(tmp_path, max_epochs=2, limit_train_batches=5, logger=logger, log_every_n_steps=2).fit(
+            model, datamodule=DigitsDataModule(batch_size=16))
+        records.append([(step, {k: v for k, v in row.items() if k.startswith("train/")}) for step, row in logger.rows])
+    assert [step for step, _ in records[0]] == [1, 3, 5, 7, 9]  # steps 2, 4, ... 10 of the fit
+    assert all(row for _, row in records[0]) and records[0] == records[1]

@@ -7,8 +7,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import trainer
-from lightning_kd.compat import count_optimizer_step, epochs_begun
+from helpers import RecordingLogger, trainer
+from lightning_kd.compat import count_optimizer_step, epochs_begun, step_values_logged
 
 
 class Manual(pl.LightningModule):
@@ -74,3 +74,31 @@ def test_epochs_begun_is_the_next_epoch_when_a_resumed_fit_starts_iterating(tmp_
     EpochRecordingLoader.seen = []
     trainer(tmp_path, max_epochs=3, limit_train_batches=None).fit(Recording(0), ckpt_path=tmp_path / "end.ckpt")
     assert EpochRecordingLoader.seen == [(2, 1)]  # current_epoch would replay epoch 1's order
+
+
+class Asking(Manual):
+    """Logs a value every batch and records, in the step, whether step_values_logged says it is logged."""
+
+    def __init__(self):
+        super().__init__(0)
+        self.asked = []
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        self.asked.append((self.trainer.current_epoch, batch_idx, step_values_logged(self.trainer)))
+        self.log("value", float(batch_idx), on_step=True, on_epoch=False)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(20, 2)), batch_size=2)  # 10 batches
+
+
+def test_step_values_logged_covers_every_step_the_loggers_write_and_each_epochs_first_and_last(tmp_path):
+    model, logger = Asking(), RecordingLogger()
+    trainer(tmp_path, max_epochs=2, limit_train_batches=None, logger=logger, log_every_n_steps=3).fit(model)
+    said = [(epoch, batch) for epoch, batch, logged in model.asked if logged]
+    # Lightning writes the steps whose batch count since the start is a multiple of 3 (its `step` is that
+    # count - 1): batches 2, 5, 8 of epoch 0 and 1, 4, 7 of epoch 1 (batches 12, 15, 18 of the fit)
+    steps = [step for step, metrics in logger.rows if "value" in metrics]
+    assert steps == [2, 5, 8, 11, 14, 17]
+    written = {(step // 10, step % 10) for step in steps}
+    assert set(said) == written | {(0, 0), (0, 9), (1, 0), (1, 9)}

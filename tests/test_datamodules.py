@@ -9,7 +9,7 @@ from PIL import Image
 
 from lightning_kd.datamodules import (CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule,
                          ImageFolderDataModule, SyntheticDataModule)
-from lightning_kd.datamodules.base import normalize, random_crop, random_flip
+from lightning_kd.datamodules.base import augment, normalize
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():
@@ -33,7 +33,7 @@ def test_digits_split_is_fixed_disjoint_and_complete():
 def test_random_crop_cuts_a_window_of_the_padded_image():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 6, 6), dtype=torch.uint8)
-    out = random_crop(x, pad=2)
+    out = augment(x, pad=2, flip=False)
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
@@ -47,11 +47,38 @@ def test_random_crop_cuts_a_window_of_the_padded_image():
 def test_random_flip_mirrors_about_half():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (400, 1, 4, 4), dtype=torch.uint8)
-    out = random_flip(x)
+    out = augment(x, pad=0, flip=True)
     same = torch.tensor([torch.equal(a, b) for a, b in zip(out, x)])
     mirrored = torch.tensor([torch.equal(a, b.flip(2)) for a, b in zip(out, x)])
     assert bool((same | mirrored).all())
     assert 150 < int(mirrored.sum()) < 250
+
+
+@pytest.mark.parametrize("pad, flip", [(4, True), (2, False), (0, True)])
+def test_one_gather_equals_a_crop_then_a_flip_per_image(pad, flip):
+    """The fused crop + flip gives the images of the two-step version, pixel for pixel, from the same draws
+    (per image in Python: pad, slice the drawn window, mirror it where drawn)."""
+    x = torch.randint(0, 256, (64, 3, 7, 5), dtype=torch.uint8)
+    torch.manual_seed(1)
+    out = augment(x, pad, flip)
+    torch.manual_seed(1)
+    n, _, h, w = x.shape
+    top = torch.randint(0, 2 * pad + 1, (n,)) if pad else torch.zeros(n, dtype=torch.long)
+    left = torch.randint(0, 2 * pad + 1, (n,)) if pad else torch.zeros(n, dtype=torch.long)
+    mirrored = torch.rand(n) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    for i in range(n):
+        window = padded[i, :, top[i]:top[i] + h, left[i]:left[i] + w]
+        assert torch.equal(out[i], window.flip(2) if mirrored[i] else window), i
+    torch.manual_seed(1)
+    augment(x, pad, flip)
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    if pad:
+        torch.randint(0, 2 * pad + 1, (n,)), torch.randint(0, 2 * pad + 1, (n,))
+    if flip:
+        torch.rand(n)
+    assert torch.equal(after, torch.rand(3))  # it draws exactly what the two steps drew
 
 
 def test_normalize_formula():

@@ -15,7 +15,7 @@ from lightning_kd.adapters import (FactorAutoencoder, check_splittable, example_
 from lightning_kd.base import NetSpec
 from lightning_kd.features import NetOutput, check_4d
 from lightning_kd.losses import exploration_loss, inheritance_loss
-from lightning_kd.mutual import MutualLearning, buffers_kept, mutual_losses
+from lightning_kd.mutual import MutualLearning, mutual_losses
 
 
 class IEDML(MutualLearning):
@@ -119,7 +119,7 @@ class IEDML(MutualLearning):
     def factor(self, j: int, output: NetOutput) -> Tensor:
         """Peer ``j``'s factor of its (detached) output: batch statistics, running statistics left as they are."""
         autoencoder = self.autoencoders[j]
-        with buffers_kept(autoencoder):
+        with self.buffers_kept(autoencoder):
             return autoencoder.encoder(output.features[self.layers[j]])
 
     def shared_output(self, i: int, output: NetOutput) -> NetOutput:

@@ -32,6 +32,22 @@ def trainer(tmp_path: Optional[Path] = None, **kwargs) -> pl.Trainer:
     return pl.Trainer(**options)
 
 
+class RecordingLogger(pl.loggers.Logger):
+    """A logger that keeps ``(step, {name: float})`` of every call Lightning makes to log metrics."""
+
+    name, version = "recording", 0
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((step, {k: float(v) for k, v in metrics.items()}))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
 def run_ddp_script(run, *args) -> None:
     """A DDP test script's body (one process per rank, launched by Lightning), then the gloo process group
     shut down: a group left to the interpreter's exit has crashed it now and then (exit 134)."""
