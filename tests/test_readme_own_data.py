@@ -20,14 +20,13 @@ from helpers.trees import image_tree
 pytestmark = pytest.mark.slow
 
 
-# the student's epochs (the block's last --trainer.max_epochs)
-EPOCHS = int(re.findall(r"--trainer.max_epochs (\d+)", (ROOT / "README.md").read_text().split("<!-- own-data -->")[1])[-1])
-
-
 def readme_block() -> str:
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- own-data -->")[1].split("<!-- /own-data -->")[0]
     return re.search(r"```bash\n(.*?)```", block, flags=re.S).group(1)
+
+
+EPOCHS = int(re.findall(r"--trainer.max_epochs (\d+)", readme_block())[-1])  # the student's (the block's last)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
