@@ -21,7 +21,7 @@ from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test, 
 
 LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fitnet": "FitNet", "at": "AT",
           "fsp": "FSP", "rkd": "RKD", "rco": "RCO", "dml": "DML", "iekd": "IE-KD", "iedml": "IE-DML",
-          "dkd": "DKD", "dist": "DIST", "kdls": "KD + LS"}
+          "dkd": "DKD", "dist": "DIST", "kdls": "KD + LS", "crd": "CRD", "reviewkd": "ReviewKD"}
 
 
 @dataclass
