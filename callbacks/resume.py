@@ -21,7 +21,10 @@ class ResumeCheck(Callback):
         self.accumulated = 0  # training batches since the last optimizer step
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        self.accumulated += 1
+        # Manual optimization (DML, IE-DML) steps its optimizers itself, every batch, and Lightning accumulates
+        # nothing for it; a peer-parallel placement may step them without this hook seeing it.
+        if pl_module.automatic_optimization:
+            self.accumulated += 1
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         self.accumulated = 0
