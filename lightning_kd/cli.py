@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 import yaml
-from pytorch_lightning import LightningDataModule, Trainer
+from pytorch_lightning import LightningDataModule, Trainer, seed_everything
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
@@ -56,6 +56,23 @@ class SaveConfigToRun(SaveConfigCallback):
 
 
 class KDCLI(LightningCLI):
+    def __init__(self, *args, instantiate: bool = True, **kwargs):
+        # instantiate=False: parse only (the tools read the resolved config first: a recorded run is reused
+        # without building anything); build_classes() then builds from this same parse.
+        self.deferred = not instantiate
+        super().__init__(*args, **kwargs)
+
+    def build_classes(self) -> None:
+        """Instantiate a CLI made with ``instantiate=False``: LightningCLI's own steps, seeded again as they are
+        right after parsing (_set_seed has stored the seed it drew in the config)."""
+        self.deferred = False
+        seed = self.config.get("seed_everything")
+        if seed is not False and seed is not None:
+            seed_everything(seed, workers=True, verbose=False)
+        self.before_instantiate_classes()
+        self.instantiate_classes()
+        self.after_instantiate_classes()
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
@@ -117,11 +134,15 @@ class KDCLI(LightningCLI):
         self.kept = {k: copy.deepcopy(model.init_args[k]) for k in SAFE_CHANGES if k in hparams}
 
     def instantiate_classes(self) -> None:
+        if self.deferred:
+            return
         # The networks --ckpt_path's hyper-parameters name are built from trusted names only (lightning_kd.trust).
         with named_by_user(self.named), reading(self.source):
             super().instantiate_classes()
 
     def before_instantiate_classes(self) -> None:
+        if self.deferred:
+            return
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         for key, value in self.kept.items():  # the safe changes of a resume (see lightning_kd.resume)
@@ -142,6 +163,8 @@ class KDCLI(LightningCLI):
                 init_args.save_dir = str(Path(init_args.save_dir).absolute())
 
     def after_instantiate_classes(self) -> None:
+        if self.deferred:
+            return
         super().after_instantiate_classes()
         if self.checked_resume is not None:  # checked in parse_arguments: the module need not check it again
             self.model.resume_checked = self.checked_resume
@@ -208,8 +231,9 @@ def with_full_help_names(args: list[str]) -> list[str]:
     return out
 
 
-def make_cli(args=None, run: bool = True) -> KDCLI:
-    """Build (and by default run) the CLI; ``args`` as a list replaces ``sys.argv``."""
+def make_cli(args=None, run: bool = True, instantiate: bool = True) -> KDCLI:
+    """Build (and by default run) the CLI; ``args`` as a list replaces ``sys.argv``. ``instantiate=False``
+    (with ``run=False``) only parses: see :meth:`KDCLI.build_classes`."""
     os.environ.setdefault("WANDB_SILENT", "true")
     args = with_full_help_names(with_shipped_configs(sys.argv[1:] if args is None else list(args)))
     return KDCLI(
@@ -226,6 +250,7 @@ def make_cli(args=None, run: bool = True) -> KDCLI:
                                        "methods, networks, datamodules and shipped configs."},
         args=args,
         run=run,
+        instantiate=instantiate,
     )
 
 

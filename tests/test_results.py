@@ -11,7 +11,7 @@ import pytest
 
 from helpers import ROOT
 from lightning_kd.tools.options import prepare_data_root
-from lightning_kd.tools.records import Run, network_name
+from lightning_kd.tools.records import Run, network_name, resolved_sha256
 from lightning_kd.tools.report import REPDISTILLER_CIFAR100, markdown_table, mean_std, summarize
 from lightning_kd.tools.results import discover_configs
 from lightning_kd.tools.runner import data_overrides
@@ -122,6 +122,8 @@ def test_tiny_end_to_end_run_writes_report_and_png(tmp_path, capsys):
     assert (teacher_ckpts / "route" / "route.json").is_file()
     assert "route_dir: null" in rco.resolved_config.read_text()  # RCO walked the route next to teacher_ckpt
     assert Path(runs[0].best_ckpt).is_file() and kd.resolved_config.is_file()
+    # Parsed once per run, the recorded digest is still that of `--print_config` (records of earlier versions are reused).
+    assert [r.config_sha256 for r in runs] == [resolved_sha256(r.config, *r.overrides) for r in runs]
     png = out.with_suffix(".png")
     assert "](RESULTS.png)" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000

@@ -17,7 +17,7 @@ import yaml
 
 from lightning_kd import naming
 from lightning_kd.checkpoints import load_checkpoint_file
-from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test, resolve
+from lightning_kd.tools.runner import ValAccHistory, device_name, fit_and_test, parse, resolve, resolved
 
 LABELS = {"teacher": "teacher", "baseline": "student baseline", "kd": "KD", "fitnet": "FitNet", "at": "AT",
           "fsp": "FSP", "rkd": "RKD", "rco": "RCO", "dml": "DML", "iekd": "IE-KD", "iedml": "IE-DML",
@@ -115,7 +115,12 @@ def resolved_sha256(config: Path, *overrides: str) -> str:
     """Digest of the config as the CLI resolves it (every included file expanded, defaults applied, and the
     ``-c`` blocks among ``overrides``: a benchmark cell's method block), not of the file's own bytes: a run
     whose ``_base`` block changed is another run."""
-    return hashlib.sha256(json.dumps(resolve(config, *overrides), sort_keys=True, default=str).encode()).hexdigest()
+    return config_digest(resolve(config, *overrides))
+
+
+def config_digest(cfg: dict) -> str:
+    """The digest :func:`resolved_sha256` gives, of an already resolved config."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str) -> tuple[Optional[Run], str]:
@@ -149,7 +154,8 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     name = f"{label(key)} seed {seed}"
     ckpt_dir = checkpoint_dir(run_dir)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
-    config_sha = resolved_sha256(config, *overrides)
+    cli = parse(config, *overrides)  # parsed once: the digest here, the fit below (if it has to run)
+    config_sha = config_digest(resolved(cli))
     record = record_path(run_dir)
     recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
     if recorded is not None:
@@ -165,7 +171,7 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
         (run_dir / "started.json").write_text(json.dumps(started))
     history = ValAccHistory(progress=f"[results] {name}")
     test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml",
-                                  ckpt_path=resume)
+                                  ckpt_path=resume, parsed=cli)
     run = Run(key, config, seed, overrides, test_acc, history.seconds(), history.history,
               run_dir / "config.yaml", best, network_name(yaml.safe_load((run_dir / "config.yaml").read_text())),
               config_sha,

@@ -52,6 +52,17 @@ def build(config: str | Path, *overrides: str) -> KDCLI:
     return make_cli(["-c", str(config_path(config)), *overrides], run=False)
 
 
+def parse(config: str | Path, *overrides: str) -> KDCLI:
+    """The CLI of a config with its arguments parsed and nothing instantiated: :func:`resolved` reads it,
+    ``cli.build_classes()`` builds it (one parse for both)."""
+    return make_cli(["-c", str(config_path(config)), *overrides], run=False, instantiate=False)
+
+
+def resolved(cli: KDCLI) -> dict:
+    """The resolved config of a parsed CLI, as :func:`resolve` (``--print_config``) gives it."""
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_unset=False))
+
+
 def resolve(config: str | Path, *overrides: str) -> dict:
     """The fully resolved config (includes, defaults and overrides applied) without instantiating
     anything: what ``--print_config`` prints."""
@@ -108,13 +119,19 @@ def best_checkpoint(trainer: Trainer) -> ModelCheckpoint:
 
 
 def fit_and_test(config: str | Path, *overrides: str, callbacks: Sequence[Callback] = (),
-                 save_config: Optional[Path] = None, ckpt_path: Optional[Path] = None) -> tuple[float, str]:
+                 save_config: Optional[Path] = None, ckpt_path: Optional[Path] = None,
+                 parsed: Optional[KDCLI] = None) -> tuple[float, str]:
     """Fit one config, test its best checkpoint; return (test top-1, best checkpoint path).
 
     ``callbacks`` join the config's own; ``save_config`` receives the fully resolved config;
-    ``ckpt_path`` resumes the fit from a checkpoint of the same run.
+    ``ckpt_path`` resumes the fit from a checkpoint of the same run; ``parsed``: this config and these
+    overrides already parsed by :func:`parse` (not parsed again).
     """
-    cli = build(config, *overrides)
+    if parsed is None:
+        cli = build(config, *overrides)
+    else:
+        cli = parsed
+        cli.build_classes()
     if save_config is not None:
         Path(save_config).write_text(cli.parser.dump(cli.config, skip_none=False))
     cli.trainer.callbacks.extend(callbacks)
