@@ -47,12 +47,14 @@ class SaveConfigToRun(SaveConfigCallback):
     with its method."""
 
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not wandb_loggers:  # nothing to save it into: no dump (it costs as much as a parse)
+            return
         text = self.parser.dump(self.config, skip_none=False)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.tags = tuple(sorted({*logger.experiment.tags, type(pl_module).__name__}))
-                logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
-                Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
+        for logger in wandb_loggers:
+            logger.experiment.tags = tuple(sorted({*logger.experiment.tags, type(pl_module).__name__}))
+            logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
+            Path(logger.experiment.dir, "lightning_config.yaml").write_text(text)
 
 
 class KDCLI(LightningCLI):
