@@ -24,8 +24,10 @@ from torch import Tensor, nn
 from torch.optim.sgd import sgd
 
 from lightning_kd.batch import Batch
+from lightning_kd.compat import GraphBreak, mark_static, trace_autograd_in_graphs
 
 FIX = "or set model.init_args.capture_step: false"
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 #: The torch.compile backend. The tests of many methods use "aot_eager" (the same graph, with the backward
 #: pass and the SGD update, run by eager kernels; compiled in a tenth of inductor's time on a CPU).
 BACKEND = "inductor"
@@ -62,7 +64,7 @@ def refusal(module, trainer) -> Optional[str]:
     if getattr(module, "cache_teacher_outputs", False):
         return (f"cache_teacher_outputs decides per step whether the cache holds a batch (a host-device sync), "
                 f"which a graph cannot: set cache_teacher_outputs: false, {FIX}.")
-    dropout = [n for n, m in module.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    dropout = [n for n, m in module.named_modules() if isinstance(m, DROPOUT) and m.p > 0]
     if dropout:
         return (f"the networks have dropout ({dropout[:3]}), whose random masks differ inside a compiled graph: "
                 f"build them without dropout, {FIX}.")
@@ -88,13 +90,14 @@ class CapturedStep:
         self.lrs = [torch.tensor(float(group["lr"]), device=device) for group in optimizer.param_groups]
         self.lr_values = [float(group["lr"]) for group in optimizer.param_groups]
         for lr in self.lrs:
-            torch._dynamo.mark_static_address(lr)
+            mark_static(lr)
         self.buffers: dict[tuple, tuple[Tensor, ...]] = {}
         torch.compiler.reset()  # compiled steps of earlier fits in this process would count to its recompile limit
-        mode = "reduce-overhead" if device.type == "cuda" else None
-        torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
+        self.cuda_graphs = device.type == "cuda" and BACKEND == "inductor"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        trace_autograd_in_graphs()
         self.compiled = torch.compile(self.step, fullgraph=True, dynamic=False, backend=BACKEND,
-                                      mode=mode if BACKEND == "inductor" else None)
+                                      mode=mode)
 
     def group_settings(self) -> list[tuple]:
         return [(group["momentum"], group["weight_decay"], group["nesterov"], group["maximize"])
@@ -129,7 +132,7 @@ class CapturedStep:
                                                                         device=t.device) for t in tensors)
             for buffer in buffers:
                 if buffer is not None:
-                    torch._dynamo.mark_static_address(buffer)
+                    mark_static(buffer)
             self.buffers[key] = buffers
         for buffer, t in zip(buffers, tensors):
             if buffer is not None:
@@ -147,12 +150,20 @@ class CapturedStep:
                              f"momentum, such as OneCycleLR): the graph holds them fixed. Use a schedule of the "
                              f"learning rate alone, {FIX}.")
         x, y, index = self.inputs(batch)
+        if self.cuda_graphs:  # each call a new step: its outputs are overwritten by the next replay...
+            torch.compiler.cudagraph_mark_step_begin()
         try:
             total, terms, factors = self.compiled(x, y, index, self.lrs, self.module.warmup_factors())
-        except torch._dynamo.exc.Unsupported as err:
+        except GraphBreak as err:
             reason = str(err).strip().splitlines()[0]
             raise RuntimeError(f"capture_step: {type(self.module).__name__}'s training step does not compile as one "
                                f"graph ({reason}); nothing was trained. Set model.init_args.capture_step: "
                                f"false.") from err
+        if self.cuda_graphs:  # ...so what outlives the step (logged values, the finite check's) is copied
+            total, terms, factors = total.clone(), clones(terms), clones(factors)
         self.module.record_step(terms, factors, len(x))
         return total
+
+
+def clones(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: tensor.clone() for name, tensor in tensors.items()}
