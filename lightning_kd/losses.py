@@ -6,7 +6,6 @@ Every loss computes in float32 whatever the autocast dtype.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import torch
