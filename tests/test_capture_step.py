@@ -181,3 +181,21 @@ def test_a_non_finite_loss_of_a_captured_step_stops_the_run_naming_the_term_and_
     with pytest.raises(FloatingPointError, match="train/kd is nan at epoch 0, global step 3"):
         trainer(max_epochs=1, limit_train_batches=6, callbacks=[PoisonAt3()]).fit(
             model, datamodule=DigitsDataModule(batch_size=16))
+
+
+def test_the_warm_up_factor_is_a_device_tensor_made_once_an_epoch(tmp_path):
+    class Seen(pl.Callback):
+        def __init__(self):
+            self.factors = []  # (epoch, the tensor) at every training batch
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.factors.append((trainer.current_epoch, pl_module.warmup_factors()["dkd"]))
+
+    model = build_method("DKD", save_teacher(tmp_path / "teacher.pt", TINY_CNN, seed=1), warmup=0.75)
+    seen = Seen()
+    trainer(max_epochs=2, limit_train_batches=3, callbacks=[seen]).fit(model, datamodule=DigitsDataModule(batch_size=16))
+    for epoch in (0, 1):
+        tensors = [t for e, t in seen.factors if e == epoch]
+        assert len(tensors) == 3 and all(t is tensors[0] for t in tensors)  # one tensor for the epoch's steps
+        assert isinstance(tensors[0], torch.Tensor) and tensors[0].device == model.device
+        assert float(tensors[0]) == min((epoch + 1) / 2, 1.0)  # mdistiller's min(epoch / warmup, 1), warmup 2
