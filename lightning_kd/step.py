@@ -86,6 +86,8 @@ class CapturedStep:
                     optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         self.params = [list(group["params"]) for group in optimizer.param_groups]
         self.momentum_buffers = [[optimizer.state[p].get("momentum_buffer") for p in group] for group in self.params]
+        for buffer in (b for group in self.momentum_buffers for b in group if b is not None):
+            mark_static(buffer)  # updated in place by the graph: CUDA graphs skip a graph that mutates a copied input
         self.settings = self.group_settings()
         self.lrs = [torch.tensor(float(group["lr"]), device=device) for group in optimizer.param_groups]
         self.lr_values = [float(group["lr"]) for group in optimizer.param_groups]
