@@ -95,7 +95,8 @@ class FiniteCheck(Callback):
     :data:`MAX_ABS_PARAMETER`, stops the run instead of reaching the disk (so ``last.ckpt`` stays the
     last good one). A non-finite validation metric (``val/loss`` inf) of a fit stops it too, before
     that validation's checkpoints are written. Every method adds this callback through
-    ``configure_callbacks``.
+    ``configure_callbacks``. Under ``capture_step`` the terms come out of the compiled step, whose SGD update
+    is in the same graph: a NaN is caught after that step's update, and still before any checkpoint.
 
     Args:
         every_n_steps: check the loss terms every this many steps (None: every step on CPU, every 100 on GPU).

@@ -25,6 +25,7 @@ from lightning_kd.features import FeatureHooks, NetOutput, example_features
 from lightning_kd.models import build_network, is_pretrained
 from lightning_kd.resume import TEACHER_FILES, check_loaded_resume, check_teacher_files
 from lightning_kd.schedules import check_schedule, fit_to_run, warmup_scale
+from lightning_kd.step import CapturedStep, refusal
 from lightning_kd.teacher import FrozenTeacher
 from lightning_kd.trust import check_class_paths, named_by_user, reading
 
@@ -66,6 +67,10 @@ class StudentModule(pl.LightningModule):
         log_every_step: log the step values (``train/<term>``, ``train/loss``, ...) at every training step;
             by default only on the steps the loggers write (``trainer.log_every_n_steps``) and on the first
             and last batch of each epoch, since each logged value costs Lightning about 2,000 Python calls.
+        capture_step: compile the whole training step (teacher and student forwards, losses, backward and
+            the SGD update) as one graph with ``torch.compile``, with CUDA graphs on a GPU: the step's host
+            work is gone (:mod:`lightning_kd.step`). One SGD optimizer, one device, no gradient accumulation
+            or clipping; what it cannot capture is refused when training starts, naming the fix.
 
     A method declares in ``data_needs`` what it needs of the training data (``index``, ``train_size``,
     ``train_labels``: :mod:`lightning_kd.batch`); data that cannot give it is refused before training.
@@ -82,7 +87,8 @@ class StudentModule(pl.LightningModule):
                  input_shape: Optional[tuple[int, int, int]] = None,
                  optimizer: Optional[OptimizerCallable] = None, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  channels_last: bool = False, compile: bool = False,
-                 check_finite_every_n_steps: Optional[int] = None, log_every_step: bool = False):
+                 check_finite_every_n_steps: Optional[int] = None, log_every_step: bool = False,
+                 capture_step: bool = False):
         super().__init__()
         self.finite_check = FiniteCheck(check_finite_every_n_steps)  # checks the interval now
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -94,6 +100,11 @@ class StudentModule(pl.LightningModule):
         self.channels_last, self.compile_networks = channels_last, compile
         self.student_spec = student
         self.log_every_step = log_every_step
+        self.capture_step = capture_step
+        #: The compiled whole step (lightning_kd.step) while a fit with capture_step trains; None otherwise.
+        self.captured_step: Optional[CapturedStep] = None
+        self.warmup_key: Optional[tuple] = None  # (epoch, max_epochs, device) of warmup_tensors
+        self.warmup_tensors: dict[str, Tensor] = {}
         self.student = build_network(student, self.num_classes, self.input_shape[0])
         #: The datamodule's normalization, image size, channels and class names (lightning_kd.export),
         #: recorded at setup and kept in checkpoints, for the export.
@@ -143,7 +154,14 @@ class StudentModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         batch = self.unpack(batch)
-        return self.weighted_total(self.student_losses(self.student_forward(batch.x), batch), len(batch.x))
+        if self.captured_step is not None:  # forward, backward and the SGD step in one compiled call
+            return self.captured_step(batch)
+        losses, scales = self.step_losses(batch)
+        return self.weighted_total(losses, len(batch.x), scales=scales)
+
+    def step_losses(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The unweighted loss terms of one training batch and the factors that scale some of them (none here)."""
+        return self.student_losses(self.student_forward(batch.x), batch), {}
 
     def weighted_total(self, losses: dict[str, Tensor], batch_size: int, prefix: str = "",
                        scales: Optional[dict[str, Tensor]] = None) -> Tensor:
@@ -151,21 +169,45 @@ class StudentModule(pl.LightningModule):
         ``weight_warmup``; each term is logged unscaled as ``train/<prefix><name>``, each factor as
         ``train/scale/<prefix><name>`` and the sum as ``train/<prefix>loss``. A term without a weight
         is an error."""
+        total, terms, factors = self.total_of(losses, prefix, scales, self.warmup_factors())
+        self.record_step(terms, factors, batch_size)
+        return total
+
+    def total_of(self, losses: dict[str, Tensor], prefix: str, scales: Optional[dict[str, Tensor]],
+                 warmup: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The weighted sum of :meth:`weighted_total`, with no logging and no host work (the captured step
+        runs it in its graph): ``(total, {prefix+term and prefix+"loss": detached value}, {prefix+term: factor})``."""
         unweighted = sorted(set(losses) - set(self.loss_weights))
         if unweighted:
             raise KeyError(f"{type(self).__name__} returned the loss terms {unweighted} without a weight in "
                            f"loss_weights {self.loss_weights}: give every term a weight.")
         scales = dict(scales or {})
-        for name, fraction in self.weight_warmup.items():
+        for name, factor in warmup.items():
             if name in losses:
-                scales[name] = scales.get(name, 1.0) * warmup_scale(fraction, self.current_epoch, self.trainer.max_epochs)
-        if scales:
-            self.log_step({f"train/scale/{prefix}{name}": scale for name, scale in scales.items()}, 1)
+                scales[name] = scales[name] * factor if name in scales else factor
         total = sum(self.loss_weights[name] * scales.get(name, 1.0) * value for name, value in losses.items())
-        self.loss_terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
-        self.loss_terms[f"{prefix}loss"] = total.detach()
-        self.log_step({f"train/{name}": value for name, value in self.loss_terms.items()}, batch_size)
-        return total
+        terms = {f"{prefix}{name}": value.detach() for name, value in losses.items()}
+        terms[f"{prefix}loss"] = total.detach()
+        return total, terms, {f"{prefix}{name}": scale for name, scale in scales.items()}
+
+    def record_step(self, terms: dict[str, Tensor], factors: dict[str, Tensor], batch_size: int) -> None:
+        """Keep a step's detached terms for the finite check (``loss_terms``) and log them and their factors."""
+        if factors:
+            self.log_step({f"train/scale/{name}": factor for name, factor in factors.items()}, 1)
+        self.loss_terms = terms
+        self.log_step({f"train/{name}": value for name, value in terms.items()}, batch_size)
+
+    def warmup_factors(self) -> dict[str, Tensor]:
+        """The factors of ``weight_warmup`` this epoch, by term: tensors on the module's device, made once an
+        epoch (a Python number in the step would cost a host-device copy every step on a GPU)."""
+        if not self.weight_warmup:
+            return {}
+        key = (self.current_epoch, self.trainer.max_epochs, self.device)
+        if self.warmup_key != key:
+            self.warmup_key = key
+            self.warmup_tensors = {name: torch.tensor(warmup_scale(fraction, *key[:2]), device=self.device)
+                                   for name, fraction in self.weight_warmup.items()}
+        return self.warmup_tensors
 
     def logs_step_values(self) -> bool:
         """Whether this training step's values are logged (see ``log_every_step``); always outside a fit."""
@@ -177,6 +219,20 @@ class StudentModule(pl.LightningModule):
         the steps :meth:`logs_step_values` says."""
         if self.logs_step_values():
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def on_train_start(self) -> None:
+        if self.capture_step:  # after the optimizer state of a resumed run is loaded
+            reason = refusal(self, self.trainer)
+            if reason is not None:
+                raise ValueError(f"capture_step: {reason}")
+            self.captured_step = CapturedStep(self, self.trainer.optimizers[0])
+
+    def on_train_end(self) -> None:
+        self.captured_step = None
+
+    def backward(self, loss: Tensor, *args, **kwargs) -> None:
+        if self.captured_step is None:  # the captured step ran its backward pass in its graph
+            super().backward(loss, *args, **kwargs)
 
     def configure_callbacks(self):
         return guarantees(self.finite_check)
@@ -397,13 +453,12 @@ class DistillationModule(StudentModule):
         self.teacher.watch(teacher)
         return self.watch_student(student), self.teacher(self.example_input()).features
 
-    def training_step(self, batch, batch_idx):
-        batch = self.unpack(batch)
+    def step_losses(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         runs_teacher, runs_student = self.forwards()
         teacher = self.teacher(batch.x, batch.index) if runs_teacher else None
         student = self.student_forward(batch.x) if runs_student else None
         losses = self.distill_losses(student, teacher, batch)
-        return self.weighted_total(losses, len(batch.x), scales=self.balance_scales(losses))
+        return losses, self.balance_scales(losses)
 
     def balance_scales(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """Detached factors that bring every term whose weighted size exceeds ``balance`` x the weighted

@@ -1,11 +1,28 @@
 """Where Lightning has no public API for what the library needs: the only module that reads or writes the
 trainer's loop progress (``tests/test_architecture.py`` keeps every other module on public names, and
 ``tests/test_compat.py`` pins each function's behaviour to the installed Lightning, so an upgrade that
-moves these counters fails there, not silently in a run).
+moves these counters fails there, not silently in a run). Also torch's compiler internals the captured
+step (``lightning_kd.step``) needs, for the same reason.
 """
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+#: What torch.compile raises where a ``fullgraph`` function cannot be one graph.
+GraphBreak = torch._dynamo.exc.Unsupported
+
+
+def trace_autograd_in_graphs() -> None:
+    """Let torch.compile trace ``torch.autograd.grad`` into the graph (off by default: it breaks the graph)."""
+    torch._dynamo.config.trace_autograd_ops = True
+
+
+def mark_static(tensor: Tensor) -> Tensor:
+    """Tell torch.compile that ``tensor`` keeps its memory between calls: CUDA graphs read it in place."""
+    torch._dynamo.mark_static_address(tensor)
+    return tensor
 
 
 def count_optimizer_step(trainer: pl.Trainer) -> None:

@@ -94,7 +94,8 @@ class FeatureHooks:
             self._store.clear()
             raise RuntimeError(f"no features recorded for {missing}: run a forward pass first "
                                f"(or the module is not used in forward)")
-        features, self._store = self._store, {}
+        features = dict(self._store)  # a copy, then the store emptied in place: in a compiled step (capture_step)
+        self._store.clear()  # the store leaves the graph empty, not holding the step's features
         return features
 
     def remove(self) -> None:

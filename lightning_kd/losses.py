@@ -6,7 +6,6 @@ Every loss computes in float32 whatever the autocast dtype.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import torch
@@ -283,10 +282,31 @@ def pairwise_distances(embeddings: Tensor) -> Tensor:
 
 def normalized_distances(embeddings: Tensor) -> Tensor:
     """Distances of the ``N (N - 1)`` ordered distinct pairs, divided by their mean (the paper's mu)."""
-    n = embeddings.shape[0]
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
-    distances = pairwise_distances(embeddings)[off_diagonal]
+    distances = pairwise_distances(embeddings).flatten()[distinct_pairs(embeddings.shape[0], embeddings.device)]
     return distances / distances.mean().clamp_min(1e-12)
+
+
+def skip(index: Tensor, taken: Tensor) -> Tensor:
+    """``index`` counted over ``0..n-1`` without ``taken``: each index at or past ``taken`` moves up by one."""
+    return index + (index >= taken).long()
+
+
+def distinct_pairs(n: int, device=None) -> Tensor:
+    """Flat indices into an ``(n, n)`` matrix of its ``n (n - 1)`` off-diagonal entries, row by row: what a
+    boolean mask selects, but of a size known in advance (a compiled step, ``capture_step``, needs one)."""
+    k = torch.arange(n * (n - 1), device=device)
+    row = k // (n - 1)
+    return row * n + skip(k % (n - 1), row)
+
+
+def distinct_triplets(n: int, device=None) -> Tensor:
+    """Flat indices into an ``(n, n, n)`` tensor of its ``n (n - 1) (n - 2)`` entries ``[j, i, k]`` with three
+    distinct indices, in row-major order (as :func:`distinct_pairs`)."""
+    t = torch.arange(n * (n - 1) * (n - 2), device=device)
+    j = t // ((n - 1) * (n - 2))
+    i = skip((t // (n - 2)) % (n - 1), j)
+    k = skip(skip(t % (n - 2), torch.minimum(i, j)), torch.maximum(i, j))
+    return (j * n + i) * n + k
 
 
 @in_float32
@@ -297,10 +317,7 @@ def triplet_cosines(embeddings: Tensor) -> Tensor:
     directions = F.normalize(embeddings[:, None, :] - embeddings[None, :, :], dim=2)  # [i, j] = unit(e_i - e_j)
     # cosines[j, i, k] = <unit(e_i - e_j), unit(e_k - e_j)>
     cosines = torch.bmm(directions.transpose(0, 1), directions.transpose(0, 1).transpose(1, 2))
-    index = torch.arange(n, device=embeddings.device)
-    distinct = (index[:, None, None] != index[None, :, None]) & (index[:, None, None] != index[None, None, :]) \
-        & (index[None, :, None] != index[None, None, :])
-    return cosines[distinct]
+    return cosines.flatten()[distinct_triplets(n, embeddings.device)]
 
 
 def relation_huber(relation, student: Tensor, teacher: Tensor) -> Tensor:
@@ -322,7 +339,9 @@ def rkd_mean_scale(n: int, order: int, normalizer: str) -> float:
         raise ValueError(f"rkd normalizer must be one of {RKD_NORMALIZERS}, got {normalizer!r}.")
     if normalizer == "distinct":
         return 1.0
-    distinct = math.prod(n - i for i in range(order))
+    distinct = 1
+    for i in range(order):  # n (n - 1) ... (n - order + 1); a loop, which a compiled step traces
+        distinct *= n - i
     return distinct / n ** order
 
 

@@ -1,6 +1,8 @@
 """Two-stage distillation (FSP, IE-KD): the one place where a method's loop changes with the epoch."""
 from __future__ import annotations
 
+from typing import Optional
+
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_kd.base import DistillationModule, attached_trainer
@@ -33,6 +35,7 @@ class TwoStageDistillation(DistillationModule):
             raise ValueError(f"stage1_fraction is the share of the epochs spent in stage 1 and must be in "
                              f"(0, 1), got {stage1_fraction!r}.")
         self.stage1_fraction = float(stage1_fraction)
+        self.epoch_stage: Optional[int] = None  # the stage of the epoch in training, set when it starts
 
     @property
     def stage1_epochs(self) -> int:
@@ -41,8 +44,11 @@ class TwoStageDistillation(DistillationModule):
     @property
     def stage(self) -> int:
         """1 during the first ``stage1_epochs`` epochs of a fit, else 2 (outside a fit: 1, or 2 for a single stage)."""
-        if attached_trainer(self) is None:
+        trainer = attached_trainer(self)
+        if trainer is None:
             return 2 if self.stage1_fraction == 0 else 1
+        if trainer.training and self.epoch_stage is not None:
+            return self.epoch_stage  # a captured step (capture_step) reads no epoch number: its graph is per stage
         return 1 if self.current_epoch < self.stage1_epochs else 2
 
     def forwards(self) -> tuple[bool, bool]:
@@ -60,6 +66,8 @@ class TwoStageDistillation(DistillationModule):
                              f"(at least one). Raise max_epochs or lower stage1_fraction.")
 
     def on_train_epoch_start(self) -> None:
+        self.epoch_stage = None
+        self.epoch_stage = self.stage  # the training steps of this epoch read it
         if self.current_epoch == self.stage1_epochs > 0:
             rank_zero_info(f"{self.name}: epoch {self.current_epoch}: {self.stage_names[1]} is over, "
                            f"{self.stage_names[2]} starts.")

@@ -257,6 +257,8 @@ def overrides(cfg: dict, args, folder: Path) -> list[str]:
         out.append("--model.init_args.channels_last=true")
     if args.compile:
         out.append("--model.init_args.compile=true")
+    if args.capture_step:
+        out.append("--model.init_args.capture_step=true")
     model_args = cfg["model"].get("init_args", {})
     if model_args.get("teacher_ckpt"):
         path = save_random_teacher(model_args["teacher"], 10, 3, folder)
@@ -303,7 +305,8 @@ def report(rows: list[Row], args, ceiling: dict, command: str) -> str:
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
              f"Command: `{command}`",
              f"Settings: batch {args.batch_size}, precision {args.precision}, channels_last "
-             f"{args.channels_last}, compile {args.compile}; {args.warmup} warm-up + {args.steps} timed "
+             f"{args.channels_last}, compile {args.compile}, capture_step {args.capture_step}; {args.warmup} "
+             f"warm-up + {args.steps} timed "
              f"training batches per config; data: {data}. Memory column: {memory}.",
              "", markdown_table(rows), ""]
     if args.profile:
@@ -344,6 +347,8 @@ def parse_args(argv=None):
                    help="Trainer precision (bf16-mixed on GPU by default)")
     p.add_argument("--channels-last", action="store_true", help="networks and inputs in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
+    p.add_argument("--capture-step", action="store_true",
+                   help="the whole training step as one compiled graph (model.init_args.capture_step)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--ceiling", help="path of kd_ceiling.py, run in the same command (needs CUDA)")
     p.add_argument("--ceiling-iters", type=int, default=50)
