@@ -71,3 +71,16 @@ def test_the_table_of_two_methods(tmp_path, monkeypatch):
         assert abs(number[6] - 100 * (number[4] / number[5] - 1)) < 0.1
         assert all(v > 0 for v in number[:2] + number[3:6] + number[7:])
     assert out.read_text().count("<!-- bench:host-cost -->") == 1
+
+
+def test_windows_in_one_fit_count_what_fits_of_their_own_count(tmp_path):
+    """The benchmark counts calls and ops in consecutive windows of one fit (after a timed one): each window
+    counts what a fit measuring only it counts, and the extra step's calls and ops show in both."""
+    for extra in (0, EXTRA):
+        meter = host_cost.StepCounter(start=3, steps=5, what=("time", "calls", "ops"))
+        trainer(tmp_path, limit_train_batches=None, callbacks=[meter]).fit(Tiny(extra))
+        assert meter.batches == 19 and meter.values["time"] > 0
+        for what in ("calls", "ops"):
+            alone = host_cost.StepCounter(start=3, steps=5, what=what)
+            trainer(tmp_path, limit_train_batches=None, callbacks=[alone]).fit(Tiny(extra))
+            assert meter.values[what] == alone.value, (extra, what)
