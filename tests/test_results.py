@@ -292,6 +292,43 @@ def test_an_interrupted_run_resumes_from_last_ckpt_and_ends_like_an_uninterrupte
     assert fitted == ["kd"] and "KD seed 0: running (no record yet; its unfinished run had other settings: starting afresh)" in printed
 
 
+
+def test_a_rerun_keeps_the_earlier_run_until_it_is_recorded(tmp_path, monkeypatch, capsys):
+    """A finished run whose config changed is run again; its checkpoints and record are moved aside, not
+    deleted, so a rerun that dies loses nothing; once the new run is recorded they are removed."""
+    import pytorch_lightning as pl
+
+    import lightning_kd.tools.records as records
+
+    configs, run_dir, invoke = resumable_setup(tmp_path, monkeypatch)
+    invoke(capsys=capsys)
+    kd = run_dir / "kd" / "seed0"
+    earlier = json.loads((kd / "run.json").read_text())
+    earlier_best = Path(earlier["best_ckpt"])
+    earlier_bytes = earlier_best.read_bytes()
+    counting_fit = records.fit_and_test
+
+    class Crash(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            raise RuntimeError("killed")
+
+    def crashing_fit(config, *overrides, callbacks=(), **kwargs):
+        extra = [Crash()] if Path(config).stem == "kd" else []
+        return counting_fit(config, *overrides, callbacks=[*callbacks, *extra], **kwargs)
+
+    monkeypatch.setattr(records, "fit_and_test", crashing_fit)
+    (configs / "kd.yaml").write_text((configs / "kd.yaml").read_text().replace("temperature: 4.0", "temperature: 3.0"))
+    with pytest.raises(RuntimeError, match="killed"):
+        invoke(capsys=capsys)
+    kept = kd / records.PREVIOUS
+    assert (kept / earlier_best.relative_to(kd)).read_bytes() == earlier_bytes
+    assert json.loads((kept / "run.json").read_text()) == earlier
+    assert not (kd / "run.json").exists() and not earlier_best.exists()
+    monkeypatch.setattr(records, "fit_and_test", counting_fit)
+    _, _, fitted, printed = invoke(capsys=capsys)
+    assert fitted == ["kd"] and f"kept in {kept}" in printed
+    assert not kept.exists() and json.loads((kd / "run.json").read_text())["config_sha256"] != earlier["config_sha256"]
+
 def test_jobs_run_the_table_in_processes_and_match_the_sequential_table(tmp_path):
     def table(run_dir, *extra):
         return results_main(["--configs", str(ROOT / "configs" / "quickstart"), "--seeds", "0", "1", "--epochs", "1",

@@ -83,6 +83,28 @@ def resume_point(run_dir: Path, started: dict) -> tuple[Optional[Path], str]:
     return last, f"resuming after epoch {epoch}"
 
 
+PREVIOUS = "previous"
+
+
+def set_aside(run_dir: Path) -> Optional[Path]:
+    """Before a run starts afresh in ``run_dir``: move a finished earlier run's checkpoints and record to
+    ``run_dir/previous`` (replacing an older one there) rather than deleting them, so a rerun that fails or is
+    cut off loses no good checkpoint; :func:`run_one` removes them once the new run is recorded. Checkpoints of
+    an unfinished run are deleted, unless nothing is set aside yet. Returns the folder kept, if any."""
+    aside, ckpts, record = run_dir / PREVIOUS, checkpoint_dir(run_dir), record_path(run_dir)
+    finished = record.is_file()
+    if not finished and (aside.exists() or not ckpts.is_dir()):
+        shutil.rmtree(ckpts, ignore_errors=True)
+        return aside if aside.exists() else None
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True)
+    if ckpts.is_dir():
+        ckpts.rename(aside / ckpts.name)
+    if finished:
+        record.rename(aside / record.name)
+    return aside
+
+
 def record_path(run_dir: Path) -> Path:
     """Where a finished run's record lies: beside its ``checkpoints`` folder."""
     return run_dir / "run.json"
@@ -161,14 +183,18 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     if recorded is not None:
         print(f"[results] {name}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
         return recorded
-    record.unlink(missing_ok=True)  # no record while its checkpoints are being replaced
     started = {"config_sha256": config_sha, "overrides": overrides, "teacher_finished": teacher_finished}
     resume, how = (None, "") if rerun else resume_point(run_dir, started)
     print(f"[results] {name}: running ({why}{'; ' + how if how else ''})", flush=True)
     if resume is None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run starts clean, so best.ckpt is this run's
+        kept = set_aside(run_dir)  # a fresh run starts clean, so best.ckpt is this run's
+        if kept:
+            print(f"[results] {name}: the earlier run's checkpoints and record are kept in {kept} until this "
+                  f"run is recorded", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "started.json").write_text(json.dumps(started))
+    else:
+        record.unlink(missing_ok=True)  # no record while its run goes on
     history = ValAccHistory(progress=f"[results] {name}")
     test_acc, best = fit_and_test(config, *overrides, callbacks=[history], save_config=run_dir / "config.yaml",
                                   ckpt_path=resume, parsed=cli)
@@ -177,5 +203,6 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
               config_sha,
               teacher_finished, datetime.datetime.now(datetime.timezone.utc).isoformat(), device_name())
     save_record(run, record)
+    shutil.rmtree(run_dir / PREVIOUS, ignore_errors=True)
     print(f"[results] {name}: test top-1 {100 * test_acc:.2f}% in {run.wall_s:.0f} s", flush=True)
     return run
