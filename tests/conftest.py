@@ -14,9 +14,13 @@ from lightning_kd.processes import kill, still_running
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-# The suite keeps torch's thread count: the CLI picks none when OMP_NUM_THREADS is set (tests/test_threads.py
-# checks the picking itself).
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+# Under pytest-xdist each test process takes its share of the cores (2 processes with 2 threads each on 2 cores
+# stall each other); the processes a test starts inherit it. The suite then keeps that thread count: the CLI picks
+# none when OMP_NUM_THREADS is set (tests/test_threads.py checks the picking itself). A count the user set is kept.
+if "OMP_NUM_THREADS" not in os.environ:
+    test_processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, torch.get_num_threads() // test_processes))
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 @pytest.fixture(autouse=True)

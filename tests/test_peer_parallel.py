@@ -268,6 +268,10 @@ def assert_same_split(ranks, reference, exact=False):
                 torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6, msg=f"peer {rank['peer']}: {k}")
 
 
+# The tests reading its launch run in one test process under pytest-xdist (each process would launch it again).
+SHARES_TWO_RANKS = pytest.mark.xdist_group("peer_parallel_two_ranks")
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("peer_parallel_w2")
@@ -275,6 +279,7 @@ def two_ranks(tmp_path_factory):
     return out
 
 
+@SHARES_TWO_RANKS
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_peer_parallel_two_ranks_equal_replicated_dml_step_for_step(two_ranks, schedule):
@@ -299,6 +304,7 @@ def test_peer_parallel_two_ranks_equal_replicated_dml_step_for_step(two_ranks, s
         assert f"holds only peer {k}" in (two_ranks / f"test_refused.rank{k}.txt").read_text()
 
 
+@SHARES_TWO_RANKS
 @pytest.mark.slow
 def test_peer_parallel_peers_with_dropout_still_train_on_the_same_augmented_batches(two_ranks):
     """Peers whose forwards draw unequal counts of random numbers (dropout, widths 16 and 24; peer 0 also
@@ -326,6 +332,7 @@ def test_peer_parallel_random_stream_is_new_per_step_and_process_and_leaves_the_
     assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(0)))
 
 
+@SHARES_TWO_RANKS
 @pytest.mark.slow
 def test_peer_parallel_iedml_equals_replicated_iedml(two_ranks):
     """Each peer's factor is computed on its own rank and travels with its logits."""
@@ -335,6 +342,7 @@ def test_peer_parallel_iedml_equals_replicated_iedml(two_ranks):
     assert any(k.startswith("autoencoders.1.") for k in ranks[1]["final"])
 
 
+@SHARES_TWO_RANKS
 @pytest.mark.slow
 def test_peer_parallel_checkpoint_holds_every_peer_and_validation_reports_each(two_ranks):
     ranks = ranks_of(two_ranks, "sequential", 2)
@@ -357,6 +365,7 @@ def test_peer_parallel_checkpoint_holds_every_peer_and_validation_reports_each(t
     assert ranks[0]["metrics"]["val/acc"] == ranks[0]["metrics"]["val/peer0/acc"]
 
 
+@SHARES_TWO_RANKS
 @pytest.mark.slow
 def test_peer_parallel_killed_and_resumed_ends_like_an_uninterrupted_run(two_ranks):
     full, resumed = ranks_of(two_ranks, "full", 2), ranks_of(two_ranks, "killed", 2)
