@@ -161,6 +161,11 @@ class KDCLI(LightningCLI):
             if init_args is not None and str(logger.get("class_path")).endswith("WandbLogger") \
                     and not init_args.get("name") and config.get("model"):  # method, pair, seed
                 init_args.name = run_name(config.model.as_dict(), config.get("seed_everything"))
+            if init_args is not None and str(logger.get("class_path")).endswith("WandbLogger") \
+                    and not init_args.get("group") and os.environ.get("WANDB_RUN_GROUP"):
+                # Said explicitly: wandb reads its environment once per process (until wandb.teardown), so a
+                # group set after an earlier run of this process (the tools' wandb_group) would be ignored.
+                init_args.group = os.environ["WANDB_RUN_GROUP"]
             if init_args is not None and init_args.get("save_dir"):
                 init_args.save_dir = str(Path(init_args.save_dir).absolute())
 

@@ -3,9 +3,11 @@ import csv
 import json
 
 import pytest
+import wandb
 import yaml
 
 from lightning_kd.cli import make_cli
+from lightning_kd.tools.dashboards import wandb_group
 from lightning_kd.tools.results import main as results_main
 from lightning_kd.tools.sweep import main as sweep_main
 from helpers import ROOT
@@ -95,6 +97,20 @@ def test_a_sweep_s_runs_share_a_group_and_its_table_is_a_wandb_table(tmp_path, m
     (table_run,) = [d for d in dashboards if d["name"] == f"{group}: sweep"]
     table = json.loads(table_run["tables"][0].read_text())
     assert {row[0]: row[1] for row in table["data"]} == pytest.approx({r["setting"]: 100 * r["val_acc"] for r in runs})
+
+
+def test_a_group_set_after_an_earlier_run_of_the_process_is_the_run_s_group(tmp_path, monkeypatch):
+    """wandb reads its environment once per process: the tools' group (set after an earlier fit here, as a second
+    results or sweep command from Python would) must still reach the run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    fit = ["fit", "-c", str(ROOT / "configs" / "quickstart" / "baseline.yaml"), *SHORT]
+    make_cli([*fit, "--checkpoint.dirpath=first"])
+    wandb.finish()  # as the tools finish each run (else the next fit's logger would join it)
+    with wandb_group("the tools' group"):
+        make_cli([*fit, "--checkpoint.dirpath=second"])
+    groups = sorted(run["group"] for run in read_runs(tmp_path / "runs"))
+    assert groups == ["", "the tools' group"]
 
 
 @pytest.mark.parametrize("logger, written", [("CSVLogger", "metrics.csv"), ("TensorBoardLogger", "events.out.tfevents.*")])
