@@ -145,8 +145,33 @@ def config_digest(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str) -> tuple[Optional[Run], str]:
-    """The recorded run at ``path`` if it is the run asked for, else ``(None, why it has to run)``."""
+def flat_settings(cfg, prefix: str = "") -> dict:
+    """A resolved config's settings by dotted key (``model.init_args.beta``)."""
+    if not isinstance(cfg, dict):
+        return {prefix: cfg}
+    out = {}
+    for key, value in cfg.items():
+        out.update(flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changed_settings(recorded_config: Optional[Path], now: dict, most: int = 5) -> str:
+    """What differs between a run's recorded resolved config and the one asked for now, as
+    ``key: old -> new`` (the first ``most``), or "" when the recorded file cannot be read."""
+    try:
+        before = flat_settings(yaml.safe_load(Path(recorded_config).read_text()))
+    except (OSError, TypeError, yaml.YAMLError):
+        return ""
+    after, missing = flat_settings(now), "(unset)"
+    changed = [f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}" for key in sorted({*before, *after})
+               if before.get(key, missing) != after.get(key, missing)]
+    return "; ".join(changed[:most]) + (f"; and {len(changed) - most} more" if len(changed) > most else "")
+
+
+def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str,
+                now: Optional[dict] = None) -> tuple[Optional[Run], str]:
+    """The recorded run at ``path`` if it is the run asked for, else ``(None, why it has to run)``; ``now``,
+    the resolved config asked for, lets the reason name the settings that changed."""
     if not path.is_file():
         return None, "no record yet"
     try:
@@ -158,7 +183,8 @@ def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finis
         return None, (f"its overrides changed: now {sorted(now - before) or 'the same set, reordered'}, "
                       f"was {sorted(before - now)}")
     if run.config_sha256 != config_sha:
-        return None, "the config (or a file it includes) changed since it ran"
+        changed = changed_settings(run.resolved_config, now) if now is not None else ""
+        return None, "the config (or a file it includes) changed since it ran" + (f" ({changed})" if changed else "")
     if run.teacher_finished != teacher_finished:
         return None, "its teacher was trained again since it ran"
     if not Path(run.best_ckpt).is_file():
@@ -177,9 +203,9 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     ckpt_dir = checkpoint_dir(run_dir)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
     cli = parse(config, *overrides)  # parsed once: the digest here, the fit below (if it has to run)
-    config_sha = config_digest(resolved(cli))
-    record = record_path(run_dir)
-    recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished)
+    now = resolved(cli)
+    config_sha, record = config_digest(now), record_path(run_dir)
+    recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished, now)
     if recorded is not None:
         print(f"[results] {name}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
         return recorded
