@@ -158,11 +158,10 @@ class KDCLI(LightningCLI):
             # wandb's service process outlives a run: given a relative save_dir, a later run of this
             # process started from another working directory loses its event file. Anchor it here.
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
-            if init_args is not None and str(logger.get("class_path")).endswith("WandbLogger") \
-                    and not init_args.get("name") and config.get("model"):  # method, pair, seed
+            is_wandb = init_args is not None and str(logger.get("class_path")).endswith("WandbLogger")
+            if is_wandb and not init_args.get("name") and config.get("model"):  # method, pair, seed
                 init_args.name = run_name(config.model.as_dict(), config.get("seed_everything"))
-            if init_args is not None and str(logger.get("class_path")).endswith("WandbLogger") \
-                    and not init_args.get("group") and os.environ.get("WANDB_RUN_GROUP"):
+            if is_wandb and not init_args.get("group") and os.environ.get("WANDB_RUN_GROUP"):
                 # Said explicitly: wandb reads its environment once per process (until wandb.teardown), so a
                 # group set after an earlier run of this process (the tools' wandb_group) would be ignored.
                 init_args.group = os.environ["WANDB_RUN_GROUP"]

@@ -169,9 +169,9 @@ def changed_settings(recorded_config: Optional[Path], now: dict, most: int = 5) 
 
 
 def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finished: str,
-                now: Optional[dict] = None) -> tuple[Optional[Run], str]:
-    """The recorded run at ``path`` if it is the run asked for, else ``(None, why it has to run)``; ``now``,
-    the resolved config asked for, lets the reason name the settings that changed."""
+                config_now: Optional[dict] = None) -> tuple[Optional[Run], str]:
+    """The recorded run at ``path`` if it is the run asked for, else ``(None, why it has to run)``;
+    ``config_now``, the resolved config asked for, lets the reason name the settings that changed."""
     if not path.is_file():
         return None, "no record yet"
     try:
@@ -183,7 +183,7 @@ def reuse_check(path: Path, config_sha: str, overrides: list[str], teacher_finis
         return None, (f"its overrides changed: now {sorted(now - before) or 'the same set, reordered'}, "
                       f"was {sorted(before - now)}")
     if run.config_sha256 != config_sha:
-        changed = changed_settings(run.resolved_config, now) if now is not None else ""
+        changed = changed_settings(run.resolved_config, config_now) if config_now is not None else ""
         return None, "the config (or a file it includes) changed since it ran" + (f" ({changed})" if changed else "")
     if run.teacher_finished != teacher_finished:
         return None, "its teacher was trained again since it ran"
@@ -203,9 +203,10 @@ def run_one(key: str, config: Path, seed: int, overrides: list[str], run_dir: Pa
     ckpt_dir = checkpoint_dir(run_dir)
     overrides = [f"--seed_everything={seed}", f"--checkpoint.dirpath={ckpt_dir}", *overrides]
     cli = parse(config, *overrides)  # parsed once: the digest here, the fit below (if it has to run)
-    now = resolved(cli)
-    config_sha, record = config_digest(now), record_path(run_dir)
-    recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished, now)
+    config_now = resolved(cli)
+    config_sha, record = config_digest(config_now), record_path(run_dir)
+    recorded, why = (None, "--rerun") if rerun else reuse_check(record, config_sha, overrides, teacher_finished,
+                                                                config_now)
     if recorded is not None:
         print(f"[results] {name}: reused {record} (test top-1 {100 * recorded.test_acc:.2f}%)", flush=True)
         return recorded
