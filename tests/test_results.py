@@ -221,8 +221,9 @@ def test_changes_rerun_exactly_what_they_touch(tmp_path, monkeypatch, capsys):
     assert fitted == [] and printed.count(": reused ") == 3
     block.write_text(block.read_text().replace("momentum: 0.9", "momentum: 0.8"))
     _, _, fitted, printed = invoke(capsys=capsys)
-    assert fitted == ["kd"] and "the config (or a file it includes) changed since it ran (model.init_args.optimizer" \
-        ".init_args.momentum: 0.9 -> 0.8)" in printed  # the one setting that changed, named
+    assert fitted == ["kd"] and "KD seed 0: running (the config (or a file it includes) changed since it ran (model." \
+        "init_args.optimizer.init_args.momentum: 0.9 -> 0.8))" in printed  # the setting named; no word of an
+    # unfinished run (the earlier one had finished)
     # The baseline's recorded overrides differ from this command's (as after another --epochs): it runs again.
     record = run_dir / "baseline" / "seed0" / "run.json"
     data = json.loads(record.read_text())

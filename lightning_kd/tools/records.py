@@ -68,8 +68,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def resume_point(run_dir: Path, started: dict) -> tuple[Optional[Path], str]:
     """``last.ckpt`` of an unfinished run that was started with the same ``started`` settings
-    (config content, overrides, teacher run), if it is readable; else ``(None, why not)``."""
+    (config content, overrides, teacher run), if it is readable; else ``(None, why not)``. A finished run (its
+    record is there) is never resumed: it is run again only when its record no longer applies."""
     marker, last = run_dir / "started.json", checkpoint_dir(run_dir) / "last.ckpt"
+    if record_path(run_dir).is_file():
+        return None, ""
     try:
         same = json.loads(marker.read_text()) == started
     except (OSError, ValueError):
