@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -321,15 +320,11 @@ def test_the_grid_with_published_teachers_trains_every_cell_of_its_pairs(tmp_pat
     (RCO needs a recorded route: not with --teachers), from teachers in RepDistiller's layout and format, trained
     and tested through the grid command. The other pairs' cells train in test_every_cell_trains_one_tiny_batch and
     fill the whole table in test_the_whole_grid_table_has_every_cell_and_its_published_figures.
-    The blocks are the shipped ones but for two settings this tiny data needs or is cheaper with: CRD draws 2
-    negatives of the 4 training images (TINY_CRD), and IE-KD's factor is 1/16 of the teacher layer's channels,
-    not 1/2 (on ResNet50's 2048-channel layer4 the authors' rate makes a 132 M-parameter autoencoder)."""
-    methods_dir = copy_blocks(tmp_path, monkeypatch) / "methods"
-    for name, setting in (("crd", TINY_CRD), ("iekd", SMALL_IEKD)):
-        key, value = setting.removeprefix("--model.init_args.").split("=")
-        block = yaml.safe_load((methods_dir / f"{name}.yaml").read_text())
-        block["model"]["init_args"][key] = yaml.safe_load(value)
-        (methods_dir / f"{name}.yaml").write_text(yaml.safe_dump(block))
+    The blocks are the shipped ones but for CRD's, which draws 2 negatives of the 4 training images (TINY_CRD)."""
+    crd = copy_blocks(tmp_path, monkeypatch) / "methods" / "crd.yaml"
+    block = yaml.safe_load(crd.read_text())
+    block["model"]["init_args"]["negatives"] = int(TINY_CRD.split("=")[1])
+    crd.write_text(yaml.safe_dump(block))
     pairs = [grid.load_pair(p) for p in FAST_PAIRS]
     methods = [m for m in grid.method_names() if m != "rco"]
     runs, text = grid_command(tmp_path, "--pairs", *FAST_PAIRS, "--methods", *methods, "--teachers",
@@ -341,34 +336,46 @@ def test_the_grid_with_published_teachers_trains_every_cell_of_its_pairs(tmp_pat
 
 def test_the_whole_grid_table_has_every_cell_and_its_published_figures(tmp_path, capsys, monkeypatch):
     """The grid command over all 13 pairs x every method with published teachers, each run replaced by a record
-    of a made-up accuracy (training every cell is test_every_cell_trains_one_tiny_batch's work, loading the
-    published teachers test_published.py's): every cell shows its own run's accuracy, its paper's figure, or
-    n/a exactly where the pair says."""
+    of a made-up accuracy, distinct per run (training every cell is test_every_cell_trains_one_tiny_batch's work,
+    loading the published teachers test_published.py's): every run gets its pair's teacher file and the student's
+    epochs, one cell per pair resolves to the pair's networks, and every cell of the table shows its own run's
+    accuracy, its paper's figure, or n/a exactly where the pair says."""
     import lightning_kd.tools.results as results
 
-    def made_up_accuracy(key: str, seed: int) -> float:
-        return zlib.crc32(f"{key} seed {seed}".encode()) % 10_000 / 10_000
+    teachers, accuracy, calls = tmp_path / "teachers", {}, []
 
     def recorded_without_training(key, config, seed, overrides, run_dir, teacher_finished="", rerun=False):
-        return Run(key, config, seed, overrides, test_acc=made_up_accuracy(key, seed),
-                   best_ckpt=str(run_dir / "best.ckpt"), finished="2026-12-07T00:00:00+00:00", device="none")
+        calls.append((key, config, overrides, teacher_finished))
+        accuracy[key] = len(accuracy) / 1000
+        return Run(key, config, seed, overrides, test_acc=accuracy[key], best_ckpt=str(run_dir / "best.ckpt"),
+                   finished="2026-12-07T00:00:00+00:00", device="none")
 
     monkeypatch.setattr(results, "run_one", recorded_without_training)
     pairs = [grid.load_pair(p) for p in grid.pair_names()]
     methods = [m for m in grid.method_names() if m != "rco"]
     for teacher in {p.teacher for p in pairs}:  # the files the command checks for; no run reads them here
-        (tmp_path / "teachers" / f"{teacher}_vanilla").mkdir(parents=True)
-        (tmp_path / "teachers" / f"{teacher}_vanilla" / "ckpt_epoch_240.pth").touch()
+        (teachers / f"{teacher}_vanilla").mkdir(parents=True)
+        (teachers / f"{teacher}_vanilla" / "ckpt_epoch_240.pth").touch()
     runs, text = grid_command(tmp_path, "--pairs", *grid.pair_names(), "--methods", *methods, "--teachers",
-                              str(tmp_path / "teachers"))
+                              str(teachers))
     rows = check_grid_table(text, pairs, methods, runs)
     for method in methods:
         for pair, cell in zip(pairs, rows[label(method)]):
             key = f"baseline {pair.student}" if method == "baseline" else f"{pair.name} {method}"
-            assert cell == "n/a" or cell.startswith(f"{100 * made_up_accuracy(key, 0):.2f} ± 0.00"), (key, cell)
-    teachers = {o for r in runs for o in r.overrides if o.startswith("--model.init_args.teacher_ckpt=")}
-    assert teachers == {f"--model.init_args.teacher_ckpt={tmp_path / 'teachers' / f'{t}_vanilla' / 'ckpt_epoch_240.pth'}"
-                        for t in {p.teacher for p in pairs}}  # RepDistiller's layout, one file per teacher network
+            assert cell == "n/a" or cell.startswith(f"{100 * accuracy[key]:.2f} ± 0.00"), (key, cell)
+    for key, config, overrides, teacher_finished in calls:
+        name, method = key.split()  # "<pair> <method>", or "baseline <student network>"
+        method = "baseline" if name == "baseline" else method
+        epochs = [o for o in overrides if o.startswith("--trainer.max_epochs=")][-1]  # the last one given wins
+        assert epochs == f"--trainer.max_epochs={2 if method in ('fsp', 'iekd') else 1}"  # their stage on top
+        if method == "baseline":
+            assert teacher_finished == "" and not any("teacher_ckpt" in o for o in overrides)
+            continue
+        file = teachers / f"{grid.load_pair(name).teacher}_vanilla" / "ckpt_epoch_240.pth"  # its pair's teacher
+        assert f"--model.init_args.teacher_ckpt={file}" in overrides and teacher_finished == f"published {file}"
+        if method == "kd":  # the whole command line of one cell per pair parses to the pair's networks
+            model = resolve(config, *overrides)["model"]["init_args"]
+            assert (model["teacher"], model["student"]) == (grid.load_pair(name).teacher, grid.load_pair(name).student)
 
 
 def test_a_baseline_identical_to_the_teacher_run_is_the_teacher_run(tmp_path, capsys):

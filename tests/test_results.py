@@ -248,6 +248,7 @@ def test_rerun_flag_and_a_corrupt_record(tmp_path, monkeypatch, capsys):
     record.write_text(record.read_text()[:40])  # cut off mid-write by hand (save_record itself is atomic)
     runs, _, fitted, printed = invoke(capsys=capsys)
     assert fitted == ["kd"] and "KD seed 0: running (its record" in printed and "is unreadable" in printed
+    assert "is unreadable: " in printed and "; resuming after epoch 0)" in printed  # its last epoch: only tested again
     assert json.loads(record.read_text())["finished"] == runs[2].finished  # a whole record again
     record.write_text("[]")
     _, _, fitted, printed = invoke(capsys=capsys)

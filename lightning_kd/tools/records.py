@@ -68,17 +68,16 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def resume_point(run_dir: Path, started: dict) -> tuple[Optional[Path], str]:
     """``last.ckpt`` of an unfinished run that was started with the same ``started`` settings
-    (config content, overrides, teacher run), if it is readable; else ``(None, why not)``. A finished run (its
-    record is there) is never resumed: it is run again only when its record no longer applies."""
+    (config content, overrides, teacher run), if it is readable; else ``(None, why not)``. (A finished run of the
+    same settings whose record is unreadable resumes too: after its last epoch, so it is only tested again.)"""
     marker, last = run_dir / "started.json", checkpoint_dir(run_dir) / "last.ckpt"
-    if record_path(run_dir).is_file():
-        return None, ""
     try:
         same = json.loads(marker.read_text()) == started
     except (OSError, ValueError):
         return None, ""
     if not same or not last.is_file():
-        return None, "" if same else "its unfinished run had other settings: starting afresh"
+        unfinished = not same and not record_path(run_dir).is_file()  # a finished one was said changed already
+        return None, "its unfinished run had other settings: starting afresh" if unfinished else ""
     try:
         epoch = load_checkpoint_file(last, "last.ckpt")["epoch"]
     except (ValueError, KeyError) as err:  # e.g. cut off while being written: start again
