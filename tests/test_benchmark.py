@@ -44,12 +44,18 @@ CELLS = [pytest.param(p, m, id=f"{p}-{m}", marks=() if p in FAST_PAIRS else pyte
 
 # CRD draws `negatives` samples per sample from the training set (the block's 16,384, the authors'): the tiny
 # data of these tests has 4, so CRD's cells draw 2 (what every CRD run of these tests is told, and only that).
-TINY_CRD = "--model.init_args.negatives=2"
+TINY_CRD_NEGATIVES = 2
+TINY_CRD = f"--model.init_args.negatives={TINY_CRD_NEGATIVES}"
 
 
 # IE-KD's factor is 1/2 of the teacher layer's channels (the authors'): on ResNet50's 2048-channel layer4 a
 # 132 M-parameter autoencoder. Where ResNet50 teaches, these tests give it 1/16.
 SMALL_IEKD = "--model.init_args.factor_rate=0.0625"
+
+
+def repdistiller_file(folder: Path, teacher: str) -> Path:
+    """Where RepDistiller's scripts/fetch_pretrained_teachers.sh puts a teacher (what ``--teachers`` reads)."""
+    return folder / f"{teacher}_vanilla" / "ckpt_epoch_240.pth"
 
 
 def tiny_data(epochs: int = 1) -> list[str]:
@@ -198,7 +204,7 @@ def test_a_cell_fits_from_a_repdistiller_teacher_file_and_logs_its_accuracy(tmp_
     monkeypatch.chdir(tmp_path)
     data_args, data = synthetic_cifar100()
     x, y = split(data, "val")
-    teacher = tmp_path / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    teacher = repdistiller_file(tmp_path, "resnet32x4")
     save_teacher_of("resnet32x4", teacher, label=int(y[0]))
     reference = their_network("resnet32x4", teacher)
     assert reference(x).argmax(1).tolist() == [int(y[0])] * len(y)
@@ -309,8 +315,8 @@ def published_teachers(folder: Path, pairs: list[grid.Pair]) -> Path:
     for teacher in {p.teacher for p in pairs}:
         net = build_network(teacher, 100)
         net.load_state_dict(calibrated(teacher))
-        (folder / f"{teacher}_vanilla").mkdir(parents=True)
-        save_repdistiller(net, folder / f"{teacher}_vanilla" / "ckpt_epoch_240.pth")
+        repdistiller_file(folder, teacher).parent.mkdir(parents=True)
+        save_repdistiller(net, repdistiller_file(folder, teacher))
     return folder
 
 
@@ -323,7 +329,7 @@ def test_the_grid_with_published_teachers_trains_every_cell_of_its_pairs(tmp_pat
     The blocks are the shipped ones but for CRD's, which draws 2 negatives of the 4 training images (TINY_CRD)."""
     crd = copy_blocks(tmp_path, monkeypatch) / "methods" / "crd.yaml"
     block = yaml.safe_load(crd.read_text())
-    block["model"]["init_args"]["negatives"] = int(TINY_CRD.split("=")[1])
+    block["model"]["init_args"]["negatives"] = TINY_CRD_NEGATIVES
     crd.write_text(yaml.safe_dump(block))
     pairs = [grid.load_pair(p) for p in FAST_PAIRS]
     methods = [m for m in grid.method_names() if m != "rco"]
@@ -352,10 +358,11 @@ def test_the_whole_grid_table_has_every_cell_and_its_published_figures(tmp_path,
 
     monkeypatch.setattr(results, "run_one", recorded_without_training)
     pairs = [grid.load_pair(p) for p in grid.pair_names()]
+    pair_of = {p.name: p for p in pairs}
     methods = [m for m in grid.method_names() if m != "rco"]
     for teacher in {p.teacher for p in pairs}:  # the files the command checks for; no run reads them here
-        (teachers / f"{teacher}_vanilla").mkdir(parents=True)
-        (teachers / f"{teacher}_vanilla" / "ckpt_epoch_240.pth").touch()
+        repdistiller_file(teachers, teacher).parent.mkdir(parents=True)
+        repdistiller_file(teachers, teacher).touch()
     runs, text = grid_command(tmp_path, "--pairs", *grid.pair_names(), "--methods", *methods, "--teachers",
                               str(teachers))
     rows = check_grid_table(text, pairs, methods, runs)
@@ -371,11 +378,11 @@ def test_the_whole_grid_table_has_every_cell_and_its_published_figures(tmp_path,
         if method == "baseline":
             assert teacher_finished == "" and not any("teacher_ckpt" in o for o in overrides)
             continue
-        file = teachers / f"{grid.load_pair(name).teacher}_vanilla" / "ckpt_epoch_240.pth"  # its pair's teacher
+        file = repdistiller_file(teachers, pair_of[name].teacher)  # its pair's teacher
         assert f"--model.init_args.teacher_ckpt={file}" in overrides and teacher_finished == f"published {file}"
         if method == "kd":  # the whole command line of one cell per pair parses to the pair's networks
             model = resolve(config, *overrides)["model"]["init_args"]
-            assert (model["teacher"], model["student"]) == (grid.load_pair(name).teacher, grid.load_pair(name).student)
+            assert (model["teacher"], model["student"]) == (pair_of[name].teacher, pair_of[name].student)
 
 
 def test_a_baseline_identical_to_the_teacher_run_is_the_teacher_run(tmp_path, capsys):
